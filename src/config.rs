@@ -1,0 +1,971 @@
+//! Settings: built-in defaults < `herald.toml` < `HERALD_*` environment < command-line flags, validated once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Address the listener binds when nothing else is set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// A quiet connection is pinged this often, and closed after two such
+/// intervals without a byte from it. Shorter finds dead peers sooner and costs
+/// more wake-ups; 25 s stays under the 30-60 s idle timeouts of common proxies.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Absolute time from accept to a complete request head. Stops slowloris
+/// clients that dribble a head to hold a descriptor forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful shutdown waits for close handshakes and queued output.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a connection may have queued for sending before it is a slow
+/// consumer (closed with 4008). Bounds the memory one client that stops
+/// reading can pin: at most this much per connection.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 1 << 20;
+/// Largest client message on `/ws` (over it: close 1009). Client commands are
+/// small JSON objects; this bounds what one frame can make the server buffer.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest message on `/echo` (over it: close 1009). Big enough for the
+/// Autobahn 9.* cases; the memory it allows is held only while a message is
+/// in flight.
+pub const DEFAULT_MAX_ECHO_MESSAGE_BYTES: usize = 16 << 20;
+/// Descriptors kept back from `max_connections` when it is derived from the
+/// open-file limit: listeners, wakers, epoll instances, log files, Redis.
+/// (At most a quarter of a small limit.)
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag, e.g. `--threads`.
+    Flag(String),
+    /// An environment variable, e.g. `HERALD_THREADS`.
+    Env(String),
+    /// A key in the config file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::File(path) => write!(f, "config file {}", path.display()),
+        }
+    }
+}
+
+/// A start-up error that names the setting and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+
+    fn setting(key: &str, source: &Source, problem: impl fmt::Display) -> Self {
+        ConfigError(format!("invalid setting `{key}` (from {source}): {problem}"))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret (API key, token secret) that never shows up in logs or `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself: only for comparing and signing, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Which engine stores channels and delivers publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// One node, history in RAM.
+    Memory,
+    /// Several nodes sharing Redis.
+    Redis,
+}
+
+/// Which browser origins may open a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginPolicy {
+    any: bool,
+    exact: Vec<String>,
+    /// `(scheme, ".example.com")` for an entry `scheme://*.example.com`.
+    wildcard: Vec<(String, String)>,
+}
+
+impl OriginPolicy {
+    /// A policy that allows every origin.
+    pub fn any() -> Self {
+        OriginPolicy { any: true, ..OriginPolicy::default() }
+    }
+
+    /// Parses entries: `*`, `https://example.com[:port]`, or `https://*.example.com`.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let mut policy = OriginPolicy::default();
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry == "*" {
+                policy.any = true;
+                continue;
+            }
+            let lower = entry.to_ascii_lowercase();
+            let Some((scheme, host)) = lower.split_once("://") else {
+                return Err(format!(
+                    "origin {entry:?} must look like https://example.com (scheme://host[:port]) or be *"
+                ));
+            };
+            let scheme_ok = !scheme.is_empty()
+                && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+            let host_ok = !host.is_empty()
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]*".contains(&b));
+            if !scheme_ok || !host_ok {
+                return Err(format!(
+                    "origin {entry:?} must look like https://example.com (no path, no trailing slash)"
+                ));
+            }
+            match host.strip_prefix("*.") {
+                Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
+                    policy.wildcard.push((scheme.to_string(), format!(".{suffix}")));
+                }
+                _ if host.contains('*') => {
+                    return Err(format!(
+                        "origin {entry:?}: a wildcard is allowed only as the first label (https://*.example.com)"
+                    ));
+                }
+                _ => policy.exact.push(lower),
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether a request with this `Origin` header may connect. `host` is the
+    /// request's `Host` header: a same-origin page is always allowed.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.any {
+            return true;
+        }
+        let origin = origin.trim().to_ascii_lowercase();
+        let Some((scheme, origin_host)) = origin.split_once("://") else {
+            return false;
+        };
+        if let Some(host) = host
+            && origin_host.eq_ignore_ascii_case(host.trim())
+        {
+            return true;
+        }
+        self.exact.contains(&origin)
+            || self.wildcard.iter().any(|(allowed_scheme, suffix)| {
+                allowed_scheme == scheme && origin_host.ends_with(suffix.as_str())
+            })
+    }
+}
+
+/// Options of one channel namespace (`[channels]` or `[namespaces.NAME]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceOptions {
+    /// Publications kept per channel for recovery (0: no history).
+    pub history_size: usize,
+    /// Seconds a publication stays in history (0: until pushed out by size).
+    pub history_ttl_secs: u64,
+    /// Whether `presence` answers for channels of this namespace.
+    pub presence: bool,
+    /// Whether subscribers get `join`/`leave` pushes.
+    pub join_leave: bool,
+    /// Whether clients may publish (else only the server API may).
+    pub client_publish: bool,
+}
+
+/// Largest `history_size` a namespace may ask for.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+impl NamespaceOptions {
+    fn validate(&self, section: &str, source: &Source) -> Result<(), ConfigError> {
+        if self.history_size > MAX_HISTORY_SIZE {
+            return Err(ConfigError::setting(
+                &format!("{section}.history_size"),
+                source,
+                format_args!("must be at most {MAX_HISTORY_SIZE}, got {}", self.history_size),
+            ));
+        }
+        if self.join_leave && !self.presence {
+            return Err(ConfigError::setting(
+                &format!("{section}.join_leave"),
+                source,
+                "join_leave needs presence = true in the same section",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// herald's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Number of shards (event-loop threads).
+    pub threads: usize,
+    /// Development mode: anonymous connections, any origin, generated secrets.
+    pub dev: bool,
+    /// Key that backends present to the server API.
+    pub api_key: Secret,
+    /// HS256 secret that connection tokens are signed with.
+    pub token_secret: Secret,
+    /// Browser origins allowed to connect.
+    pub allowed_origins: OriginPolicy,
+    /// Accept connections without a token (user id "").
+    pub allow_anonymous: bool,
+    /// Channel engine.
+    pub engine: Engine,
+    /// Redis address for the redis engine.
+    pub redis_url: String,
+    /// Open connections per node (over it: 503).
+    pub max_connections: usize,
+    /// Serve the `/echo` endpoint.
+    pub echo: bool,
+    /// Heartbeat interval.
+    pub ping_interval: Duration,
+    /// Time from accept to a complete request head.
+    pub handshake_timeout: Duration,
+    /// Time a graceful shutdown waits for connections to close.
+    pub shutdown_timeout: Duration,
+    /// Outbound queue bound per connection (over it: 4008).
+    pub max_outbound_bytes: usize,
+    /// Largest client message on `/ws`.
+    pub max_message_bytes: usize,
+    /// Largest message on `/echo`.
+    pub max_echo_message_bytes: usize,
+    /// Options of channels without a namespace.
+    pub channels: NamespaceOptions,
+    /// Options per namespace (the part of a channel name before the first `:`).
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Settings that `--dev` generated because none were given.
+    pub generated: Vec<&'static str>,
+}
+
+impl Config {
+    /// A development configuration: defaults with `dev = true`, generated
+    /// secrets, anonymous connections and any origin.
+    pub fn dev() -> Config {
+        // A fixed set of values that always validates.
+        match Config::load(None, Vec::new(), true) {
+            Ok(config) => config,
+            Err(error) => unreachable!("built-in dev defaults must validate: {error}"),
+        }
+    }
+
+    /// Builds the configuration from an optional config file (path and text)
+    /// and overrides from the environment and flags. Later overrides win; the
+    /// caller passes environment values before flag values. `dev` is the
+    /// already-resolved value of the `dev` setting when it is only known from
+    /// outside (tests); overrides may still set it.
+    pub fn load(
+        file: Option<(&Path, &str)>,
+        overrides: Vec<Override>,
+        dev: bool,
+    ) -> Result<Config, ConfigError> {
+        let layers = Layers::new(file, overrides)?;
+        layers.build(dev)
+    }
+}
+
+/// One value given by a flag or an environment variable.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The setting's key, as in the config file (`max_connections`).
+    pub key: &'static str,
+    /// The value as text.
+    pub value: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Every top-level key of the config file, beside the `[channels]` and
+/// `[namespaces.*]` tables.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "threads",
+    "dev",
+    "api_key",
+    "token_secret",
+    "allowed_origins",
+    "allow_anonymous",
+    "engine",
+    "redis_url",
+    "max_connections",
+    "no_echo",
+    "ping_interval_secs",
+    "handshake_timeout_secs",
+    "shutdown_timeout_secs",
+    "max_outbound_bytes",
+    "max_message_bytes",
+    "max_echo_message_bytes",
+];
+
+/// A raw value before it is typed: text from a flag or the environment, or a
+/// TOML value from the file.
+#[derive(Debug, Clone)]
+enum Raw {
+    Text(String),
+    Toml(toml::Value),
+}
+
+struct Layers {
+    values: BTreeMap<&'static str, (Raw, Source)>,
+    file_source: Source,
+    channels: Option<NamespaceOptions>,
+    namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+impl Layers {
+    fn new(file: Option<(&Path, &str)>, overrides: Vec<Override>) -> Result<Layers, ConfigError> {
+        let mut layers = Layers {
+            values: BTreeMap::new(),
+            file_source: Source::File(PathBuf::from("herald.toml")),
+            channels: None,
+            namespaces: BTreeMap::new(),
+        };
+        if let Some((path, text)) = file {
+            layers.read_file(path, text)?;
+        }
+        for Override { key, value, source } in overrides {
+            layers.values.insert(key, (Raw::Text(value), source));
+        }
+        Ok(layers)
+    }
+
+    fn read_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let source = Source::File(path.to_path_buf());
+        self.file_source = source.clone();
+        let table: toml::Table = toml::from_str(text).map_err(|error| {
+            ConfigError::new(format!("config file {}: {error}", path.display()))
+        })?;
+        for (key, value) in table {
+            match key.as_str() {
+                "channels" => {
+                    let options = value.try_into::<NamespaceOptions>().map_err(|error| {
+                        ConfigError::setting("channels", &source, error.to_string().trim())
+                    })?;
+                    options.validate("channels", &source)?;
+                    self.channels = Some(options);
+                }
+                "namespaces" => {
+                    let toml::Value::Table(namespaces) = value else {
+                        return Err(ConfigError::setting(
+                            "namespaces",
+                            &source,
+                            "must be a table of [namespaces.NAME] sections",
+                        ));
+                    };
+                    for (name, options) in namespaces {
+                        let section = format!("namespaces.{name}");
+                        validate_namespace_name(&name)
+                            .map_err(|problem| ConfigError::setting(&section, &source, problem))?;
+                        let options = options.try_into::<NamespaceOptions>().map_err(|error| {
+                            ConfigError::setting(&section, &source, error.to_string().trim())
+                        })?;
+                        options.validate(&section, &source)?;
+                        self.namespaces.insert(name, options);
+                    }
+                }
+                other => {
+                    let Some(known) = KEYS.iter().find(|known| **known == other) else {
+                        return Err(ConfigError::new(format!(
+                            "config file {}: unknown setting `{other}` (known: {}, [channels], [namespaces.NAME])",
+                            path.display(),
+                            KEYS.join(", ")
+                        )));
+                    };
+                    self.values.insert(known, (Raw::Toml(value), source.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&self, key: &'static str) -> Option<&(Raw, Source)> {
+        self.values.get(key)
+    }
+
+    fn string(&self, key: &'static str) -> Result<Option<(String, Source)>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((Raw::Text(text), source)) => Ok(Some((text.clone(), source.clone()))),
+            Some((Raw::Toml(toml::Value::String(text)), source)) => {
+                Ok(Some((text.clone(), source.clone())))
+            }
+            Some((Raw::Toml(other), source)) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!("expected a string, got {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn boolean(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((Raw::Toml(toml::Value::Boolean(value)), _)) => Ok(Some(*value)),
+            Some((Raw::Text(text), source)) => match text.trim().to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(ConfigError::setting(
+                    key,
+                    source,
+                    format_args!("expected true or false, got {text:?}"),
+                )),
+            },
+            Some((Raw::Toml(other), source)) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!("expected true or false, got {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn integer(&self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        let (value, source) = match self.raw(key) {
+            None => return Ok(None),
+            Some((Raw::Toml(toml::Value::Integer(value)), source)) => {
+                (u64::try_from(*value).ok(), source)
+            }
+            Some((Raw::Text(text), source)) => (text.trim().parse::<u64>().ok(), source),
+            Some((Raw::Toml(other), source)) => {
+                return Err(ConfigError::setting(
+                    key,
+                    source,
+                    format_args!("expected a whole number, got {}", other.type_str()),
+                ));
+            }
+        };
+        match value {
+            Some(value) if (min..=max).contains(&value) => Ok(Some(value)),
+            Some(value) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!("must be between {min} and {max}, got {value}"),
+            )),
+            None => Err(ConfigError::setting(key, source, "expected a whole number")),
+        }
+    }
+
+    fn bytes(
+        &self,
+        key: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<usize>, ConfigError> {
+        let (value, source) = match self.raw(key) {
+            None => return Ok(None),
+            Some((Raw::Toml(toml::Value::Integer(value)), source)) => {
+                (usize::try_from(*value).ok(), source)
+            }
+            Some((Raw::Toml(toml::Value::String(text)) | Raw::Text(text), source)) => {
+                (parse_byte_size(text), source)
+            }
+            Some((Raw::Toml(other), source)) => {
+                return Err(ConfigError::setting(
+                    key,
+                    source,
+                    format_args!("expected a size in bytes, got {}", other.type_str()),
+                ));
+            }
+        };
+        match value {
+            Some(value) if (min..=max).contains(&value) => Ok(Some(value)),
+            Some(value) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!(
+                    "must be between {} and {}, got {value} bytes",
+                    format_byte_size(min),
+                    format_byte_size(max)
+                ),
+            )),
+            None => Err(ConfigError::setting(
+                key,
+                source,
+                "expected a size in bytes: a number, or one with a unit (64KiB, 1MiB)",
+            )),
+        }
+    }
+
+    fn seconds(
+        &self,
+        key: &'static str,
+        min: f64,
+        max: f64,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let (value, source) = match self.raw(key) {
+            None => return Ok(None),
+            Some((Raw::Toml(toml::Value::Integer(value)), source)) => (Some(*value as f64), source),
+            Some((Raw::Toml(toml::Value::Float(value)), source)) => (Some(*value), source),
+            Some((Raw::Text(text), source)) => (text.trim().parse::<f64>().ok(), source),
+            Some((Raw::Toml(other), source)) => {
+                return Err(ConfigError::setting(
+                    key,
+                    source,
+                    format_args!("expected a number of seconds, got {}", other.type_str()),
+                ));
+            }
+        };
+        match value {
+            Some(value) if value.is_finite() && (min..=max).contains(&value) => {
+                Ok(Some(Duration::from_secs_f64(value)))
+            }
+            Some(value) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!("must be between {min} and {max} seconds, got {value}"),
+            )),
+            None => Err(ConfigError::setting(key, source, "expected a number of seconds")),
+        }
+    }
+
+    fn string_list(&self, key: &'static str) -> Result<Option<(Vec<String>, Source)>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some((Raw::Text(text), source)) => Ok(Some((
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                source.clone(),
+            ))),
+            Some((Raw::Toml(toml::Value::Array(items)), source)) => {
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(text) => list.push(text.clone()),
+                        other => {
+                            return Err(ConfigError::setting(
+                                key,
+                                source,
+                                format_args!(
+                                    "expected a list of strings, found {}",
+                                    other.type_str()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(Some((list, source.clone())))
+            }
+            Some((Raw::Toml(toml::Value::String(text)), source)) => {
+                Ok(Some((vec![text.clone()], source.clone())))
+            }
+            Some((Raw::Toml(other), source)) => Err(ConfigError::setting(
+                key,
+                source,
+                format_args!("expected a list of strings, got {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn build(self, dev_default: bool) -> Result<Config, ConfigError> {
+        let dev = self.boolean("dev")?.unwrap_or(dev_default);
+        let mut generated = Vec::new();
+
+        let listen = match self.string("listen")? {
+            None => parse_listen(DEFAULT_LISTEN).unwrap_or_else(|_| unreachable!()),
+            Some((text, source)) => parse_listen(&text)
+                .map_err(|problem| ConfigError::setting("listen", &source, problem))?,
+        };
+
+        let threads = match self.integer("threads", 1, 1024)? {
+            Some(threads) => usize::try_from(threads).unwrap_or(1024),
+            None => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        };
+
+        let api_key = match self.string("api_key")? {
+            Some((key, source)) => {
+                validate_api_key(&key)
+                    .map_err(|problem| ConfigError::setting("api_key", &source, problem))?;
+                Secret::new(key)
+            }
+            None if dev => {
+                generated.push("api_key");
+                Secret::new(random_token(24))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "no API key: set api_key in the config file, HERALD_API_KEY, or --api-key \
+                     (or run with --dev to generate one)",
+                ));
+            }
+        };
+
+        let token_secret = match self.string("token_secret")? {
+            Some((secret, source)) => {
+                validate_token_secret(&secret)
+                    .map_err(|problem| ConfigError::setting("token_secret", &source, problem))?;
+                Secret::new(secret)
+            }
+            None if dev => {
+                generated.push("token_secret");
+                Secret::new(random_token(32))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "no token secret: set token_secret in the config file, HERALD_TOKEN_SECRET, \
+                     or --token-secret (at least 32 bytes; or run with --dev to generate one)",
+                ));
+            }
+        };
+
+        let allowed_origins = match self.string_list("allowed_origins")? {
+            Some((entries, source)) => OriginPolicy::parse(&entries)
+                .map_err(|problem| ConfigError::setting("allowed_origins", &source, problem))?,
+            None if dev => OriginPolicy::any(),
+            None => OriginPolicy::default(),
+        };
+
+        let allow_anonymous = self.boolean("allow_anonymous")?.unwrap_or(dev);
+
+        let engine = match self.string("engine")? {
+            None => Engine::Memory,
+            Some((name, source)) => match name.trim() {
+                "memory" => Engine::Memory,
+                "redis" => {
+                    return Err(ConfigError::setting(
+                        "engine",
+                        &source,
+                        "the redis engine is not available in this version yet; use memory",
+                    ));
+                }
+                other => {
+                    return Err(ConfigError::setting(
+                        "engine",
+                        &source,
+                        format_args!("expected memory or redis, got {other:?}"),
+                    ));
+                }
+            },
+        };
+
+        let redis_url = match self.string("redis_url")? {
+            None => "redis://127.0.0.1:6379".to_string(),
+            Some((url, source)) => {
+                validate_redis_url(&url)
+                    .map_err(|problem| ConfigError::setting("redis_url", &source, problem))?;
+                url
+            }
+        };
+
+        let max_connections = match self.integer("max_connections", 1, 10_000_000)? {
+            Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
+            None => default_max_connections(),
+        };
+
+        let echo = !self.boolean("no_echo")?.unwrap_or(false);
+        let ping_interval =
+            self.seconds("ping_interval_secs", 0.1, 3600.0)?.unwrap_or(DEFAULT_PING_INTERVAL);
+        let handshake_timeout = self
+            .seconds("handshake_timeout_secs", 0.1, 300.0)?
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+        let shutdown_timeout =
+            self.seconds("shutdown_timeout_secs", 0.0, 3600.0)?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        let max_outbound_bytes = self
+            .bytes("max_outbound_bytes", 4 << 10, 1 << 30)?
+            .unwrap_or(DEFAULT_MAX_OUTBOUND_BYTES);
+        let max_message_bytes = self
+            .bytes("max_message_bytes", 1 << 10, 64 << 20)?
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let max_echo_message_bytes = self
+            .bytes("max_echo_message_bytes", 1 << 10, 64 << 20)?
+            .unwrap_or(DEFAULT_MAX_ECHO_MESSAGE_BYTES);
+
+        Ok(Config {
+            listen,
+            threads,
+            dev,
+            api_key,
+            token_secret,
+            allowed_origins,
+            allow_anonymous,
+            engine,
+            redis_url,
+            max_connections,
+            echo,
+            ping_interval,
+            handshake_timeout,
+            shutdown_timeout,
+            max_outbound_bytes,
+            max_message_bytes,
+            max_echo_message_bytes,
+            channels: self.channels.unwrap_or_default(),
+            namespaces: self.namespaces,
+            generated,
+        })
+    }
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("expected IP:PORT such as 127.0.0.1:8080 or [::]:8080, got {text:?}"))
+}
+
+fn validate_api_key(key: &str) -> Result<(), String> {
+    if key.len() < 16 {
+        return Err("must be at least 16 characters".into());
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces (it travels in an HTTP header)".into());
+    }
+    Ok(())
+}
+
+fn validate_token_secret(secret: &str) -> Result<(), String> {
+    // RFC 7518 3.2: an HS256 key must be at least as long as the hash output.
+    if secret.len() < 32 {
+        return Err(format!(
+            "must be at least 32 bytes (HS256 keys shorter than the hash are weak), got {}",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| format!("expected redis://HOST:PORT[/DB], got {url:?}"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("no host in {url:?}: expected redis://HOST:PORT[/DB]"));
+    }
+    Ok(())
+}
+
+fn validate_namespace_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.@#=,-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "namespace name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ . @ # = , - (no colon)"
+        ))
+    }
+}
+
+/// Parses `65536`, `64KiB`, `64 KB`, `1MiB`, `16M`. K, M and G are powers of 1024.
+pub fn parse_byte_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number.parse().ok()?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+fn format_byte_size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// `max_connections` when none is set: the hard open-file limit (which
+/// herald raises its soft limit to at start) less a reserve.
+pub fn default_max_connections() -> usize {
+    let limit = crate::sys::open_file_limit().hard;
+    let reserve = RESERVED_DESCRIPTORS.min(limit / 4);
+    usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+}
+
+/// A random URL-safe string of `bytes` random bytes, for generated dev secrets.
+fn random_token(bytes: usize) -> String {
+    use base64::Engine as _;
+    let random = crate::sys::random_bytes(bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flag(key: &'static str, value: &str) -> Override {
+        Override { key, value: value.into(), source: Source::Flag(format!("--{key}")) }
+    }
+
+    fn env(key: &'static str, value: &str) -> Override {
+        Override {
+            key,
+            value: value.into(),
+            source: Source::Env(format!("HERALD_{}", key.to_ascii_uppercase())),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_environment_which_wins_over_the_file() {
+        let file = "threads = 3\nmax_connections = 100\nping_interval_secs = 5\n";
+        let config = Config::load(
+            Some((Path::new("herald.toml"), file)),
+            vec![env("threads", "5"), env("max_connections", "200"), flag("threads", "7")],
+            true,
+        )
+        .unwrap();
+        assert_eq!(config.threads, 7);
+        assert_eq!(config.max_connections, 200);
+        assert_eq!(config.ping_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_source() {
+        let error = Config::load(None, vec![env("threads", "0")], true).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid setting `threads` (from environment variable HERALD_THREADS): \
+             must be between 1 and 1024, got 0"
+        );
+        let error = Config::load(None, vec![flag("listen", "localhost")], true).unwrap_err();
+        assert!(error.to_string().contains("`listen` (from flag --listen)"), "{error}");
+        let error =
+            Config::load(Some((Path::new("h.toml"), "max_message_bytes = \"lots\"")), vec![], true)
+                .unwrap_err();
+        assert!(error.to_string().contains("`max_message_bytes` (from config file h.toml)"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let error =
+            Config::load(Some((Path::new("h.toml"), "thread = 2")), vec![], true).unwrap_err();
+        assert!(error.to_string().contains("unknown setting `thread`"), "{error}");
+        let error = Config::load(
+            Some((Path::new("h.toml"), "[namespaces.chat]\nhistory = 5")),
+            vec![],
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("namespaces.chat"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_required_outside_dev_mode() {
+        let error = Config::load(None, vec![], false).unwrap_err();
+        assert!(error.to_string().contains("HERALD_API_KEY"), "{error}");
+        let error =
+            Config::load(None, vec![flag("api_key", "0123456789abcdef")], false).unwrap_err();
+        assert!(error.to_string().contains("HERALD_TOKEN_SECRET"), "{error}");
+        let error = Config::load(
+            None,
+            vec![flag("api_key", "0123456789abcdef"), flag("token_secret", "short")],
+            false,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("at least 32 bytes"), "{error}");
+        let config = Config::load(
+            None,
+            vec![
+                flag("api_key", "0123456789abcdef"),
+                flag("token_secret", "0123456789abcdef0123456789abcdef"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert!(!config.allow_anonymous);
+        assert!(config.generated.is_empty());
+        assert!(!config.allowed_origins.allows("https://evil.example", Some("herald.example")));
+    }
+
+    #[test]
+    fn dev_mode_generates_secrets_and_allows_anonymous_and_any_origin() {
+        let config = Config::dev();
+        assert!(config.dev && config.allow_anonymous);
+        assert_eq!(config.generated, vec!["api_key", "token_secret"]);
+        assert!(config.token_secret.expose().len() >= 32);
+        assert!(config.allowed_origins.allows("https://anything.example", None));
+        assert_ne!(Config::dev().api_key, config.api_key, "generated keys are random");
+        assert!(!format!("{config:?}").contains(config.api_key.expose()), "Debug hides secrets");
+    }
+
+    #[test]
+    fn byte_sizes_accept_units() {
+        assert_eq!(parse_byte_size("65536"), Some(65536));
+        assert_eq!(parse_byte_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_byte_size("16 MiB"), Some(16 << 20));
+        assert_eq!(parse_byte_size("1g"), Some(1 << 30));
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+        assert_eq!(parse_byte_size(""), None);
+        let config = Config::load(None, vec![env("max_outbound_bytes", "2MiB")], true).unwrap();
+        assert_eq!(config.max_outbound_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn origin_policy() {
+        let policy =
+            OriginPolicy::parse(&["https://app.example.com", "https://*.example.org"]).unwrap();
+        assert!(policy.allows("https://app.example.com", None));
+        assert!(policy.allows("HTTPS://APP.EXAMPLE.COM", None));
+        assert!(!policy.allows("http://app.example.com", None));
+        assert!(policy.allows("https://a.b.example.org", None));
+        assert!(!policy.allows("https://example.org", None));
+        assert!(!policy.allows("https://evilexample.org", None));
+        assert!(policy.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")), "same origin");
+        assert!(!policy.allows("null", None));
+        assert!(OriginPolicy::parse(&["example.com"]).is_err());
+        assert!(OriginPolicy::parse(&["https://example.com/"]).is_err());
+        assert!(OriginPolicy::parse(&["https://ex*ample.com"]).is_err());
+    }
+
+    #[test]
+    fn namespaces_are_read_from_the_file() {
+        let file = "[channels]\nhistory_size = 100\nhistory_ttl_secs = 300\n\
+                    [namespaces.chat]\nclient_publish = true\npresence = true\njoin_leave = true\n";
+        let config = Config::load(Some((Path::new("h.toml"), file)), vec![], true).unwrap();
+        assert_eq!(config.channels.history_size, 100);
+        let chat = &config.namespaces["chat"];
+        assert!(chat.client_publish && chat.presence && chat.join_leave);
+        assert_eq!(chat.history_size, 0);
+        let bad = "[namespaces.chat]\njoin_leave = true\n";
+        let error = Config::load(Some((Path::new("h.toml"), bad)), vec![], true).unwrap_err();
+        assert!(error.to_string().contains("join_leave needs presence"), "{error}");
+    }
+
+    #[test]
+    fn redis_engine_is_refused_until_it_exists() {
+        let error = Config::load(None, vec![flag("engine", "redis")], true).unwrap_err();
+        assert!(error.to_string().contains("not available"), "{error}");
+        let error =
+            Config::load(None, vec![flag("redis_url", "localhost:6379")], true).unwrap_err();
+        assert!(error.to_string().contains("redis://HOST:PORT"), "{error}");
+    }
+}

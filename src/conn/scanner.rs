@@ -1,0 +1,437 @@
+//! Follows frame boundaries in what a client sends, ahead of tungstenite: fails bad headers and invalid UTF-8 at the first bad byte, and knows when nothing is half-read.
+//!
+//! tungstenite checks a frame when its last byte has arrived. The scanner
+//! sees every byte as it is read, so it can refuse a frame from its header
+//! (before its payload is buffered) and a text message at its first invalid
+//! byte, and it can tell the connection that no partial frame or message is
+//! held, so the framing state can be dropped while the connection is idle.
+
+// Every index and narrowing cast below is bounded by MAX_HEADER, by a header length computed
+// from at most MAX_HEADER bytes, or by a `min` with the slice's length; each
+// place says which.
+#![allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
+
+use crate::error::CloseReason;
+
+/// Longest frame header: 2 bytes, 8 of extended length, 4 of mask key.
+const MAX_HEADER: usize = 14;
+
+/// What kind of data message is being assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageKind {
+    Text,
+    Binary,
+}
+
+/// Where the scanner is inside the current frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// Reading a header; `header_len` bytes of it are in `header`.
+    Header,
+    /// Inside a payload: `left` bytes still to come.
+    Payload { left: u64 },
+}
+
+/// Frame-boundary tracker for one client connection.
+#[derive(Debug)]
+pub struct FrameScanner {
+    max_message: u64,
+    position: Position,
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    /// The current frame is a data frame (text, binary or continuation).
+    data_frame: bool,
+    /// The current frame has FIN set.
+    fin: bool,
+    mask: [u8; 4],
+    /// Offset into the payload, for unmasking.
+    mask_offset: u64,
+    /// A data message whose final frame has not arrived.
+    message: Option<MessageKind>,
+    message_len: u64,
+    utf8: Utf8Stream,
+}
+
+impl FrameScanner {
+    /// A scanner for a connection whose messages may be `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        FrameScanner {
+            max_message: max_message as u64,
+            position: Position::Header,
+            header: [0; MAX_HEADER],
+            header_len: 0,
+            data_frame: false,
+            fin: false,
+            mask: [0; 4],
+            mask_offset: 0,
+            message: None,
+            message_len: 0,
+            utf8: Utf8Stream::default(),
+        }
+    }
+
+    /// No partial frame, no unfinished message: everything scanned so far
+    /// forms whole messages.
+    pub fn at_rest(&self) -> bool {
+        self.position == Position::Header && self.header_len == 0 && self.message.is_none()
+    }
+
+    /// Bytes of the data message being assembled (its frames so far).
+    pub fn message_len(&self) -> u64 {
+        self.message_len
+    }
+
+    /// Scans newly read bytes. On an error, returns how many leading bytes
+    /// are whole frames before the bad one (those may still be processed)
+    /// and why the connection fails.
+    pub fn scan(&mut self, mut input: &[u8]) -> Result<(), (usize, CloseReason)> {
+        let total = input.len();
+        // Offset in `input` where the frame being scanned began; 0 while that
+        // frame began in an earlier read.
+        let mut frame_start = 0usize;
+        while !input.is_empty() {
+            match self.position {
+                Position::Header => {
+                    let have = usize::from(self.header_len);
+                    if have == 0 {
+                        frame_start = total - input.len();
+                    }
+                    // Until two bytes are in, the header's length is unknown.
+                    // `full > have` always: a complete header starts its
+                    // frame and resets `header_len` to 0. `full <= MAX_HEADER`.
+                    let full = header_len(&self.header[..have]).unwrap_or(2);
+                    let take = (full - have).min(input.len());
+                    let (head, rest) = input.split_at(take);
+                    self.header[have..have + take].copy_from_slice(head);
+                    self.header_len = (have + take) as u8;
+                    input = rest;
+                    if header_len(&self.header[..have + take]) == Some(have + take) {
+                        self.start_frame().map_err(|reason| (frame_start, reason))?;
+                    }
+                }
+                Position::Payload { left } => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                    let (payload, rest) = input.split_at(take);
+                    if self.data_frame && self.message == Some(MessageKind::Text) {
+                        self.utf8
+                            .feed_masked(payload, self.mask, self.mask_offset)
+                            .map_err(|()| (frame_start, CloseReason::InvalidUtf8))?;
+                    }
+                    self.mask_offset += take as u64;
+                    input = rest;
+                    let left = left - take as u64;
+                    self.position = Position::Payload { left };
+                    if left == 0 {
+                        self.end_frame().map_err(|reason| (frame_start, reason))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete header is in `self.header`: check it and enter its payload.
+    fn start_frame(&mut self) -> Result<(), CloseReason> {
+        let [first, second, ..] = self.header;
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0F;
+        if first & 0x70 != 0 {
+            return Err(CloseReason::Protocol("reserved bits set"));
+        }
+        if second & 0x80 == 0 {
+            return Err(CloseReason::Protocol("unmasked frame from client"));
+        }
+        let (length, mask_at) = match second & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([self.header[2], self.header[3]])), 4),
+            127 => {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&self.header[2..10]);
+                let length = u64::from_be_bytes(bytes);
+                if length >> 63 != 0 {
+                    return Err(CloseReason::Protocol("frame length has its top bit set"));
+                }
+                (length, 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        self.mask.copy_from_slice(&self.header[mask_at..mask_at + 4]);
+        self.mask_offset = 0;
+        self.fin = fin;
+        match opcode {
+            0x8..=0xA => {
+                if !fin {
+                    return Err(CloseReason::Protocol("fragmented control frame"));
+                }
+                if length > 125 {
+                    return Err(CloseReason::Protocol("control frame over 125 bytes"));
+                }
+                self.data_frame = false;
+            }
+            0x0 => {
+                if self.message.is_none() {
+                    return Err(CloseReason::Protocol("continuation without a message"));
+                }
+                self.data_frame = true;
+            }
+            0x1 | 0x2 => {
+                if self.message.is_some() {
+                    return Err(CloseReason::Protocol("new message inside a fragmented one"));
+                }
+                self.message =
+                    Some(if opcode == 0x1 { MessageKind::Text } else { MessageKind::Binary });
+                self.message_len = 0;
+                self.utf8 = Utf8Stream::default();
+                self.data_frame = true;
+            }
+            _ => return Err(CloseReason::Protocol("reserved opcode")),
+        }
+        if self.data_frame {
+            self.message_len = self.message_len.saturating_add(length);
+            if self.message_len > self.max_message {
+                return Err(CloseReason::MessageTooBig);
+            }
+        }
+        self.header_len = 0;
+        self.position = Position::Payload { left: length };
+        if length == 0 { self.end_frame() } else { Ok(()) }
+    }
+
+    /// The current frame's payload is complete.
+    fn end_frame(&mut self) -> Result<(), CloseReason> {
+        self.position = Position::Header;
+        if self.data_frame && self.fin {
+            let text = self.message == Some(MessageKind::Text);
+            self.message = None;
+            self.message_len = 0;
+            if text && !self.utf8.is_complete() {
+                return Err(CloseReason::InvalidUtf8);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Total header length once enough of it is known (2 bytes tell it).
+fn header_len(header: &[u8]) -> Option<usize> {
+    let second = *header.get(1)?;
+    let extended = match second & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    Some(2 + extended + mask)
+}
+
+/// Incremental UTF-8 validation over a message that arrives in pieces.
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    /// The start of a character whose remaining bytes have not arrived.
+    pending: [u8; 4],
+    pending_len: u8,
+}
+
+impl Utf8Stream {
+    fn is_complete(&self) -> bool {
+        self.pending_len == 0
+    }
+
+    /// Validates masked payload bytes; `offset` is their position in the
+    /// frame's payload (for the mask key rotation).
+    fn feed_masked(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> Result<(), ()> {
+        // Rotate the key so that index 0 lines up with `offset`; chunks are
+        // multiples of 4 bytes, so the rotation holds for every chunk.
+        let mut key = mask;
+        key.rotate_left((offset % 4) as usize);
+        let mut plain = [0u8; 1024];
+        for chunk in masked.chunks(plain.len()) {
+            let out = &mut plain[..chunk.len()];
+            for (i, (dst, src)) in out.iter_mut().zip(chunk).enumerate() {
+                *dst = src ^ key[i & 3];
+            }
+            self.feed(out)?;
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), ()> {
+        if self.pending_len > 0 {
+            let have = usize::from(self.pending_len);
+            let width = utf8_width(self.pending[0]);
+            let take = (width - have).min(input.len());
+            self.pending[have..have + take].copy_from_slice(&input[..take]);
+            self.pending_len += take as u8;
+            input = &input[take..];
+            let sequence = &self.pending[..usize::from(self.pending_len)];
+            match std::str::from_utf8(sequence) {
+                Ok(_) => self.pending_len = 0,
+                Err(error) if error.error_len().is_none() => return Ok(()),
+                Err(_) => return Err(()),
+            }
+        }
+        match std::str::from_utf8(input) {
+            Ok(_) => Ok(()),
+            Err(error) if error.error_len().is_none() => {
+                let rest = &input[error.valid_up_to()..];
+                self.pending[..rest.len()].copy_from_slice(rest);
+                self.pending_len = rest.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// Bytes in the UTF-8 sequence that starts with `first` (1 for anything
+/// invalid, which `from_utf8` then refuses).
+fn utf8_width(first: u8) -> usize {
+    match first {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => 1,
+    }
+}
+
+/// Client frames for tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A masked client frame.
+    pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::frame;
+    use super::*;
+
+    fn scan_bytewise(scanner: &mut FrameScanner, bytes: &[u8]) -> Result<(), CloseReason> {
+        for byte in bytes {
+            scanner.scan(std::slice::from_ref(byte)).map_err(|(_, reason)| reason)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn follows_boundaries_whatever_the_split() {
+        let mut stream = frame(true, 1, b"hello");
+        stream.extend(frame(false, 2, &[7; 300]));
+        stream.extend(frame(true, 9, b"ping"));
+        stream.extend(frame(true, 0, &[8; 70000]));
+        for split in [1, 2, 3, 7, 64, 4096, stream.len()] {
+            let mut scanner = FrameScanner::new(1 << 20);
+            for chunk in stream.chunks(split) {
+                scanner.scan(chunk).unwrap();
+            }
+            assert!(scanner.at_rest(), "split {split}");
+        }
+        let mut scanner = FrameScanner::new(1 << 20);
+        scanner.scan(&stream[..10]).unwrap();
+        assert!(!scanner.at_rest());
+    }
+
+    #[test]
+    fn a_fragmented_message_is_not_at_rest_until_its_last_frame() {
+        let mut scanner = FrameScanner::new(1024);
+        scanner.scan(&frame(false, 1, b"par")).unwrap();
+        assert!(!scanner.at_rest());
+        scanner.scan(&frame(true, 9, b"")).unwrap();
+        assert!(!scanner.at_rest(), "a ping between fragments");
+        scanner.scan(&frame(true, 0, b"t")).unwrap();
+        assert!(scanner.at_rest());
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_first_bad_byte() {
+        // 6.4.3-like: a frame whose payload turns invalid early; the rest
+        // never arrives.
+        let payload = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80hello";
+        let whole = frame(true, 1, payload);
+        let bad_at = whole.len() - payload.len() + 12; // the 0x90 after 0xf4
+        let mut scanner = FrameScanner::new(1024);
+        scanner.scan(&whole[..bad_at]).unwrap();
+        assert_eq!(
+            scanner.scan(&whole[bad_at..bad_at + 1]).unwrap_err().1,
+            CloseReason::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn a_character_split_across_fragments_is_valid() {
+        let mut scanner = FrameScanner::new(1024);
+        let mut stream = frame(false, 1, b"\xe2\x82");
+        stream.extend(frame(true, 0, b"\xac"));
+        scan_bytewise(&mut scanner, &stream).unwrap();
+        assert!(scanner.at_rest());
+        let mut scanner = FrameScanner::new(1024);
+        let truncated = frame(true, 1, b"ok\xe2\x82");
+        assert_eq!(scan_bytewise(&mut scanner, &truncated).unwrap_err(), CloseReason::InvalidUtf8);
+    }
+
+    #[test]
+    fn binary_payloads_are_not_checked_as_text() {
+        let mut scanner = FrameScanner::new(1024);
+        scanner.scan(&frame(true, 2, b"\xff\xfe")).unwrap();
+        assert!(scanner.at_rest());
+    }
+
+    #[test]
+    fn header_problems_are_refused_before_the_payload() {
+        let cases: [(Vec<u8>, CloseReason); 6] = [
+            (vec![0x81, 0x05], CloseReason::Protocol("unmasked frame from client")),
+            (vec![0xC1, 0x85], CloseReason::Protocol("reserved bits set")),
+            (vec![0x83, 0x80], CloseReason::Protocol("reserved opcode")),
+            (vec![0x09, 0x80], CloseReason::Protocol("fragmented control frame")),
+            (vec![0x89, 0xFE, 0x00, 0x7E], CloseReason::Protocol("control frame over 125 bytes")),
+            (vec![0x80, 0x80], CloseReason::Protocol("continuation without a message")),
+        ];
+        for (bytes, expected) in cases {
+            let mut header = bytes.clone();
+            header.extend_from_slice(&[0; 4]);
+            let mut scanner = FrameScanner::new(1024);
+            assert_eq!(scanner.scan(&header).unwrap_err().1, expected, "{bytes:x?}");
+        }
+        let mut scanner = FrameScanner::new(1024);
+        let huge = [0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4];
+        assert_eq!(scanner.scan(&huge).unwrap_err().1, CloseReason::MessageTooBig);
+    }
+
+    #[test]
+    fn fragments_count_toward_the_message_limit() {
+        let mut scanner = FrameScanner::new(10);
+        scanner.scan(&frame(false, 2, &[0; 6])).unwrap();
+        assert_eq!(scanner.message_len(), 6);
+        assert_eq!(
+            scanner.scan(&frame(true, 0, &[0; 6])).unwrap_err().1,
+            CloseReason::MessageTooBig
+        );
+    }
+
+    #[test]
+    fn good_frames_before_a_bad_one_are_reported() {
+        let mut stream = frame(true, 1, b"fine");
+        let good = stream.len();
+        stream.extend(frame(true, 1, b"\xff"));
+        let mut scanner = FrameScanner::new(1024);
+        let (ok, reason) = scanner.scan(&stream).unwrap_err();
+        assert_eq!(ok, good);
+        assert_eq!(reason, CloseReason::InvalidUtf8);
+    }
+}

@@ -1,0 +1,429 @@
+//! Socket-free tests of the connection state machine over a scripted non-blocking IO.
+
+use super::*;
+use crate::conn::scanner::tests_support::frame;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self as stdio, Read, Write};
+use std::rc::Rc;
+
+/// One step a read call gets.
+#[derive(Debug)]
+enum ReadStep {
+    /// Bytes available; a read takes as many as its buffer holds and leaves
+    /// the rest for the next read.
+    Data(Vec<u8>),
+    WouldBlock,
+    Eof,
+    Reset,
+}
+
+/// One step a write call gets.
+#[derive(Debug)]
+enum WriteStep {
+    /// Accept at most this many bytes.
+    Take(usize),
+    WouldBlock,
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    reads: VecDeque<ReadStep>,
+    writes: VecDeque<WriteStep>,
+    /// When the write script is empty, take everything.
+    writes_unlimited: bool,
+    written: Vec<u8>,
+    read_total: usize,
+    /// `read_total` when the first byte was written.
+    read_before_first_write: Option<usize>,
+    write_shut: bool,
+}
+
+/// A non-blocking transport that plays a script and checks on drop that the
+/// script was used up.
+#[derive(Debug, Clone, Default)]
+struct ScriptedIo(Rc<RefCell<Script>>);
+
+impl ScriptedIo {
+    fn new() -> Self {
+        let io = ScriptedIo::default();
+        io.0.borrow_mut().writes_unlimited = true;
+        io
+    }
+    fn read(&self, step: ReadStep) -> &Self {
+        self.0.borrow_mut().reads.push_back(step);
+        self
+    }
+    fn data(&self, bytes: &[u8]) -> &Self {
+        self.read(ReadStep::Data(bytes.to_vec())).read(ReadStep::WouldBlock)
+    }
+    fn write(&self, step: WriteStep) -> &Self {
+        let mut script = self.0.borrow_mut();
+        script.writes_unlimited = false;
+        script.writes.push_back(step);
+        drop(script);
+        self
+    }
+    fn take_written(&self) -> Vec<u8> {
+        std::mem::take(&mut self.0.borrow_mut().written)
+    }
+    fn read_total(&self) -> usize {
+        self.0.borrow().read_total
+    }
+    fn read_before_first_write(&self) -> Option<usize> {
+        self.0.borrow().read_before_first_write
+    }
+    fn write_shut(&self) -> bool {
+        self.0.borrow().write_shut
+    }
+}
+
+impl Drop for ScriptedIo {
+    fn drop(&mut self) {
+        // Only the last handle checks, and not while a test already fails.
+        if Rc::strong_count(&self.0) == 1 && !std::thread::panicking() {
+            let script = self.0.borrow();
+            assert!(script.reads.is_empty(), "read script not used up: {:?}", script.reads);
+            assert!(script.writes.is_empty(), "write script not used up: {:?}", script.writes);
+        }
+    }
+}
+
+impl Read for ScriptedIo {
+    fn read(&mut self, buf: &mut [u8]) -> stdio::Result<usize> {
+        let mut script = self.0.borrow_mut();
+        match script.reads.pop_front() {
+            Some(ReadStep::Data(mut data)) => {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                if n < data.len() {
+                    script.reads.push_front(ReadStep::Data(data.split_off(n)));
+                }
+                script.read_total += n;
+                Ok(n)
+            }
+            Some(ReadStep::WouldBlock) => Err(stdio::ErrorKind::WouldBlock.into()),
+            Some(ReadStep::Eof) => Ok(0),
+            Some(ReadStep::Reset) => Err(stdio::ErrorKind::ConnectionReset.into()),
+            None => panic!("unexpected read: the script has no more steps"),
+        }
+    }
+}
+
+impl Write for ScriptedIo {
+    fn write(&mut self, buf: &[u8]) -> stdio::Result<usize> {
+        let mut script = self.0.borrow_mut();
+        if script.read_before_first_write.is_none() {
+            script.read_before_first_write = Some(script.read_total);
+        }
+        let step = script.writes.pop_front();
+        match step {
+            Some(WriteStep::Take(n)) => {
+                let n = n.min(buf.len());
+                script.written.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            Some(WriteStep::WouldBlock) => Err(stdio::ErrorKind::WouldBlock.into()),
+            None if script.writes_unlimited => {
+                script.written.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => panic!("unexpected write: the script has no more steps"),
+        }
+    }
+    fn flush(&mut self) -> stdio::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for ScriptedIo {
+    fn shutdown_write(&self) -> stdio::Result<()> {
+        self.0.borrow_mut().write_shut = true;
+        Ok(())
+    }
+}
+
+fn ctx() -> Ctx {
+    let mut config = Config::dev();
+    config.ping_interval = Duration::from_secs(25);
+    Ctx::new(Arc::new(config), Arc::from("n1"), 0)
+}
+
+const ECHO_UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+fn open_echo(io: &ScriptedIo, ctx: &mut Ctx) -> Conn<ScriptedIo> {
+    let mut conn = Conn::new(io.clone(), ctx);
+    io.data(ECHO_UPGRADE);
+    assert_eq!(conn.ready(true, true, ctx), Next::Keep);
+    assert_eq!(io.take_written(), SWITCHING);
+    conn
+}
+
+#[test]
+fn the_same_head_split_at_every_byte_gives_the_same_answer() {
+    let mut ctx = ctx();
+    for split in 0..ECHO_UPGRADE.len() {
+        let io = ScriptedIo::new();
+        let mut conn = Conn::new(io.clone(), &ctx);
+        let (first, second) = ECHO_UPGRADE.split_at(split);
+        if !first.is_empty() {
+            io.data(first);
+            assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+            let early = io.take_written();
+            assert!(
+                early.is_empty(),
+                "answered early at split {split}: {}",
+                String::from_utf8_lossy(&early)
+            );
+        }
+        io.data(second);
+        assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+        assert_eq!(io.take_written(), SWITCHING, "split at {split}");
+        assert!(conn.is_open_websocket());
+    }
+}
+
+#[test]
+fn head_and_first_frame_in_one_read() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    let mut bytes = ECHO_UPGRADE.to_vec();
+    bytes.extend(frame(true, 1, b"first"));
+    io.data(&bytes);
+    conn.ready(true, true, &mut ctx);
+    let mut expected = SWITCHING.to_vec();
+    expected.extend_from_slice(b"\x81\x05first");
+    assert_eq!(io.take_written(), expected);
+}
+
+#[test]
+fn partial_writes_and_would_block_at_every_step() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    // Every write takes one byte and then the socket is full.
+    for i in 0..SWITCHING.len() {
+        io.write(WriteStep::Take(1));
+        if i + 1 < SWITCHING.len() {
+            io.write(WriteStep::WouldBlock);
+        }
+    }
+    io.data(ECHO_UPGRADE);
+    conn.ready(true, true, &mut ctx);
+    let mut written = io.take_written();
+    while written.len() < SWITCHING.len() {
+        assert_eq!(conn.ready(false, true, &mut ctx), Next::Keep);
+        written.extend(io.take_written());
+    }
+    assert_eq!(written, SWITCHING);
+    assert_eq!(conn.queued_bytes(), 0);
+}
+
+#[test]
+fn frames_split_across_reads_with_would_block_between() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    let message = frame(true, 2, &[7u8; 300]);
+    for byte in &message {
+        io.data(std::slice::from_ref(byte));
+        conn.ready(true, false, &mut ctx);
+    }
+    let written = io.take_written();
+    assert_eq!(&written[..4], b"\x82\x7e\x01\x2c");
+    assert_eq!(&written[4..], &[7u8; 300][..]);
+}
+
+#[test]
+fn a_head_over_the_limit_is_refused_without_reading_further() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    let mut huge = b"GET /ws HTTP/1.1\r\nX-Big: ".to_vec();
+    huge.resize(1 << 20, b'a');
+    // The whole megabyte is offered at once; the answer must come at the limit.
+    io.read(ReadStep::Data(huge));
+    // After answering, the connection discards input up to the linger cap.
+    assert_eq!(conn.ready(true, true, &mut ctx), Next::Close);
+    assert_eq!(io.read_before_first_write(), Some(http::MAX_HEAD_BYTES));
+    let answer = String::from_utf8(io.take_written()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(io.write_shut());
+    assert!(io.read_total() <= http::MAX_HEAD_BYTES + LINGER_MAX_BYTES + SCRATCH_BYTES);
+    // The rest of the megabyte is deliberately left unread.
+    io.0.borrow_mut().reads.clear();
+}
+
+#[test]
+fn refusals_are_answered_then_half_closed_until_the_peer_closes() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    io.data(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+    let answer = String::from_utf8(io.take_written()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    assert!(answer.ends_with(r#"{"error":{"code":"not_found","message":"no such endpoint"}}"#));
+    assert!(io.write_shut());
+    io.read(ReadStep::Eof);
+    assert_eq!(conn.ready(true, false, &mut ctx), Next::Close);
+}
+
+#[test]
+fn health_answers_ok() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    io.data(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    conn.ready(true, true, &mut ctx);
+    let answer = String::from_utf8(io.take_written()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(answer.ends_with("\r\n\r\n{\"status\":\"ok\"}"));
+    io.read(ReadStep::Reset);
+    assert_eq!(conn.ready(true, false, &mut ctx), Next::Close);
+}
+
+#[test]
+fn an_incomplete_head_is_closed_at_the_deadline() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    io.data(b"GET /ws HTTP/1.1\r\n");
+    conn.ready(true, true, &mut ctx);
+    let deadline = conn.deadline(&ctx);
+    assert_eq!(deadline, millis(ctx.config.handshake_timeout));
+    ctx.now = deadline - 1;
+    assert_eq!(conn.on_timer(&mut ctx), Next::Keep);
+    ctx.now = deadline;
+    assert_eq!(conn.on_timer(&mut ctx), Next::Close);
+}
+
+#[test]
+fn a_quiet_websocket_is_pinged_then_closed_after_two_intervals() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    let interval = millis(ctx.config.ping_interval);
+    assert_eq!(conn.deadline(&ctx), interval);
+    ctx.now = interval;
+    assert_eq!(conn.on_timer(&mut ctx), Next::Keep);
+    assert_eq!(io.take_written(), b"\x89\x00");
+    assert_eq!(conn.deadline(&ctx), 2 * interval);
+    // A pong resets the clock.
+    ctx.now = interval + 10;
+    io.data(&frame(true, 10, b""));
+    conn.ready(true, false, &mut ctx);
+    assert_eq!(conn.deadline(&ctx), 2 * interval + 10);
+    ctx.now = 2 * interval + 10;
+    conn.on_timer(&mut ctx);
+    assert_eq!(io.take_written(), b"\x89\x00");
+    ctx.now = 3 * interval + 10;
+    assert_eq!(conn.on_timer(&mut ctx), Next::Keep);
+    let close = io.take_written();
+    let expected = websocket::close_frame(CloseReason::Policy("no traffic for two ping intervals"));
+    assert_eq!(close, expected);
+    assert_eq!(&close[2..4], &1008u16.to_be_bytes());
+    assert!(io.write_shut());
+}
+
+#[test]
+fn shutdown_sends_1001_and_waits_for_the_reply() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    assert_eq!(conn.shutdown(&mut ctx), Next::Keep);
+    let close = io.take_written();
+    assert_eq!(&close[..4], b"\x88\x16\x03\xe9");
+    assert!(!conn.is_open_websocket());
+    io.data(&frame(true, 8, b"\x03\xe9"));
+    conn.ready(true, false, &mut ctx);
+    assert!(io.write_shut(), "after the close handshake the server half-closes");
+    io.read(ReadStep::Eof);
+    assert_eq!(conn.ready(true, false, &mut ctx), Next::Close);
+}
+
+#[test]
+fn an_unanswered_close_gives_up_at_the_close_timeout() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    conn.shutdown(&mut ctx);
+    io.take_written();
+    ctx.now = conn.deadline(&ctx);
+    assert_eq!(ctx.now, millis(CLOSE_HANDSHAKE_TIMEOUT));
+    assert_eq!(conn.on_timer(&mut ctx), Next::Close);
+}
+
+#[test]
+fn protocol_errors_send_their_close_code() {
+    let cases: [(&[u8], u16); 3] = [
+        (b"\x81\x05hello", 1002),
+        (&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28], 1007),
+        // 16 MiB + 1: one byte over the /echo limit.
+        (&[0x82, 0xFF, 0, 0, 0, 0, 1, 0, 0, 1, 1, 2, 3, 4], 1009),
+    ];
+    for (input, code) in cases {
+        let mut ctx = ctx();
+        let io = ScriptedIo::new();
+        let mut conn = open_echo(&io, &mut ctx);
+        io.data(input);
+        assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+        let written = io.take_written();
+        assert_eq!(written[0], 0x88, "a close frame for {input:x?}");
+        assert_eq!(u16::from_be_bytes([written[2], written[3]]), code);
+        assert!(io.write_shut());
+    }
+}
+
+#[test]
+fn binary_frames_on_ws_close_with_1003() {
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = Conn::new(io.clone(), &ctx);
+    let ws_upgrade = String::from_utf8(ECHO_UPGRADE.to_vec()).unwrap().replace("/echo", "/ws");
+    io.data(ws_upgrade.as_bytes());
+    conn.ready(true, true, &mut ctx);
+    let opening = String::from_utf8_lossy(&io.take_written()).into_owned();
+    assert!(opening.contains(r#"{"op":"welcome","client":"n1-0-1","user":"","ping_interval":25}"#));
+    io.data(&frame(true, 1, br#"{"op":"ping","id":6}"#));
+    conn.ready(true, true, &mut ctx);
+    assert_eq!(io.take_written(), b"\x81\x14{\"op\":\"pong\",\"id\":6}");
+    io.data(&frame(true, 2, b"\x00"));
+    conn.ready(true, true, &mut ctx);
+    let close = io.take_written();
+    assert_eq!(&close[2..4], &1003u16.to_be_bytes());
+}
+
+#[test]
+fn a_peer_that_does_not_read_stops_being_read() {
+    let mut config = Config::dev();
+    config.max_outbound_bytes = 16 << 10;
+    let mut ctx = Ctx::new(Arc::new(config), Arc::from("n1"), 0);
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    let before = io.read_total();
+    // The socket takes nothing; each read brings a 4 KiB message whose echo
+    // is 4100 bytes, so the queue passes 16 KiB after 4 of them.
+    io.write(WriteStep::WouldBlock);
+    let message = frame(true, 2, &[1u8; 4096]);
+    for _ in 0..6 {
+        io.read(ReadStep::Data(message.clone()));
+    }
+    io.read(ReadStep::WouldBlock);
+    conn.ready(true, true, &mut ctx);
+    assert_eq!(io.read_total() - before, 4 * message.len(), "stopped once the queue filled");
+    assert_eq!(conn.queued_bytes(), 4 * 4100);
+    // Another readable event changes nothing while the queue is full.
+    conn.ready(true, false, &mut ctx);
+    assert_eq!(io.read_total() - before, 4 * message.len());
+    // Once the peer reads, reading resumes.
+    io.0.borrow_mut().writes_unlimited = true;
+    conn.ready(false, true, &mut ctx);
+    assert_eq!(io.read_total() - before, 6 * message.len());
+    assert_eq!(io.take_written().len(), 6 * 4100);
+}

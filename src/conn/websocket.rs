@@ -1,0 +1,335 @@
+//! The WebSocket phase: tungstenite's `WebSocketContext` driven over an adapter that reads from the shard's scratch buffer and writes to the connection's `OutQueue`.
+
+use super::out_queue::OutQueue;
+use super::scanner::FrameScanner;
+use crate::error::{CloseReason, WsFailure};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::io::{self, Read, Write};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Message, error::Error as WsError};
+
+/// tungstenite's read buffer while a message is being read. It is allocated
+/// up front and zero-filled before each read, so it stays small; it exists
+/// only while a connection has a partial frame (see [`WsSession::codec`]).
+pub const CODEC_READ_BUFFER: usize = 4096;
+/// Payloads up to this size are copied next to their header in one chunk;
+/// larger ones are queued as a separate, shared chunk.
+const COPY_PAYLOAD_UP_TO: usize = 4096;
+
+/// Frame opcodes herald sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    /// A UTF-8 text message.
+    Text = 0x1,
+    /// A binary message.
+    Binary = 0x2,
+    /// Close.
+    Close = 0x8,
+    /// Ping.
+    Ping = 0x9,
+}
+
+/// The header of an unmasked, final server frame: opcode and length.
+// Each cast is within the range its match arm just checked.
+#[allow(clippy::cast_possible_truncation)]
+fn frame_header(opcode: Opcode, len: usize, out: &mut BytesMut) {
+    out.put_u8(0x80 | opcode as u8);
+    match len {
+        0..=125 => out.put_u8(len as u8),
+        126..=0xFFFF => {
+            out.put_u8(126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(127);
+            out.put_u64(len as u64);
+        }
+    }
+}
+
+/// One whole server frame in one buffer (header and payload copied).
+pub fn encode_frame(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    frame_header(opcode, payload.len(), &mut out);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Queues a frame around a shared payload without copying a large one.
+pub fn queue_frame(out: &mut OutQueue, opcode: Opcode, payload: Bytes) {
+    if payload.len() <= COPY_PAYLOAD_UP_TO {
+        out.push(encode_frame(opcode, &payload));
+    } else {
+        let mut header = BytesMut::with_capacity(10);
+        frame_header(opcode, payload.len(), &mut header);
+        out.push(header.freeze());
+        out.push(payload);
+    }
+}
+
+/// A close frame with a code and reason.
+pub fn close_frame(reason: CloseReason) -> Bytes {
+    let text = reason.reason().as_bytes();
+    let mut payload = Vec::with_capacity(2 + text.len());
+    payload.extend_from_slice(&reason.code().to_be_bytes());
+    payload.extend_from_slice(text);
+    encode_frame(Opcode::Close, &payload)
+}
+
+/// The adapter tungstenite reads and writes through: reads come from bytes
+/// already read from the socket, writes land in the outbound queue and
+/// never block.
+struct Adapter<'a> {
+    input: &'a [u8],
+    out: &'a mut OutQueue,
+}
+
+impl Read for Adapter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.input.read(buf)?;
+        Ok(n)
+    }
+}
+
+impl Write for Adapter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What happened to the input handed to the session.
+#[derive(Debug)]
+pub enum Input {
+    /// All of it was processed.
+    Processed,
+    /// The connection must be failed with this close code.
+    Fail(CloseReason),
+    /// The close handshake completed.
+    Finished,
+}
+
+/// What the endpoint does with each complete message.
+pub trait Handler {
+    /// A text or binary message arrived. Replies go into `out`; an `Err`
+    /// closes the connection with that code.
+    fn on_message(&mut self, message: Message, out: &mut OutQueue) -> Result<(), CloseReason>;
+}
+
+/// Framing state of one WebSocket connection.
+#[derive(Debug)]
+pub struct WsSession {
+    max_message: usize,
+    /// tungstenite's state, present only while something is half-read or the
+    /// close handshake runs: an idle connection holds no framing buffers.
+    codec: Option<Box<WebSocketContext>>,
+    scanner: FrameScanner,
+    /// Set once herald has sent a close frame and waits for the reply.
+    closing: bool,
+}
+
+impl WsSession {
+    /// A session whose messages may be `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        WsSession {
+            max_message,
+            codec: None,
+            scanner: FrameScanner::new(max_message),
+            closing: false,
+        }
+    }
+
+    /// Whether herald sent a close frame and waits for the peer's.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether the session holds tungstenite state (for tests and metrics).
+    pub fn holds_codec(&self) -> bool {
+        self.codec.is_some()
+    }
+
+    fn codec(&mut self) -> &mut WebSocketContext {
+        let max = self.max_message;
+        self.codec.get_or_insert_with(|| {
+            let config = WebSocketConfig::default()
+                .read_buffer_size(CODEC_READ_BUFFER)
+                .write_buffer_size(0)
+                .max_write_buffer_size(usize::MAX)
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max));
+            Box::new(WebSocketContext::new(Role::Server, Some(config)))
+        })
+    }
+
+    /// Processes bytes read from the socket: scans them, lets tungstenite
+    /// assemble messages, and hands each one to `handler`.
+    pub fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut OutQueue,
+        handler: &mut impl Handler,
+    ) -> Input {
+        let (good, scan_error) = match self.scanner.scan(input) {
+            Ok(()) => (input, None),
+            Err((good, reason)) => (input.get(..good).unwrap_or_default(), Some(reason)),
+        };
+        let closing = self.closing;
+        let codec = self.codec();
+        let mut adapter = Adapter { input: good, out };
+        loop {
+            match codec.read(&mut adapter) {
+                Ok(Message::Text(text)) if !closing => {
+                    if let Err(reason) = handler.on_message(Message::Text(text), adapter.out) {
+                        return Input::Fail(reason);
+                    }
+                }
+                Ok(Message::Binary(data)) if !closing => {
+                    if let Err(reason) = handler.on_message(Message::Binary(data), adapter.out) {
+                        return Input::Fail(reason);
+                    }
+                }
+                // Pings are answered by tungstenite; pongs, and data that
+                // arrives while closing, need nothing more.
+                Ok(_) => {}
+                Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => match WsFailure::from(error) {
+                    WsFailure::Finished => return Input::Finished,
+                    WsFailure::Close(reason) => return Input::Fail(reason),
+                    WsFailure::Transport => return Input::Fail(CloseReason::Internal),
+                },
+            }
+        }
+        if let Some(reason) = scan_error {
+            return Input::Fail(reason);
+        }
+        if self.scanner.at_rest() && !self.closing {
+            // Nothing half-read: tungstenite's buffers hold no bytes, so drop
+            // them until the next frame arrives.
+            self.codec = None;
+        }
+        Input::Processed
+    }
+
+    /// Starts the close handshake with `reason`: the close frame is queued
+    /// and input is read until the peer's close frame comes back.
+    pub fn begin_close(&mut self, reason: CloseReason, out: &mut OutQueue) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: Utf8Bytes::from_static(reason.reason()),
+        };
+        let mut adapter = Adapter { input: &[], out };
+        // Writing to the adapter cannot fail; an error here means the codec
+        // had already finished its close handshake, and then nothing is owed.
+        let _ = self.codec().close(&mut adapter, Some(frame));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::scanner::tests_support::frame;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        fn on_message(&mut self, message: Message, out: &mut OutQueue) -> Result<(), CloseReason> {
+            match message {
+                Message::Text(text) => queue_frame(out, Opcode::Text, Bytes::from(text)),
+                Message::Binary(data) => queue_frame(out, Opcode::Binary, data),
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    fn drain(out: &mut OutQueue) -> Vec<u8> {
+        let mut written = Vec::new();
+        out.write_to(&mut written);
+        written
+    }
+
+    #[test]
+    fn frame_headers_use_the_shortest_length() {
+        assert_eq!(&encode_frame(Opcode::Text, b"hi")[..], b"\x81\x02hi");
+        assert_eq!(&encode_frame(Opcode::Binary, &[0; 126])[..4], b"\x82\x7e\x00\x7e");
+        assert_eq!(
+            &encode_frame(Opcode::Binary, &[0; 65536])[..10],
+            b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
+        );
+        assert_eq!(&close_frame(CloseReason::ShuttingDown)[..4], b"\x88\x16\x03\xe9");
+    }
+
+    #[test]
+    fn echoes_and_drops_the_codec_when_idle() {
+        let mut session = WsSession::new(1 << 20);
+        let mut out = OutQueue::default();
+        let input = frame(true, 1, b"hello");
+        assert!(matches!(session.on_input(&input, &mut out, &mut Echo), Input::Processed));
+        assert_eq!(drain(&mut out), b"\x81\x05hello");
+        assert!(!session.holds_codec());
+        // Half a frame keeps the codec and its bytes.
+        assert!(matches!(session.on_input(&input[..3], &mut out, &mut Echo), Input::Processed));
+        assert!(session.holds_codec());
+        assert!(matches!(session.on_input(&input[3..], &mut out, &mut Echo), Input::Processed));
+        assert_eq!(drain(&mut out), b"\x81\x05hello");
+        assert!(!session.holds_codec());
+    }
+
+    #[test]
+    fn pings_are_answered_with_pongs() {
+        let mut session = WsSession::new(1024);
+        let mut out = OutQueue::default();
+        session.on_input(&frame(true, 9, b"abc"), &mut out, &mut Echo);
+        assert_eq!(drain(&mut out), b"\x8a\x03abc");
+    }
+
+    #[test]
+    fn peer_close_is_answered_and_finishes() {
+        let mut session = WsSession::new(1024);
+        let mut out = OutQueue::default();
+        let input = frame(true, 8, b"\x03\xe8bye");
+        assert!(matches!(session.on_input(&input, &mut out, &mut Echo), Input::Finished));
+        assert_eq!(drain(&mut out), b"\x88\x05\x03\xe8bye");
+    }
+
+    #[test]
+    fn our_close_waits_for_the_reply() {
+        let mut session = WsSession::new(1024);
+        let mut out = OutQueue::default();
+        session.begin_close(CloseReason::ShuttingDown, &mut out);
+        assert_eq!(drain(&mut out), close_frame(CloseReason::ShuttingDown));
+        // Data after our close is not echoed.
+        assert!(matches!(
+            session.on_input(&frame(true, 1, b"late"), &mut out, &mut Echo),
+            Input::Processed
+        ));
+        assert!(out.is_empty());
+        let reply = frame(true, 8, b"\x03\xe9");
+        assert!(matches!(session.on_input(&reply, &mut out, &mut Echo), Input::Finished));
+    }
+
+    #[test]
+    fn scanner_errors_fail_after_the_good_frames() {
+        let mut session = WsSession::new(1024);
+        let mut out = OutQueue::default();
+        let mut input = frame(true, 1, b"ok");
+        input.extend(frame(true, 1, b"\xc3\x28"));
+        let result = session.on_input(&input, &mut out, &mut Echo);
+        assert!(matches!(result, Input::Fail(CloseReason::InvalidUtf8)), "{result:?}");
+        assert_eq!(drain(&mut out), b"\x81\x02ok");
+    }
+}

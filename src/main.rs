@@ -1,0 +1,215 @@
+//! The `herald` command: `serve` runs the server.
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use herald::config::{Config, KEYS, Override, Source};
+use herald::{Server, ServerHandle};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// herald: a real-time notification server.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+/// Every setting has a flag, an environment variable and a key in the config
+/// file; flags win over the environment, which wins over the file.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file (TOML).
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "HERALD_LISTEN", value_name = "IP:PORT")]
+    listen: Option<String>,
+    /// Shards (event-loop threads); default: one per core.
+    #[arg(long, env = "HERALD_THREADS", value_name = "N")]
+    threads: Option<String>,
+    /// Development mode: anonymous connections, any origin, generated secrets.
+    #[arg(long, env = "HERALD_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    dev: Option<String>,
+    /// Key backends send to the server API.
+    #[arg(long, env = "HERALD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// HS256 secret connection tokens are signed with (at least 32 bytes).
+    #[arg(long, env = "HERALD_TOKEN_SECRET", value_name = "SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Browser origin allowed to connect (repeat; `*` for any).
+    #[arg(
+        long = "allowed-origin",
+        env = "HERALD_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Accept connections without a token.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    allow_anonymous: Option<String>,
+    /// Channel engine: memory or redis.
+    #[arg(long, env = "HERALD_ENGINE", value_name = "ENGINE")]
+    engine: Option<String>,
+    /// Redis address for the redis engine.
+    #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// Open connections per node (over it: 503).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<String>,
+    /// Turn off the /echo endpoint.
+    #[arg(long, env = "HERALD_NO_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    no_echo: Option<String>,
+    /// Heartbeat interval in seconds.
+    #[arg(long, env = "HERALD_PING_INTERVAL_SECS", value_name = "SECS")]
+    ping_interval_secs: Option<String>,
+    /// Seconds from accept to a complete request head.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
+    handshake_timeout_secs: Option<String>,
+    /// Seconds a graceful shutdown waits for connections to close.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    shutdown_timeout_secs: Option<String>,
+    /// Outbound bytes queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "HERALD_MAX_OUTBOUND_BYTES", value_name = "BYTES")]
+    max_outbound_bytes: Option<String>,
+    /// Largest client message on /ws.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    max_message_bytes: Option<String>,
+    /// Largest message on /echo.
+    #[arg(long, env = "HERALD_MAX_ECHO_MESSAGE_BYTES", value_name = "BYTES")]
+    max_echo_message_bytes: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let Some(serve_matches) = matches.subcommand_matches("serve") else {
+                return ExitCode::FAILURE;
+            };
+            serve(&args, serve_matches)
+        }
+    }
+}
+
+fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+
+    let config = match load_config(args, matches) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("herald: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if !config.generated.is_empty() {
+        // Printed, not logged: these are for the developer at the terminal,
+        // and only exist in --dev.
+        println!(
+            "dev mode: generated secrets (pass them explicitly to keep them across restarts):"
+        );
+        for name in &config.generated {
+            let value = match *name {
+                "api_key" => config.api_key.expose(),
+                _ => config.token_secret.expose(),
+            };
+            println!("  {name} = {value}");
+        }
+    }
+
+    // Signals are caught before the server announces itself, so a SIGTERM
+    // sent the moment "listening" appears is a graceful shutdown.
+    let signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("herald: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = config.listen;
+    let handle = match Server::start(config) {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("herald: cannot listen on {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("herald listening on {}", handle.local_addr());
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal(signals, handle)
+}
+
+fn wait_for_signal(mut signals: Signals, handle: ServerHandle) -> ExitCode {
+    if let Some(signal) = signals.forever().next() {
+        let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
+        log::info!("{name}: shutting down gracefully (send it again to stop at once)");
+    }
+    handle.shutdown();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            log::warn!("second signal: exiting without waiting for connections");
+            std::process::exit(1);
+        }
+    });
+    handle.join();
+    log::info!("shutdown complete");
+    ExitCode::SUCCESS
+}
+
+/// Reads the config file and turns flags and environment variables into
+/// overrides, each labelled with where it came from.
+fn load_config(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, String> {
+    let file = match &args.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some((path.clone(), text)),
+            Err(error) => {
+                return Err(format!("cannot read config file {}: {error}", path.display()));
+            }
+        },
+        None => None,
+    };
+    let mut overrides = Vec::new();
+    for &key in KEYS {
+        let source = match matches.value_source(key) {
+            Some(ValueSource::CommandLine) => Source::Flag(format!("--{}", flag_name(key))),
+            Some(ValueSource::EnvVariable) => {
+                Source::Env(format!("HERALD_{}", key.to_ascii_uppercase()))
+            }
+            _ => continue,
+        };
+        let values: Vec<String> = match matches.get_many::<String>(key) {
+            Some(values) => values.cloned().collect(),
+            None => continue,
+        };
+        overrides.push(Override { key, value: values.join(","), source });
+    }
+    Config::load(
+        file.as_ref().map(|(path, text)| (path.as_path(), text.as_str())),
+        overrides,
+        false,
+    )
+    .map_err(|error| error.to_string())
+}
+
+fn flag_name(key: &str) -> String {
+    match key {
+        "allowed_origins" => "allowed-origin".to_string(),
+        other => other.replace('_', "-"),
+    }
+}

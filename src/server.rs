@@ -1,0 +1,159 @@
+//! Starting the shards on one address, and stopping them gracefully.
+
+use crate::config::Config;
+use crate::shard::Shard;
+use crate::shard::inbox::{Inbox, Work};
+use crate::sys;
+use mio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::thread::JoinHandle;
+
+/// Pending connections the kernel queues per listener. Linux caps it at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// State every shard shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// This node's id: random per process, the prefix of client ids.
+    pub node: Arc<str>,
+    /// Open connections on every shard (those counted toward `max_connections`).
+    pub connections: AtomicUsize,
+}
+
+/// Starts herald.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Binds the listeners and starts one thread per shard. Returns once the
+    /// server accepts connections.
+    pub fn start(config: Config) -> io::Result<ServerHandle> {
+        let soft = sys::raise_open_file_limit();
+        if let Err(error) = sys::reserve_descriptor_table(soft) {
+            log::debug!("could not pre-size the descriptor table: {error}");
+        }
+        let threads = config.threads.max(1);
+        let listeners = bind_listeners(config.listen, threads)?;
+        let local_addr = listeners
+            .first()
+            .map(TcpListener::local_addr)
+            .transpose()?
+            .ok_or_else(|| io::Error::other("no listener"))?;
+        let node: Arc<str> = Arc::from(node_id());
+        let shared =
+            Arc::new(Shared { config: Arc::new(config), node, connections: AtomicUsize::new(0) });
+        let mut shards = Vec::with_capacity(threads);
+        let mut inboxes = Vec::with_capacity(threads);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (shard, inbox) = Shard::new(index, listener, shared.clone())?;
+            shards.push(shard);
+            inboxes.push(inbox);
+        }
+        let mut threads = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.into_iter().enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(format!("herald-shard-{index}"))
+                .spawn(move || shard.run())?;
+            threads.push(thread);
+        }
+        log::info!(
+            "herald {} node {} listening on {local_addr} with {} shards",
+            env!("CARGO_PKG_VERSION"),
+            shared.node,
+            threads.len()
+        );
+        Ok(ServerHandle { local_addr, inboxes, threads, shared })
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    inboxes: Vec<Arc<Inbox>>,
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// The address the server accepts on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open connections across shards.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Asks every shard to stop accepting, send 1001 to every WebSocket and
+    /// close once flushed (or at `shutdown_timeout`). Returns at once.
+    pub fn shutdown(&self) {
+        for inbox in &self.inboxes {
+            inbox.send(Work::Shutdown);
+        }
+    }
+
+    /// Waits until every shard has stopped.
+    pub fn join(mut self) {
+        self.join_threads();
+    }
+
+    fn join_threads(&mut self) {
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                log::error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    /// Dropping the handle shuts the server down and waits for it.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+            self.join_threads();
+        }
+    }
+}
+
+/// One listener per shard on the same address, with `SO_REUSEPORT` so the
+/// kernel spreads incoming connections over them.
+fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second herald on the same port silently
+        // share it: probe with a plain bind first so that "address in use"
+        // is reported as such.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
+    let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into());
+        // With port 0 the first bind picks the port; the others join it.
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A random node id: 8 hex digits.
+fn node_id() -> String {
+    sys::random_bytes(4).iter().map(|b| format!("{b:02x}")).collect()
+}

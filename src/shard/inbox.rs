@@ -1,0 +1,48 @@
+//! A shard's inbox: work handed over by other threads, with one wake-up for many items.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Work another thread gives a shard.
+#[derive(Debug)]
+pub enum Work {
+    /// Stop accepting, close every connection gracefully, and exit.
+    Shutdown,
+}
+
+/// Items for one shard, and the waker that interrupts its `poll`.
+#[derive(Debug)]
+pub struct Inbox {
+    items: Mutex<Vec<Work>>,
+    waker: mio::Waker,
+    /// A wake-up is on its way: later senders need not send another.
+    woken: AtomicBool,
+}
+
+impl Inbox {
+    /// An inbox whose waker is registered with the shard's poll.
+    pub fn new(waker: mio::Waker) -> Self {
+        Inbox { items: Mutex::new(Vec::new()), waker, woken: AtomicBool::new(false) }
+    }
+
+    /// Hands `work` to the shard. Never blocks on the shard: the lock is held
+    /// only to push.
+    pub fn send(&self, work: Work) {
+        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(work);
+        if !self.woken.swap(true, Ordering::AcqRel)
+            && let Err(error) = self.waker.wake()
+        {
+            log::error!("could not wake a shard: {error}");
+        }
+    }
+
+    /// Moves every pending item into `into` (which the caller keeps and
+    /// reuses, so draining allocates nothing in the steady state).
+    pub fn drain(&self, into: &mut Vec<Work>) {
+        // Cleared before taking the items: anything sent after this point
+        // wakes the shard again.
+        self.woken.store(false, Ordering::Release);
+        let mut items = self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::swap(&mut *items, into);
+    }
+}

@@ -1,0 +1,467 @@
+//! One shard: a thread with its own `mio::Poll`, `SO_REUSEPORT` listener, slab of connections, timers and inbox.
+
+pub mod inbox;
+pub mod timers;
+
+use crate::conn::{Conn, Ctx, Millis, Next, millis};
+use crate::error::HttpError;
+use crate::server::Shared;
+use inbox::{Inbox, Work};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use timers::Timers;
+
+/// The listener's token.
+pub const LISTENER: Token = Token(usize::MAX - 1);
+/// The inbox waker's token.
+pub const WAKER: Token = Token(usize::MAX);
+/// Connections accepted per readiness event before others get a turn.
+const ACCEPT_BUDGET: usize = 256;
+/// First pause of accepting after the process ran out of descriptors; it
+/// doubles up to `MAX_ACCEPT_PAUSE` while the shortage lasts.
+const MIN_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause of accepting.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_millis(500);
+/// Clients turned away at once through the spare descriptor, per attempt.
+const REFUSE_BATCH: usize = 64;
+/// Connections answered 503 at once (over `max_connections`) per shard; past
+/// it, further ones are closed without an answer.
+const MAX_REFUSING: usize = 1024;
+/// Events taken from the kernel per `poll`.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A connection token: slab key in the low 32 bits, generation above, so an
+/// event or timer for a closed connection never reaches the one that reused
+/// its slot.
+fn conn_token(key: usize, generation: u32) -> Token {
+    Token((generation as usize) << 32 | key)
+}
+
+// The shift leaves at most 32 bits: the cast keeps them all.
+#[allow(clippy::cast_possible_truncation)]
+fn split_token(token: Token) -> (usize, u32) {
+    (token.0 & 0xFFFF_FFFF, (token.0 >> 32) as u32)
+}
+
+/// The answer sent through the spare descriptor when the process has none
+/// left: short, and written without waiting.
+const NO_DESCRIPTORS_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+Content-Type: application/json\r\nContent-Length: 83\r\nConnection: close\r\n\r\n\
+{\"error\":{\"code\":\"unavailable\",\"message\":\"server out of file descriptors, retry\"}}";
+
+/// A shard before its thread starts: everything that can fail at start-up
+/// is done here, on the caller's thread.
+#[derive(Debug)]
+pub struct Shard {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn<TcpStream>>,
+    ctx: Ctx,
+    timers: Timers,
+    inbox: Arc<Inbox>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    next_generation: u32,
+    /// The listener may have connections waiting (budget ran out, or a pause ended).
+    accept_ready: bool,
+    /// Accepting is paused until this time (out of descriptors).
+    accept_paused_until: Option<Millis>,
+    accept_pause: Duration,
+    /// The last accept ran out of descriptors (logged once per shortage).
+    out_of_descriptors: bool,
+    /// A descriptor kept open to be closed when the process runs out, so
+    /// that waiting clients can be accepted and told 503 instead of hanging.
+    spare_fd: Option<File>,
+    /// Connections answered 503 and not yet closed.
+    refusing: usize,
+    /// Connections whose read budget ran out with input left.
+    more_input: Vec<Token>,
+    /// Set when shutting down: the time to give up on open connections.
+    stopping: Option<Millis>,
+    work: Vec<Work>,
+}
+
+impl Shard {
+    /// Builds shard `index` around its listener.
+    pub fn new(
+        index: usize,
+        mut listener: TcpListener,
+        shared: Arc<Shared>,
+    ) -> io::Result<(Shard, Arc<Inbox>)> {
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let inbox = Arc::new(Inbox::new(mio::Waker::new(poll.registry(), WAKER)?));
+        let config = shared.config.clone();
+        // Slots for this shard's share of max_connections, reserved up front:
+        // untouched pages cost no memory, and the slab never moves under load.
+        let share = config.max_connections / config.threads.max(1) + 64;
+        let shard = Shard {
+            poll,
+            listener: Some(listener),
+            conns: Slab::with_capacity(share.min(1 << 20)),
+            ctx: Ctx::new(config, shared.node.clone(), index),
+            timers: Timers::default(),
+            inbox: inbox.clone(),
+            shared,
+            epoch: Instant::now(),
+            next_generation: 0,
+            accept_ready: false,
+            accept_paused_until: None,
+            accept_pause: MIN_ACCEPT_PAUSE,
+            out_of_descriptors: false,
+            spare_fd: File::open("/dev/null").ok(),
+            refusing: 0,
+            more_input: Vec::new(),
+            stopping: None,
+            work: Vec::new(),
+        };
+        Ok((shard, inbox))
+    }
+
+    fn clock(&self) -> Millis {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs the loop until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("shard {}: poll failed: {error}", self.ctx.shard);
+                break;
+            }
+            self.ctx.now = self.clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready = true,
+                    WAKER => self.drain_inbox(),
+                    token => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let writable =
+                            event.is_writable() || event.is_write_closed() || event.is_error();
+                        self.on_conn_event(token, readable, writable);
+                    }
+                }
+            }
+            if self.accept_ready {
+                self.accept();
+            }
+            self.continue_input();
+            self.fire_timers();
+            if let Some(deadline) = self.stopping {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if self.ctx.now >= deadline {
+                    log::info!(
+                        "shard {}: shutdown timeout, dropping {} connections",
+                        self.ctx.shard,
+                        self.conns.len()
+                    );
+                    break;
+                }
+            }
+        }
+        let remaining: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in remaining {
+            self.teardown(key);
+        }
+    }
+
+    /// How long `poll` may sleep: until the next timer, or not at all when
+    /// work is left over from this turn.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.accept_ready || !self.more_input.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = match (self.timers.next_deadline(), self.stopping) {
+            (Some(timer), Some(stop)) => Some(timer.min(stop)),
+            (timer, stop) => timer.or(stop),
+        }?;
+        Some(Duration::from_millis(next.saturating_sub(self.clock())))
+    }
+
+    fn drain_inbox(&mut self) {
+        let mut work = std::mem::take(&mut self.work);
+        self.inbox.drain(&mut work);
+        for item in work.drain(..) {
+            match item {
+                Work::Shutdown => self.begin_shutdown(),
+            }
+        }
+        self.work = work;
+    }
+
+    fn on_conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+        let (key, generation) = split_token(token);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.generation != generation {
+            return;
+        }
+        let next = conn.ready(readable, writable, &mut self.ctx);
+        self.after(key, next);
+    }
+
+    /// Bookkeeping after a connection callback: tear it down, or make sure
+    /// its next deadline has a timer and leftover input a next turn.
+    fn after(&mut self, key: usize, next: Next) {
+        if next == Next::Close {
+            self.teardown(key);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let token = conn_token(key, conn.generation);
+        // A deadline already past fires on the next turn, never in this one,
+        // so a connection cannot keep its shard busy through its timer.
+        let deadline = conn.deadline(&self.ctx).max(self.ctx.now + 1);
+        if conn.armed.is_none_or(|armed| deadline < armed) {
+            self.timers.schedule(deadline, token);
+            conn.armed = Some(deadline);
+        }
+        if conn.has_more_input() {
+            self.more_input.push(token);
+        }
+    }
+
+    fn continue_input(&mut self) {
+        if self.more_input.is_empty() {
+            return;
+        }
+        let tokens = std::mem::take(&mut self.more_input);
+        for token in tokens {
+            let (key, generation) = split_token(token);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            let next = conn.drive(&mut self.ctx);
+            self.after(key, next);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.ctx.now;
+        while let Some((at, token)) = self.timers.pop_due(now) {
+            if token == LISTENER {
+                self.accept_paused_until = None;
+                self.accept_ready = true;
+                continue;
+            }
+            let (key, generation) = split_token(token);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation || conn.armed != Some(at) {
+                continue;
+            }
+            conn.armed = None;
+            let next = conn.on_timer(&mut self.ctx);
+            self.after(key, next);
+        }
+    }
+
+    fn accept(&mut self) {
+        self.accept_ready = false;
+        if self.accept_paused_until.is_some() || self.stopping.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    self.accept_pause = MIN_ACCEPT_PAUSE;
+                    self.out_of_descriptors = false;
+                    self.admit(stream);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if is_out_of_descriptors(&error) => {
+                    if !self.out_of_descriptors {
+                        self.out_of_descriptors = true;
+                        log::warn!(
+                            "shard {}: accept failed: {error}; refusing new clients with 503 \
+                             until descriptors free up (raise the open-file limit or lower \
+                             max_connections)",
+                            self.ctx.shard
+                        );
+                    }
+                    // Waiting clients are told 503 at once. If that emptied
+                    // the backlog, the next arrival wakes the listener again;
+                    // if not, retry after a pause rather than spin.
+                    if !self.refuse_through_spare() {
+                        self.pause_accept();
+                    }
+                    return;
+                }
+                // The client gave up between SYN and accept, or a signal
+                // interrupted: try the next one.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => {
+                    log::warn!("shard {}: accept failed: {error}; pausing accept", self.ctx.shard);
+                    self.pause_accept();
+                    return;
+                }
+            }
+        }
+        // Budget used up: more may be waiting; continue next turn.
+        self.accept_ready = true;
+    }
+
+    fn pause_accept(&mut self) {
+        let pause = self.accept_pause;
+        let until = self.clock() + millis(pause);
+        self.accept_paused_until = Some(until);
+        self.timers.schedule(until, LISTENER);
+        self.accept_pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+    }
+
+    /// Out of descriptors: close the spare one, and use the slot it frees to
+    /// accept waiting clients one at a time and tell them 503, so they do not
+    /// hang in the backlog. Returns whether the backlog was emptied.
+    fn refuse_through_spare(&mut self) -> bool {
+        let Some(spare) = self.spare_fd.take() else {
+            self.spare_fd = File::open("/dev/null").ok();
+            return false;
+        };
+        drop(spare);
+        let mut refused = 0;
+        let mut emptied = false;
+        if let Some(listener) = &self.listener {
+            while refused < REFUSE_BATCH {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        // Best effort: a non-blocking write into an empty
+                        // socket buffer; the socket closes right after.
+                        let _ = stream.write(NO_DESCRIPTORS_RESPONSE);
+                        refused += 1;
+                    }
+                    Err(error) => {
+                        emptied = error.kind() == io::ErrorKind::WouldBlock;
+                        break;
+                    }
+                }
+            }
+        }
+        self.spare_fd = File::open("/dev/null").ok();
+        log::debug!("shard {}: refused {refused} clients for lack of descriptors", self.ctx.shard);
+        emptied && self.spare_fd.is_some()
+    }
+
+    fn admit(&mut self, stream: TcpStream) {
+        if let Err(error) = stream.set_nodelay(true) {
+            log::debug!("set_nodelay: {error}");
+        }
+        let live = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut conn = if live > self.ctx.config.max_connections {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            if self.refusing >= MAX_REFUSING {
+                return;
+            }
+            self.refusing += 1;
+            let mut conn = Conn::refused(stream, &HttpError::AtCapacity, &self.ctx);
+            conn.counted = false;
+            conn
+        } else {
+            Conn::new(stream, &self.ctx)
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key > u32::MAX as usize {
+            self.release(&conn);
+            return;
+        }
+        self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
+        conn.generation = self.next_generation;
+        let token = conn_token(key, conn.generation);
+        if let Err(error) = self.poll.registry().register(
+            conn.socket_mut(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("could not register a connection: {error}");
+            self.release(&conn);
+            return;
+        }
+        let deadline = conn.deadline(&self.ctx);
+        conn.armed = Some(deadline);
+        self.timers.schedule(deadline, token);
+        entry.insert(conn);
+    }
+
+    /// Gives back what a connection held in the shared counts.
+    fn release(&mut self, conn: &Conn<TcpStream>) {
+        if conn.counted {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.refusing -= 1;
+        }
+    }
+
+    fn teardown(&mut self, key: usize) {
+        if let Some(conn) = self.conns.try_remove(key) {
+            self.release(&conn);
+            // Dropping the socket closes it, which also removes it from epoll.
+            drop(conn);
+            // A descriptor came free: if accepting paused for lack of them,
+            // try again now rather than at the end of the pause.
+            if self.accept_paused_until.is_some() && self.stopping.is_none() {
+                self.accept_paused_until = None;
+                self.accept_ready = true;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let now = self.clock();
+        self.ctx.now = now;
+        self.stopping = Some(now + millis(self.ctx.config.shutdown_timeout));
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_ready = false;
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                let next = conn.shutdown(&mut self.ctx);
+                self.after(key, next);
+            }
+        }
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of
+    // descriptors or socket memory; retrying at once would spin.
+    matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_key_and_generation() {
+        let token = conn_token(12345, 0x7FFF_FFFF);
+        assert_eq!(split_token(token), (12345, 0x7FFF_FFFF));
+        assert_ne!(token, LISTENER);
+        assert_ne!(token, WAKER);
+        assert_ne!(conn_token(7, 1), conn_token(7, 2));
+    }
+}

@@ -1,0 +1,283 @@
+//! Test helpers: a server on 127.0.0.1:0, a raw HTTP/WebSocket client that can also send what no good client would, and deadlines instead of sleeps.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+use herald::{Config, Server, ServerHandle};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A dev configuration on a free port with two shards, changed by `adjust`.
+pub fn start_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut config = Config::dev();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.threads = 2;
+    adjust(&mut config);
+    Server::start(config).expect("server starts")
+}
+
+/// A dev server with defaults.
+pub fn start() -> ServerHandle {
+    start_with(|_| {})
+}
+
+/// A plain TCP connection with the test deadline as its read timeout.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// An upgrade request for `path` with extra header lines (each ending in \r\n).
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// An HTTP response as read from the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// The JSON body.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?}: {e}", self.body))
+    }
+}
+
+/// Reads one HTTP response head (and a Content-Length body) from `stream`,
+/// leaving whatever follows in `rest`.
+pub fn read_response(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Response {
+    let deadline = Instant::now() + DEADLINE;
+    let head_end = loop {
+        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        assert!(Instant::now() < deadline, "no response head within the deadline");
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).expect("read response");
+        assert!(
+            n > 0,
+            "connection closed before a response; got {:?}",
+            String::from_utf8_lossy(rest)
+        );
+        rest.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(rest[..head_end].to_vec()).unwrap();
+    rest.drain(..head_end);
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut response = Response { status, head, body: String::new() };
+    if let Some(length) = response.header("content-length").map(|v| v.parse::<usize>().unwrap()) {
+        while rest.len() < length {
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).expect("read body");
+            assert!(n > 0, "connection closed inside the body");
+            rest.extend_from_slice(&buf[..n]);
+        }
+        response.body = String::from_utf8(rest.drain(..length).collect()).unwrap();
+    }
+    response
+}
+
+/// Sends `request` on a new connection and reads the answer.
+pub fn request(addr: SocketAddr, request: &str) -> Response {
+    let mut stream = connect(addr);
+    stream.write_all(request.as_bytes()).unwrap();
+    read_response(&mut stream, &mut Vec::new())
+}
+
+/// Whether the server closed the connection (EOF or reset) within the deadline.
+pub fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    false
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    /// The payload as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.payload.clone()).unwrap()
+    }
+
+    /// The payload as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+}
+
+/// A masked client frame, as a browser would send it.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A WebSocket client over a raw socket.
+pub struct WsClient {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    pub response: Response,
+}
+
+impl WsClient {
+    /// Opens a WebSocket on `path`; panics unless the answer is 101.
+    pub fn open(addr: SocketAddr, path: &str) -> WsClient {
+        let mut stream = connect(addr);
+        stream.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let response = read_response(&mut stream, &mut buf);
+        assert_eq!(response.status, 101, "{}{}", response.head, response.body);
+        WsClient { stream, buf, response }
+    }
+
+    /// Opens `/ws` and reads the welcome message.
+    pub fn open_client(addr: SocketAddr) -> (WsClient, serde_json::Value) {
+        let mut client = WsClient::open(addr, "/ws");
+        let welcome = client.read_frame().json();
+        assert_eq!(welcome["op"], "welcome");
+        (client, welcome)
+    }
+
+    pub fn send(&mut self, opcode: u8, payload: &[u8]) {
+        self.send_raw(&client_frame(true, opcode, payload));
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send(1, text.as_bytes());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads the next frame within the deadline.
+    pub fn read_frame(&mut self) -> Frame {
+        self.try_read_frame().expect("a frame before the deadline")
+    }
+
+    /// Reads the next frame, or `None` if the connection ends first.
+    pub fn try_read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading a frame: {e}"),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame and returns its code (skipping
+    /// pings and data).
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            let frame = self.try_read_frame().expect("a close frame before the connection ends");
+            if frame.opcode == 8 {
+                return frame.close_code().unwrap_or(1005);
+            }
+        }
+    }
+
+    /// Answers a close handshake and waits for the server to close TCP.
+    pub fn finish_close(&mut self, code: u16) {
+        self.send(8, &code.to_be_bytes());
+        assert!(closed_by_server(&mut self.stream), "server did not close the socket");
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Parses one unmasked server frame from the start of `buf`.
+pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+    let (len, header) = match buf[1] & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(header..header + len)?.to_vec();
+    Some((Frame { fin: buf[0] & 0x80 != 0, opcode: buf[0] & 0x0F, payload }, header + len))
+}
+
+/// Polls `check` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

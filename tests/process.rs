@@ -1,0 +1,263 @@
+//! The `herald` binary as an operator runs it: start-up errors, the listening line, signals, a low open-file limit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A running `herald serve` child process.
+struct Herald {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Herald {
+    /// Runs `sh -c "<prefix> exec herald serve <args>"` and waits for the
+    /// listening line.
+    fn spawn(prefix: &str, args: &[&str]) -> Herald {
+        let command = format!("{prefix} exec \"$0\" serve \"$@\"");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .arg(HERALD)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("herald listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(DEADLINE).expect("the listening line");
+        Herald { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "herald did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// CPU seconds the process has used (utime + stime from /proc).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs herald to completion (for start-up errors).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(HERALD);
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn bad_settings_stop_start_up_and_name_the_setting() {
+    let (code, stderr) = run(&["serve", "--dev", "--threads", "0"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`threads` (from flag --threads)"), "{stderr}");
+    let (code, stderr) = run(&["serve", "--dev"], &[("HERALD_MAX_OUTBOUND_BYTES", "lots")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("environment variable HERALD_MAX_OUTBOUND_BYTES"), "{stderr}");
+    let (code, stderr) = run(&["serve", "--dev", "--listen", "nowhere"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`listen`"), "{stderr}");
+    let (code, stderr) = run(&["serve", "--dev", "--allowed-origin", "example.com"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`allowed_origins`"), "{stderr}");
+}
+
+#[test]
+fn without_dev_the_secrets_are_required() {
+    let (code, stderr) = run(&["serve", "--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("HERALD_API_KEY") && stderr.contains("--api-key"), "{stderr}");
+}
+
+#[test]
+fn a_config_file_is_read_and_flags_win_over_it() {
+    let dir = std::env::temp_dir().join(format!("herald-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("herald.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:1\"\nno_echo = true\nthreads = 1\n").unwrap();
+    let herald = Herald::spawn(
+        "",
+        &["--dev", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    assert_ne!(herald.addr.port(), 1, "the flag won over the file");
+    let response = request(herald.addr, &upgrade_request("/echo", ""));
+    assert_eq!(response.status, 404, "no_echo from the file applies");
+    std::fs::write(&file, "threads = 2\nthread = 3\n").unwrap();
+    let (code, stderr) = run(&["serve", "--dev", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown setting `thread`"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dev_mode_prints_the_generated_secrets_and_logs_none() {
+    let mut herald = Herald::spawn("", &["--dev", "--listen", "127.0.0.1:0"]);
+    herald.signal("TERM");
+    assert!(herald.wait().success());
+    let stderr = herald.stderr();
+    assert!(!stderr.contains("api_key ="), "secrets are never logged: {stderr}");
+}
+
+#[test]
+fn sigterm_sends_1001_to_every_websocket_and_exits_0() {
+    let mut herald = Herald::spawn("", &["--dev", "--listen", "127.0.0.1:0"]);
+    let mut clients: Vec<WsClient> = (0..4).map(|_| WsClient::open(herald.addr, "/echo")).collect();
+    let (mut ws, _) = WsClient::open_client(herald.addr);
+    herald.signal("TERM");
+    for client in clients.iter_mut().chain(std::iter::once(&mut ws)) {
+        assert_eq!(client.expect_close(), 1001);
+        client.finish_close(1001);
+    }
+    let status = herald.wait();
+    assert_eq!(status.code(), Some(0));
+    // Nothing accepts any more.
+    assert!(TcpStream::connect(herald.addr).is_err());
+}
+
+#[test]
+fn shutdown_does_not_wait_past_its_timeout_for_silent_clients() {
+    let mut herald =
+        Herald::spawn("", &["--dev", "--listen", "127.0.0.1:0", "--shutdown-timeout-secs", "1"]);
+    // This client never answers the close frame.
+    let mut client = WsClient::open(herald.addr, "/echo");
+    let started = Instant::now();
+    herald.signal("INT");
+    assert_eq!(client.expect_close(), 1001);
+    assert_eq!(herald.wait().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[test]
+fn accept_under_a_low_open_file_limit_does_not_spin_and_recovers() {
+    // 48 descriptors: about 15 go to stdio, shards and logging, the rest to
+    // connections. max_connections is set high so the limit that bites is
+    // the descriptor limit.
+    let mut herald = Herald::spawn(
+        "ulimit -n 48;",
+        &["--dev", "--listen", "127.0.0.1:0", "--threads", "1", "--max-connections", "1000"],
+    );
+    let addr = herald.addr;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let mut stream = connect(addr);
+        stream.write_all(upgrade_request("/echo", "").as_bytes()).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // Each client gets an answer quickly: 101, or a refusal (503 or a
+        // closed connection), never a hang.
+        let answered_at = Instant::now();
+        let outcome = loop {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break None,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break Some(
+                            String::from_utf8_lossy(&buf).split(' ').nth(1).unwrap().to_string(),
+                        );
+                    }
+                }
+            }
+        };
+        assert!(
+            answered_at.elapsed() < Duration::from_secs(2),
+            "a client waited {:?}",
+            answered_at.elapsed()
+        );
+        match outcome.as_deref() {
+            Some("101") => held.push(stream),
+            Some("503") | None => refused += 1,
+            Some(other) => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(held.len() >= 20, "some connections were served: {}", held.len());
+    assert!(refused >= 10, "the rest were refused: {refused}");
+
+    // While out of descriptors the server must not spin.
+    let before = herald.cpu_seconds();
+    let window = Instant::now();
+    let mut probe = TcpStream::connect(addr).unwrap();
+    let _ = probe.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    while window.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let used = herald.cpu_seconds() - before;
+    assert!(used < 0.3, "the server used {used} s of CPU in 1 s while out of descriptors");
+
+    // Freeing descriptors lets it accept again by itself.
+    held.clear();
+    drop(probe);
+    wait_until("a fresh client to be served", || {
+        let Ok(mut stream) = TcpStream::connect(addr) else { return false };
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    });
+    let mut client = WsClient::open(addr, "/echo");
+    client.send_text("back");
+    assert_eq!(client.read_frame().text(), "back");
+    herald.signal("TERM");
+    assert_eq!(client.expect_close(), 1001);
+    client.finish_close(1001);
+    assert!(herald.wait().success());
+    let log = herald.stderr();
+    assert!(log.contains("refusing new clients with 503"), "{log}");
+}
