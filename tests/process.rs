@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use rustix::process::{Pid, Signal, kill_process};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -45,13 +46,9 @@ impl Herald {
         Herald { child, addr }
     }
 
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        kill_process(pid, signal).unwrap();
     }
 
     fn wait(&mut self) -> ExitStatus {
@@ -146,7 +143,7 @@ fn a_config_file_is_read_and_flags_win_over_it() {
 #[test]
 fn dev_mode_prints_the_generated_secrets_and_logs_none() {
     let mut herald = Herald::spawn("", &["--dev", "--listen", "127.0.0.1:0"]);
-    herald.signal("TERM");
+    herald.signal(Signal::TERM);
     assert!(herald.wait().success());
     let stderr = herald.stderr();
     assert!(!stderr.contains("api_key ="), "secrets are never logged: {stderr}");
@@ -157,7 +154,7 @@ fn sigterm_sends_1001_to_every_websocket_and_exits_0() {
     let mut herald = Herald::spawn("", &["--dev", "--listen", "127.0.0.1:0"]);
     let mut clients: Vec<WsClient> = (0..4).map(|_| WsClient::open(herald.addr, "/echo")).collect();
     let (mut ws, _) = WsClient::open_client(herald.addr);
-    herald.signal("TERM");
+    herald.signal(Signal::TERM);
     for client in clients.iter_mut().chain(std::iter::once(&mut ws)) {
         assert_eq!(client.expect_close(), 1001);
         client.finish_close(1001);
@@ -175,7 +172,7 @@ fn shutdown_does_not_wait_past_its_timeout_for_silent_clients() {
     // This client never answers the close frame.
     let mut client = WsClient::open(herald.addr, "/echo");
     let started = Instant::now();
-    herald.signal("INT");
+    herald.signal(Signal::INT);
     assert_eq!(client.expect_close(), 1001);
     assert_eq!(herald.wait().code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
@@ -254,7 +251,7 @@ fn accept_under_a_low_open_file_limit_does_not_spin_and_recovers() {
     let mut client = WsClient::open(addr, "/echo");
     client.send_text("back");
     assert_eq!(client.read_frame().text(), "back");
-    herald.signal("TERM");
+    herald.signal(Signal::TERM);
     assert_eq!(client.expect_close(), 1001);
     client.finish_close(1001);
     assert!(herald.wait().success());

@@ -40,6 +40,17 @@ pub fn millis(duration: Duration) -> Millis {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// What became of a frame handed to [`Conn::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; it goes out with the next flush.
+    Queued,
+    /// The connection is not an open WebSocket (closing, or not upgraded).
+    Dropped,
+    /// The queue was full: the connection is being closed with 4008.
+    SlowConsumer,
+}
+
 /// What the loop does with a connection after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -440,6 +451,24 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Queues a frame the server originates (a publication, a presence
+    /// event, a heartbeat) on an open WebSocket. If the queue would pass
+    /// `max_outbound_bytes`, the peer is a slow consumer: what it has not
+    /// started to receive is dropped, it gets close 4008, and nothing more is
+    /// queued for it. The caller flushes (at the end of its turn).
+    pub fn push(&mut self, frame: Bytes, ctx: &Ctx) -> Pushed {
+        match &self.phase {
+            Phase::WebSocket(ws) if ws.close_deadline.is_none() => {}
+            _ => return Pushed::Dropped,
+        }
+        if self.out.len() + frame.len() > ctx.config.max_outbound_bytes {
+            self.fail(CloseReason::SlowConsumer, ctx);
+            return Pushed::SlowConsumer;
+        }
+        self.out.push(frame);
+        Pushed::Queued
+    }
+
     /// Starts a clean close: our close frame now, the peer's reply awaited
     /// for up to `CLOSE_HANDSHAKE_TIMEOUT`.
     pub fn begin_close(&mut self, reason: CloseReason, ctx: &Ctx) {
@@ -520,7 +549,7 @@ impl<S: Transport> Conn<S> {
                 }
                 None if now >= ws.last_rx + interval && !ws.pinged => {
                     ws.pinged = true;
-                    self.out.push(Bytes::from_static(PING_FRAME));
+                    self.push(Bytes::from_static(PING_FRAME), ctx);
                 }
                 None => {}
             },

@@ -1,6 +1,8 @@
 //! Socket-free tests of the connection state machine over a scripted non-blocking IO.
 
 use super::*;
+use crate::config::Config;
+use websocket::Opcode;
 use crate::conn::scanner::tests_support::frame;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -426,4 +428,49 @@ fn a_peer_that_does_not_read_stops_being_read() {
     conn.ready(false, true, &mut ctx);
     assert_eq!(io.read_total() - before, 6 * message.len());
     assert_eq!(io.take_written().len(), 6 * 4100);
+}
+
+/// An idle connection is its slab slot and nothing else: tungstenite's
+/// state and the outbound queue hold no allocation while idle. Guard the
+/// slot's size (docs/BENCHMARKS.md has the measured RSS per connection).
+#[test]
+fn an_idle_connection_is_small() {
+    assert!(
+        size_of::<Conn<mio::net::TcpStream>>() <= 224,
+        "{}",
+        size_of::<Conn<mio::net::TcpStream>>()
+    );
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let conn = open_echo(&io, &mut ctx);
+    let Phase::WebSocket(ws) = &conn.phase else { panic!("not upgraded") };
+    assert!(!ws.session.holds_codec());
+    assert_eq!(conn.queued_bytes(), 0);
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
+    let mut config = Config::dev();
+    config.max_outbound_bytes = 16 << 10;
+    let mut ctx = Ctx::new(Arc::new(config), Arc::from("n1"), 0);
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    let push = websocket::encode_frame(Opcode::Text, &[b'x'; 1000]);
+    // The socket takes half a frame and then nothing.
+    io.write(WriteStep::Take(500)).write(WriteStep::WouldBlock);
+    assert_eq!(conn.push(push.clone(), &ctx), Pushed::Queued);
+    conn.flush();
+    let mut queued = 1;
+    while conn.push(push.clone(), &ctx) == Pushed::Queued {
+        queued += 1;
+    }
+    assert_eq!(queued, (16 << 10) / push.len());
+    assert_eq!(conn.push(push.clone(), &ctx), Pushed::Dropped, "nothing after the decision");
+    // What goes out: the rest of the half-written frame, then close 4008.
+    io.0.borrow_mut().writes_unlimited = true;
+    conn.ready(false, true, &mut ctx);
+    let mut expected = push.to_vec();
+    expected.extend_from_slice(&websocket::close_frame(CloseReason::SlowConsumer));
+    assert_eq!(io.take_written(), expected);
+    assert!(io.write_shut());
 }
