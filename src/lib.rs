@@ -12,6 +12,8 @@ pub mod protocol;
 pub mod server;
 pub mod shard;
 pub mod sys;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle};

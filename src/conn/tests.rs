@@ -2,12 +2,12 @@
 
 use super::*;
 use crate::config::Config;
-use websocket::Opcode;
-use crate::conn::scanner::tests_support::frame;
+use crate::testing::client_frame as frame;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self as stdio, Read, Write};
 use std::rc::Rc;
+use websocket::Opcode;
 
 /// One step a read call gets.
 #[derive(Debug)]

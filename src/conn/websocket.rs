@@ -241,7 +241,7 @@ impl WsSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::scanner::tests_support::frame;
+    use crate::testing::client_frame as frame;
 
     struct Echo;
 
