@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 1 << 20;
 /// Largest client message on `/ws` (over it: close 1009). Client commands are
 /// small JSON objects; this bounds what one frame can make the server buffer.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest request body on the server API (over it: 413, decided from
+/// `Content-Length` before the body is read). A publication is pushed to
+/// every subscriber's queue, so it must fit there several times.
+pub const DEFAULT_MAX_API_BODY_BYTES: usize = 256 << 10;
 /// Largest message on `/echo` (over it: close 1009). Big enough for the
 /// Autobahn 9.* cases; the memory it allows is held only while a message is
 /// in flight.
@@ -189,7 +193,7 @@ impl OriginPolicy {
 pub struct NamespaceOptions {
     /// Publications kept per channel for recovery (0: no history).
     pub history_size: usize,
-    /// Seconds a publication stays in history (0: until pushed out by size).
+    /// Seconds a publication stays in history (required with history).
     pub history_ttl_secs: u64,
     /// Whether `presence` answers for channels of this namespace.
     pub presence: bool,
@@ -209,6 +213,14 @@ impl NamespaceOptions {
                 &format!("{section}.history_size"),
                 source,
                 format_args!("must be at most {MAX_HISTORY_SIZE}, got {}", self.history_size),
+            ));
+        }
+        if self.history_size > 0 && self.history_ttl_secs == 0 {
+            return Err(ConfigError::setting(
+                &format!("{section}.history_ttl_secs"),
+                source,
+                "must be set (above 0) when history_size is: a channel nobody subscribes to is \
+                 freed when its history expires",
             ));
         }
         if self.join_leave && !self.presence {
@@ -259,6 +271,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Largest message on `/echo`.
     pub max_echo_message_bytes: usize,
+    /// Largest server API request body.
+    pub max_api_body_bytes: usize,
     /// Options of channels without a namespace.
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
@@ -324,6 +338,7 @@ pub const KEYS: &[&str] = &[
     "max_outbound_bytes",
     "max_message_bytes",
     "max_echo_message_bytes",
+    "max_api_body_bytes",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -699,6 +714,25 @@ impl Layers {
         let max_echo_message_bytes = self
             .bytes("max_echo_message_bytes", 1 << 10, 64 << 20)?
             .unwrap_or(DEFAULT_MAX_ECHO_MESSAGE_BYTES);
+        let max_api_body_bytes = self
+            .bytes("max_api_body_bytes", 1 << 10, 64 << 20)?
+            .unwrap_or(DEFAULT_MAX_API_BODY_BYTES);
+        // A publication (from a client or the API) goes into every
+        // subscriber's outbound queue; if it could not fit there with room to
+        // spare, every subscriber would be closed as a slow consumer.
+        for (key, value) in
+            [("max_message_bytes", max_message_bytes), ("max_api_body_bytes", max_api_body_bytes)]
+        {
+            if value > max_outbound_bytes / 4 {
+                return Err(ConfigError::new(format!(
+                    "invalid setting `{key}`: {} must be at most a quarter of max_outbound_bytes \
+                     ({}), so that a publication fits in every subscriber's outbound queue; \
+                     lower {key} or raise max_outbound_bytes",
+                    format_byte_size(value),
+                    format_byte_size(max_outbound_bytes)
+                )));
+            }
+        }
 
         Ok(Config {
             listen,
@@ -718,6 +752,7 @@ impl Layers {
             max_outbound_bytes,
             max_message_bytes,
             max_echo_message_bytes,
+            max_api_body_bytes,
             channels: self.channels.unwrap_or_default(),
             namespaces: self.namespaces,
             generated,
@@ -927,6 +962,9 @@ mod tests {
         assert_eq!(parse_byte_size(""), None);
         let config = Config::load(None, vec![env("max_outbound_bytes", "2MiB")], true).unwrap();
         assert_eq!(config.max_outbound_bytes, 2 << 20);
+        let error =
+            Config::load(None, vec![env("max_outbound_bytes", "128KiB")], true).unwrap_err();
+        assert!(error.to_string().contains("a quarter of max_outbound_bytes"), "{error}");
     }
 
     #[test]
@@ -950,6 +988,9 @@ mod tests {
     fn namespaces_are_read_from_the_file() {
         let file = "[channels]\nhistory_size = 100\nhistory_ttl_secs = 300\n\
                     [namespaces.chat]\nclient_publish = true\npresence = true\njoin_leave = true\n";
+        let no_ttl = "[channels]\nhistory_size = 10\n";
+        let error = Config::load(Some((Path::new("h.toml"), no_ttl)), vec![], true).unwrap_err();
+        assert!(error.to_string().contains("channels.history_ttl_secs"), "{error}");
         let config = Config::load(Some((Path::new("h.toml"), file)), vec![], true).unwrap();
         assert_eq!(config.channels.history_size, 100);
         let chat = &config.namespaces["chat"];

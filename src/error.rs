@@ -36,18 +36,34 @@ pub enum HttpError {
     AtCapacity,
     /// The server is shutting down (503).
     ShuttingDown,
+    /// A body without `Content-Length` (or with `Transfer-Encoding`, which
+    /// herald does not take) where one is needed (411).
+    LengthRequired,
+    /// A body over `max_api_body_bytes`, known from `Content-Length` (413).
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A well-framed API request that asks for something invalid (400).
+    InvalidRequest(String),
+    /// An API request for something that does not exist (404).
+    Missing(String),
 }
 
 impl HttpError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            HttpError::Malformed(_) | HttpError::BadHandshake(_) => 400,
+            HttpError::Malformed(_) | HttpError::BadHandshake(_) | HttpError::InvalidRequest(_) => {
+                400
+            }
             HttpError::Unauthorized(_) => 401,
             HttpError::OriginNotAllowed => 403,
-            HttpError::NotFound => 404,
+            HttpError::NotFound | HttpError::Missing(_) => 404,
             HttpError::MethodNotAllowed { .. } => 405,
             HttpError::UpgradeRequired | HttpError::UnsupportedVersion => 426,
+            HttpError::LengthRequired => 411,
+            HttpError::PayloadTooLarge { .. } => 413,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::AtCapacity | HttpError::ShuttingDown => 503,
         }
@@ -60,11 +76,15 @@ impl HttpError {
             | HttpError::BadHandshake(_)
             | HttpError::MethodNotAllowed { .. }
             | HttpError::UpgradeRequired
-            | HttpError::UnsupportedVersion => "bad_request",
+            | HttpError::UnsupportedVersion
+            | HttpError::LengthRequired
+            | HttpError::InvalidRequest(_) => "bad_request",
             HttpError::Unauthorized(_) => "unauthorized",
             HttpError::OriginNotAllowed => "forbidden",
-            HttpError::NotFound => "not_found",
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => "limit_exceeded",
+            HttpError::NotFound | HttpError::Missing(_) => "not_found",
+            HttpError::HeadTooLarge
+            | HttpError::TooManyHeaders
+            | HttpError::PayloadTooLarge { .. } => "limit_exceeded",
             HttpError::AtCapacity | HttpError::ShuttingDown => "unavailable",
         }
     }
@@ -92,7 +112,27 @@ impl HttpError {
             HttpError::Unauthorized(what) => what.to_string(),
             HttpError::AtCapacity => "server at connection capacity, retry later".to_string(),
             HttpError::ShuttingDown => "server shutting down".to_string(),
+            HttpError::LengthRequired => {
+                "a request body needs Content-Length (chunked bodies are not accepted)".to_string()
+            }
+            HttpError::PayloadTooLarge { limit } => {
+                format!("request body larger than {limit} bytes")
+            }
+            HttpError::InvalidRequest(message) | HttpError::Missing(message) => message.clone(),
         }
+    }
+
+    /// Whether the connection must close after this answer: the request's
+    /// framing is broken or too big, so the next request cannot be found.
+    pub fn breaks_framing(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Malformed(_)
+                | HttpError::HeadTooLarge
+                | HttpError::TooManyHeaders
+                | HttpError::LengthRequired
+                | HttpError::PayloadTooLarge { .. }
+        )
     }
 
     fn extra_headers(&self) -> &'static str {
@@ -108,24 +148,19 @@ impl HttpError {
         }
     }
 
-    /// The whole HTTP answer: status line, headers, JSON body. The connection
-    /// closes after it.
+    /// The whole HTTP answer: status line, headers, JSON body, for a
+    /// connection that closes after it.
     pub fn to_response(&self) -> Bytes {
+        self.response(false)
+    }
+
+    /// The answer, saying whether the connection stays open after it.
+    pub fn response(&self, keep_alive: bool) -> Bytes {
         let body = serde_json::json!({
             "error": { "code": self.code(), "message": self.message() }
         })
         .to_string();
-        let status = self.status();
-        let head = format!(
-            "HTTP/1.1 {status} {reason}\r\n{extra}Content-Type: application/json\r\n\
-             Content-Length: {length}\r\nConnection: close\r\n\r\n",
-            reason = reason_phrase(status),
-            extra = self.extra_headers(),
-            length = body.len(),
-        );
-        let mut response = head.into_bytes();
-        response.extend_from_slice(body.as_bytes());
-        Bytes::from(response)
+        json_response(self.status(), self.extra_headers(), body.as_bytes(), keep_alive)
     }
 }
 
@@ -135,16 +170,34 @@ impl fmt::Display for HttpError {
     }
 }
 
+/// An HTTP answer with a JSON body.
+pub fn json_response(status: u16, extra_headers: &str, body: &[u8], keep_alive: bool) -> Bytes {
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: application/json\r\n\
+         Content-Length: {length}\r\nConnection: {connection}\r\n\r\n",
+        reason = reason_phrase(status),
+        length = body.len(),
+        connection = if keep_alive { "keep-alive" } else { "close" },
+    );
+    let mut response = Vec::with_capacity(head.len() + body.len());
+    response.extend_from_slice(head.as_bytes());
+    response.extend_from_slice(body);
+    Bytes::from(response)
+}
+
 /// The reason phrase of the statuses herald answers with.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
+        100 => "Continue",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -298,6 +351,10 @@ mod tests {
             HttpError::Unauthorized("x"),
             HttpError::AtCapacity,
             HttpError::ShuttingDown,
+            HttpError::LengthRequired,
+            HttpError::PayloadTooLarge { limit: 10 },
+            HttpError::InvalidRequest("x".into()),
+            HttpError::Missing("x".into()),
         ];
         for error in all {
             let response = String::from_utf8(error.to_response().to_vec()).unwrap();

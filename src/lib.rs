@@ -5,6 +5,9 @@
 //! bound address and stops the server gracefully. `docs/ARCHITECTURE.md`
 //! follows one connection through the modules below.
 
+pub mod api;
+pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The `herald` command: `serve` runs the server.
+//! The `herald` command: `serve` runs the server, `token` mints a connection token.
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -18,10 +18,32 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Print a connection token (JWT, HS256) for development and tests.
+    Token(TokenArgs),
+}
+
+/// What `herald token` signs. Backends sign their own tokens the same way.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The server's token secret.
+    #[arg(long, env = "HERALD_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The user id (the token's `sub`).
+    #[arg(long)]
+    user: String,
+    /// Seconds until the token expires; 0 for a token that never does.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// A private channel the token grants (`private-x`, `$x`, or a prefix
+    /// ending in `*`); repeat for more.
+    #[arg(long = "channel", value_name = "CHANNEL")]
+    channels: Vec<String>,
 }
 
 /// Every setting has a flag, an environment variable and a key in the config
@@ -87,6 +109,9 @@ struct ServeArgs {
     /// Largest message on /echo.
     #[arg(long, env = "HERALD_MAX_ECHO_MESSAGE_BYTES", value_name = "BYTES")]
     max_echo_message_bytes: Option<String>,
+    /// Largest server API request body.
+    #[arg(long, env = "HERALD_MAX_API_BODY_BYTES", value_name = "BYTES")]
+    max_api_body_bytes: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -102,7 +127,26 @@ fn main() -> ExitCode {
             };
             serve(&args, serve_matches)
         }
+        Command::Token(args) => token(&args),
     }
+}
+
+fn token(args: &TokenArgs) -> ExitCode {
+    if args.secret.len() < 32 {
+        eprintln!("herald: --secret must be at least 32 bytes (the server refuses shorter ones)");
+        return ExitCode::from(2);
+    }
+    if args.user.is_empty() {
+        eprintln!("herald: --user must not be empty (an empty user is anonymous)");
+        return ExitCode::from(2);
+    }
+    let secret = herald::config::Secret::new(args.secret.clone());
+    let ttl = (args.ttl > 0).then_some(args.ttl);
+    println!(
+        "{}",
+        herald::auth::mint(&secret, &args.user, ttl, &args.channels, herald::auth::unix_now())
+    );
+    ExitCode::SUCCESS
 }
 
 fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {

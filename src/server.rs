@@ -1,10 +1,13 @@
 //! Starting the shards on one address, and stopping them gracefully.
 
+use crate::auth::ApiKey;
+use crate::broker::Broker;
 use crate::config::Config;
-use crate::shard::Shard;
 use crate::shard::inbox::{Inbox, Work};
+use crate::shard::{Shard, WAKER};
 use crate::sys;
 use mio::net::TcpListener;
+use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +28,10 @@ pub struct Shared {
     pub node: Arc<str>,
     /// Open connections on every shard (those counted toward `max_connections`).
     pub connections: AtomicUsize,
+    /// Channels, history, presence, and delivery to the shards.
+    pub broker: Broker,
+    /// The server API key check.
+    pub api_key: ApiKey,
 }
 
 /// Starts herald.
@@ -47,14 +54,26 @@ impl Server {
             .transpose()?
             .ok_or_else(|| io::Error::other("no listener"))?;
         let node: Arc<str> = Arc::from(node_id());
-        let shared =
-            Arc::new(Shared { config: Arc::new(config), node, connections: AtomicUsize::new(0) });
-        let mut shards = Vec::with_capacity(threads);
+        let config = Arc::new(config);
+        // Every shard's poll and inbox exist before the broker, which
+        // delivers into the inboxes, and before any shard runs.
+        let mut polls = Vec::with_capacity(threads);
         let mut inboxes = Vec::with_capacity(threads);
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let (shard, inbox) = Shard::new(index, listener, shared.clone())?;
-            shards.push(shard);
-            inboxes.push(inbox);
+        for _ in 0..threads {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            inboxes.push(Arc::new(Inbox::new(waker)));
+            polls.push(poll);
+        }
+        let broker = Broker::new(config.clone(), inboxes.clone());
+        let api_key = ApiKey::new(&config.api_key);
+        let shared =
+            Arc::new(Shared { config, node, connections: AtomicUsize::new(0), broker, api_key });
+        let mut shards = Vec::with_capacity(threads);
+        for (index, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
+        {
+            shards.push(Shard::new(index, poll, listener, inbox, shared.clone())?);
         }
         let mut threads = Vec::with_capacity(shards.len());
         for (index, shard) in shards.into_iter().enumerate() {

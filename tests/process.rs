@@ -230,7 +230,7 @@ fn accept_under_a_low_open_file_limit_does_not_spin_and_recovers() {
     let before = herald.cpu_seconds();
     let window = Instant::now();
     let mut probe = TcpStream::connect(addr).unwrap();
-    let _ = probe.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = probe.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     while window.elapsed() < Duration::from_secs(1) {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -243,7 +243,7 @@ fn accept_under_a_low_open_file_limit_does_not_spin_and_recovers() {
     wait_until("a fresh client to be served", || {
         let Ok(mut stream) = TcpStream::connect(addr) else { return false };
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
         answer.starts_with("HTTP/1.1 200")

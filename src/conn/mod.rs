@@ -1,18 +1,24 @@
 //! One connection: its socket, outbound queue and phase (request head, WebSocket, draining), driven by readiness events and timers.
 
+pub mod client;
 pub mod http;
 pub mod io;
 pub mod out_queue;
+mod request;
 pub mod scanner;
 pub mod upgrade;
 pub mod websocket;
 
 use crate::config::Config;
 use crate::error::{CloseReason, HttpError};
-use crate::protocol::{self, Command};
+use crate::server::Shared;
+use crate::shard::subscribers::LocalSubscribers;
 use bytes::Bytes;
+use client::ClientSession;
 use io::{IoOutcome, Transport};
 use out_queue::{Flush, OutQueue};
+use request::HttpPhase;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tungstenite::Message;
@@ -65,6 +71,8 @@ pub enum Next {
 pub struct Ctx {
     /// The server's configuration.
     pub config: Arc<Config>,
+    /// What all shards share: the broker, counters, the node id.
+    pub shared: Arc<Shared>,
     /// The read buffer every socket read on this shard goes through.
     pub scratch: Box<[u8]>,
     /// Now, on the shard's clock.
@@ -73,31 +81,32 @@ pub struct Ctx {
     pub node: Arc<str>,
     /// This shard's index.
     pub shard: usize,
-    next_client: u64,
+    /// This shard's subscribers, by channel.
+    pub locals: LocalSubscribers,
 }
 
 impl Ctx {
-    /// Context for shard `shard` of node `node`.
-    pub fn new(config: Arc<Config>, node: Arc<str>, shard: usize) -> Self {
+    /// Context for shard `shard`.
+    pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
         Ctx {
-            config,
+            config: shared.config.clone(),
+            node: shared.node.clone(),
+            shared,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             now: 0,
-            node,
             shard,
-            next_client: 0,
+            locals: LocalSubscribers::default(),
         }
-    }
-
-    /// A client id unique on this node and across restarts (the node id is
-    /// random per process).
-    fn next_client_id(&mut self) -> String {
-        self.next_client += 1;
-        format!("{}-{}-{}", self.node, self.shard, self.next_client)
     }
 
     fn ping_interval(&self) -> Millis {
         millis(self.config.ping_interval)
+    }
+
+    /// Replies to a client's own messages are paced rather than bounded: a
+    /// connection whose queue holds this much is not read from until it drains.
+    fn read_pause_bytes(&self) -> usize {
+        self.config.max_outbound_bytes / 2
     }
 }
 
@@ -107,40 +116,32 @@ enum Endpoint {
     /// `/echo`: every message comes back.
     Echo,
     /// `/ws`: the JSON client protocol.
-    Client,
+    Client(Box<ClientSession>),
 }
 
-impl Handler for Endpoint {
+/// Hands each message to its endpoint, with the shard's context.
+struct Dispatch<'a> {
+    endpoint: &'a mut Endpoint,
+    ctx: &'a mut Ctx,
+}
+
+impl Handler for Dispatch<'_> {
     fn on_message(&mut self, message: Message, out: &mut OutQueue) -> Result<(), CloseReason> {
-        match (self, message) {
+        match (&mut *self.endpoint, message) {
             (Endpoint::Echo, Message::Text(text)) => {
                 websocket::queue_frame(out, Opcode::Text, Bytes::from(text));
             }
             (Endpoint::Echo, Message::Binary(data)) => {
                 websocket::queue_frame(out, Opcode::Binary, data);
             }
-            (Endpoint::Client, Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
-            (Endpoint::Client, Message::Text(text)) => {
-                let reply = match Command::parse(&text) {
-                    Ok(Command::Ping { id }) => protocol::pong(id),
-                    Err(error) => protocol::error(&error),
-                };
-                out.push(websocket::encode_frame(Opcode::Text, &reply));
+            (Endpoint::Client(_), Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
+            (Endpoint::Client(session), Message::Text(text)) => {
+                session.on_text(&text, out, self.ctx);
             }
             _ => {}
         }
         Ok(())
     }
-}
-
-/// Reading a request head.
-#[derive(Debug)]
-struct HttpPhase {
-    /// Bytes of a head that arrived in pieces; empty while a head arrives
-    /// whole in one read (then it is parsed straight from the scratch buffer).
-    head: Vec<u8>,
-    /// Accept time plus `handshake_timeout`.
-    deadline: Millis,
 }
 
 /// An open WebSocket.
@@ -153,7 +154,7 @@ struct WsPhase {
     /// A heartbeat ping went out since then.
     pinged: bool,
     /// Set with our close frame: when to stop waiting for the peer's.
-    close_deadline: Option<Millis>,
+    close_deadline: Option<NonZeroU64>,
 }
 
 /// Sending what is queued, then half-closing and discarding input until the
@@ -164,6 +165,9 @@ struct Drain {
     fin_sent: bool,
     peer_done: bool,
     discarded: usize,
+    /// A `/ws` session whose subscriptions are released at teardown. It gets
+    /// no more pushes (`Conn::push` refuses a draining connection).
+    client: Option<Box<ClientSession>>,
 }
 
 #[derive(Debug)]
@@ -171,12 +175,6 @@ enum Phase {
     Http(HttpPhase),
     WebSocket(WsPhase),
     Draining(Drain),
-}
-
-/// What a request head asks for.
-enum Route {
-    Upgrade { endpoint: Endpoint, accept: String },
-    Health,
 }
 
 /// One connection on a shard.
@@ -191,10 +189,15 @@ pub struct Conn<S> {
     writable: bool,
     /// The read budget ran out with input left: drive again next turn.
     more_input: bool,
+    /// The connection's slab key on its shard.
+    pub key: u32,
     /// The generation half of this connection's token.
     pub generation: u32,
+    /// Output was queued by another connection's doing (a delivery) and
+    /// the shard will flush it at the end of its turn.
+    pub dirty: bool,
     /// The deadline of the timer entry pending for this connection, if any.
-    pub armed: Option<Millis>,
+    pub armed: Option<NonZeroU64>,
     /// Whether it counts toward `max_connections` (a connection refused for
     /// being over it does not).
     pub counted: bool,
@@ -207,11 +210,13 @@ impl<S: Transport> Conn<S> {
         Conn {
             socket,
             out: OutQueue::default(),
-            phase: Phase::Http(HttpPhase { head: Vec::new(), deadline }),
+            phase: Phase::Http(HttpPhase::new(deadline)),
             readable: false,
             writable: false,
             more_input: false,
+            key: 0,
             generation: 0,
+            dirty: false,
             armed: None,
             counted: true,
         }
@@ -290,7 +295,7 @@ impl<S: Transport> Conn<S> {
     fn accepts_input(&self, ctx: &Ctx) -> bool {
         match &self.phase {
             Phase::Http(_) => true,
-            Phase::WebSocket(_) => self.out.len() < ctx.config.max_outbound_bytes,
+            Phase::WebSocket(_) => self.out.len() < ctx.read_pause_bytes(),
             // Input is discarded only once the answer is out and the write
             // side is shut: until then it waits in the kernel.
             Phase::Draining(drain) => drain.fin_sent && !drain.peer_done,
@@ -301,7 +306,7 @@ impl<S: Transport> Conn<S> {
         let limit = match &self.phase {
             // Never read past the head limit: a huge head is refused after
             // MAX_HEAD_BYTES, not after it has all been read.
-            Phase::Http(http) => http::MAX_HEAD_BYTES.saturating_sub(http.head.len()),
+            Phase::Http(http) => http.read_limit(),
             _ => scratch.len(),
         };
         if limit == 0 {
@@ -322,7 +327,10 @@ impl<S: Transport> Conn<S> {
         };
         let input = buf.get(..n).unwrap_or_default();
         match &mut self.phase {
-            Phase::Http(_) => self.on_head_bytes(input, ctx),
+            Phase::Http(_) => {
+                self.on_http_bytes(input, ctx);
+                Next::Keep
+            }
             Phase::WebSocket(ws) => {
                 ws.last_rx = ctx.now;
                 ws.pinged = false;
@@ -350,68 +358,10 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    fn on_head_bytes(&mut self, input: &[u8], ctx: &mut Ctx) -> Next {
-        let Phase::Http(http) = &mut self.phase else { return Next::Keep };
-        if http.head.is_empty() {
-            // The usual case: the whole head in one read, parsed in place.
-            if let Some(end) = http::find_head_end(input, 0) {
-                let (head, rest) = input.split_at(end);
-                return self.on_head(head, rest, ctx);
-            }
-            http.head.extend_from_slice(input);
-            return Next::Keep;
-        }
-        let from = http.head.len();
-        http.head.extend_from_slice(input);
-        if let Some(end) = http::find_head_end(&http.head, from) {
-            let buffered = std::mem::take(&mut http.head);
-            let (head, rest) = buffered.split_at(end);
-            return self.on_head(head, rest, ctx);
-        }
-        Next::Keep
-    }
-
-    /// A complete head: answer it or upgrade. `rest` is what followed the head
-    /// in the same reads (a client may send its first frame right away).
-    fn on_head(&mut self, head: &[u8], rest: &[u8], ctx: &mut Ctx) -> Next {
-        let route = http::parse(head, |request| route(request, ctx)).and_then(|route| route);
-        match route {
-            Err(error) => {
-                log::debug!("refused request: {error}");
-                self.respond(error.to_response(), ctx);
-            }
-            Ok(Route::Health) => {
-                self.respond(Bytes::from_static(HEALTH_RESPONSE), ctx);
-            }
-            Ok(Route::Upgrade { endpoint, accept }) => {
-                self.out.push(Bytes::from(upgrade::switching_protocols(&accept)));
-                let max_message = match endpoint {
-                    Endpoint::Echo => ctx.config.max_echo_message_bytes,
-                    Endpoint::Client => ctx.config.max_message_bytes,
-                };
-                if let Endpoint::Client = endpoint {
-                    let client = ctx.next_client_id();
-                    let welcome = protocol::welcome(&client, "", ctx.config.ping_interval);
-                    self.out.push(websocket::encode_frame(Opcode::Text, &welcome));
-                }
-                self.phase = Phase::WebSocket(WsPhase {
-                    session: WsSession::new(max_message),
-                    endpoint,
-                    last_rx: ctx.now,
-                    pinged: false,
-                    close_deadline: None,
-                });
-                if !rest.is_empty() {
-                    self.on_ws_input(rest, ctx);
-                }
-            }
-        }
-        Next::Keep
-    }
-
     fn on_ws_input(&mut self, input: &[u8], ctx: &mut Ctx) {
         let Phase::WebSocket(ws) = &mut self.phase else { return };
-        match ws.session.on_input(input, &mut self.out, &mut ws.endpoint) {
+        let mut dispatch = Dispatch { endpoint: &mut ws.endpoint, ctx };
+        match ws.session.on_input(input, &mut self.out, &mut dispatch) {
             Input::Processed => {}
             Input::Finished => self.start_drain(ctx),
             Input::Fail(reason) => self.fail(reason, ctx),
@@ -440,14 +390,33 @@ impl<S: Transport> Conn<S> {
     }
 
     fn start_drain(&mut self, ctx: &Ctx) {
-        if !matches!(self.phase, Phase::Draining(_)) {
-            let deadline = ctx.now + millis(LINGER);
-            self.phase = Phase::Draining(Drain {
-                deadline,
-                fin_sent: false,
-                peer_done: false,
-                discarded: 0,
-            });
+        if matches!(self.phase, Phase::Draining(_)) {
+            return;
+        }
+        let deadline = ctx.now + millis(LINGER);
+        let drain =
+            Drain { deadline, fin_sent: false, peer_done: false, discarded: 0, client: None };
+        // The drain is built from the parts of the phase it replaces: a
+        // `/ws` session moves along, to be released at teardown.
+        let previous = std::mem::replace(&mut self.phase, Phase::Draining(drain));
+        if let (
+            Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }),
+            Phase::Draining(drain),
+        ) = (previous, &mut self.phase)
+        {
+            drain.client = Some(session);
+        }
+    }
+
+    /// Releases what the connection holds outside itself (subscriptions,
+    /// presence). The shard calls it when tearing the connection down.
+    pub fn release(&mut self, ctx: &mut Ctx) {
+        match &mut self.phase {
+            Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
+                session.release(ctx);
+            }
+            Phase::Draining(Drain { client: Some(session), .. }) => session.release(ctx),
+            _ => {}
         }
     }
 
@@ -476,7 +445,7 @@ impl<S: Transport> Conn<S> {
             && ws.close_deadline.is_none()
         {
             ws.session.begin_close(reason, &mut self.out);
-            ws.close_deadline = Some(ctx.now + millis(CLOSE_HANDSHAKE_TIMEOUT));
+            ws.close_deadline = NonZeroU64::new(ctx.now + millis(CLOSE_HANDSHAKE_TIMEOUT));
         }
     }
 
@@ -523,9 +492,15 @@ impl<S: Transport> Conn<S> {
     pub fn deadline(&self, ctx: &Ctx) -> Millis {
         match &self.phase {
             Phase::Http(http) => http.deadline,
-            Phase::WebSocket(ws) => ws.close_deadline.unwrap_or_else(|| {
+            Phase::WebSocket(ws) => ws.close_deadline.map(NonZeroU64::get).unwrap_or_else(|| {
                 let intervals = if ws.pinged { 2 } else { 1 };
-                ws.last_rx + intervals * ctx.ping_interval()
+                let heartbeat = ws.last_rx + intervals * ctx.ping_interval();
+                match &ws.endpoint {
+                    Endpoint::Client(session) => {
+                        session.token_deadline().map_or(heartbeat, |expiry| expiry.min(heartbeat))
+                    }
+                    Endpoint::Echo => heartbeat,
+                }
             }),
             Phase::Draining(drain) => drain.deadline,
         }
@@ -541,9 +516,14 @@ impl<S: Transport> Conn<S> {
                 return Next::Close;
             }
             Phase::Http(_) => {}
-            Phase::WebSocket(ws) => match ws.close_deadline {
+            Phase::WebSocket(ws) => match ws.close_deadline.map(NonZeroU64::get) {
                 Some(deadline) if now >= deadline => return Next::Close,
                 Some(_) => {}
+                None if matches!(&ws.endpoint, Endpoint::Client(session)
+                    if session.token_deadline().is_some_and(|expiry| now >= expiry)) =>
+                {
+                    self.begin_close(CloseReason::Policy("token expired"), ctx);
+                }
                 None if now >= ws.last_rx + 2 * interval => {
                     self.fail(CloseReason::Policy("no traffic for two ping intervals"), ctx);
                 }
@@ -562,48 +542,6 @@ impl<S: Transport> Conn<S> {
 
 /// An empty ping frame: the heartbeat.
 const PING_FRAME: &[u8] = b"\x89\x00";
-
-const HEALTH_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-Content-Length: 15\r\nConnection: close\r\n\r\n{\"status\":\"ok\"}";
-
-fn route(request: &http::Request<'_>, ctx: &Ctx) -> Result<Route, HttpError> {
-    let config = &ctx.config;
-    let endpoint = match request.path() {
-        "/ws" => Endpoint::Client,
-        "/echo" if config.echo => Endpoint::Echo,
-        "/health" if request.method == "GET" => return Ok(Route::Health),
-        "/health" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
-        _ => return Err(HttpError::NotFound),
-    };
-    if request.method != "GET" {
-        return Err(HttpError::MethodNotAllowed { allow: "GET" });
-    }
-    let accept = upgrade::validate(request, &config.allowed_origins)?;
-    if let Endpoint::Client = endpoint {
-        authorize(request, config)?;
-    }
-    Ok(Route::Upgrade { endpoint, accept })
-}
-
-/// Connection tokens are verified by the channels layer; until then only
-/// anonymous connections exist, and only where `allow_anonymous` is set.
-fn authorize(request: &http::Request<'_>, config: &Config) -> Result<(), HttpError> {
-    let has_token = request
-        .query()
-        .is_some_and(|query| query.split('&').any(|pair| pair.split('=').next() == Some("token")))
-        || request.unique_header("authorization").ok().flatten().is_some();
-    if has_token {
-        return Err(HttpError::Unauthorized(
-            "connection tokens are not accepted by this server yet",
-        ));
-    }
-    if !config.allow_anonymous {
-        return Err(HttpError::Unauthorized(
-            "a token is required: pass ?token=JWT or Authorization: Bearer JWT",
-        ));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests;

@@ -44,8 +44,8 @@ pub struct FrameScanner {
     /// The current frame has FIN set.
     fin: bool,
     mask: [u8; 4],
-    /// Offset into the payload, for unmasking.
-    mask_offset: u64,
+    /// Offset into the payload modulo 4: where the mask key stands.
+    mask_phase: u8,
     /// A data message whose final frame has not arrived.
     message: Option<MessageKind>,
     message_len: u64,
@@ -63,7 +63,7 @@ impl FrameScanner {
             data_frame: false,
             fin: false,
             mask: [0; 4],
-            mask_offset: 0,
+            mask_phase: 0,
             message: None,
             message_len: 0,
             utf8: Utf8Stream::default(),
@@ -74,6 +74,11 @@ impl FrameScanner {
     /// forms whole messages.
     pub fn at_rest(&self) -> bool {
         self.position == Position::Header && self.header_len == 0 && self.message.is_none()
+    }
+
+    /// The largest message this scanner lets through.
+    pub fn max_message(&self) -> usize {
+        usize::try_from(self.max_message).unwrap_or(usize::MAX)
     }
 
     /// Bytes of the data message being assembled (its frames so far).
@@ -114,10 +119,10 @@ impl FrameScanner {
                     let (payload, rest) = input.split_at(take);
                     if self.data_frame && self.message == Some(MessageKind::Text) {
                         self.utf8
-                            .feed_masked(payload, self.mask, self.mask_offset)
+                            .feed_masked(payload, self.mask, self.mask_phase)
                             .map_err(|()| (frame_start, CloseReason::InvalidUtf8))?;
                     }
-                    self.mask_offset += take as u64;
+                    self.mask_phase = ((usize::from(self.mask_phase) + take) % 4) as u8;
                     input = rest;
                     let left = left - take as u64;
                     self.position = Position::Payload { left };
@@ -155,7 +160,7 @@ impl FrameScanner {
             short => (u64::from(short), 2),
         };
         self.mask.copy_from_slice(&self.header[mask_at..mask_at + 4]);
-        self.mask_offset = 0;
+        self.mask_phase = 0;
         self.fin = fin;
         match opcode {
             0x8..=0xA => {
@@ -236,13 +241,13 @@ impl Utf8Stream {
         self.pending_len == 0
     }
 
-    /// Validates masked payload bytes; `offset` is their position in the
-    /// frame's payload (for the mask key rotation).
-    fn feed_masked(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> Result<(), ()> {
-        // Rotate the key so that index 0 lines up with `offset`; chunks are
+    /// Validates masked payload bytes; `phase` is their position in the
+    /// frame's payload modulo 4 (for the mask key rotation).
+    fn feed_masked(&mut self, masked: &[u8], mask: [u8; 4], phase: u8) -> Result<(), ()> {
+        // Rotate the key so that index 0 lines up with `phase`; chunks are
         // multiples of 4 bytes, so the rotation holds for every chunk.
         let mut key = mask;
-        key.rotate_left((offset % 4) as usize);
+        key.rotate_left(usize::from(phase % 4));
         let mut plain = [0u8; 1024];
         for chunk in masked.chunks(plain.len()) {
             let out = &mut plain[..chunk.len()];

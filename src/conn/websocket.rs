@@ -34,7 +34,7 @@ pub enum Opcode {
 /// The header of an unmasked, final server frame: opcode and length.
 // Each cast is within the range its match arm just checked.
 #[allow(clippy::cast_possible_truncation)]
-fn frame_header(opcode: Opcode, len: usize, out: &mut BytesMut) {
+pub fn frame_header(opcode: Opcode, len: usize, out: &mut BytesMut) {
     out.put_u8(0x80 | opcode as u8);
     match len {
         0..=125 => out.put_u8(len as u8),
@@ -128,7 +128,6 @@ pub trait Handler {
 /// Framing state of one WebSocket connection.
 #[derive(Debug)]
 pub struct WsSession {
-    max_message: usize,
     /// tungstenite's state, present only while something is half-read or the
     /// close handshake runs: an idle connection holds no framing buffers.
     codec: Option<Box<WebSocketContext>>,
@@ -140,12 +139,7 @@ pub struct WsSession {
 impl WsSession {
     /// A session whose messages may be `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
-        WsSession {
-            max_message,
-            codec: None,
-            scanner: FrameScanner::new(max_message),
-            closing: false,
-        }
+        WsSession { codec: None, scanner: FrameScanner::new(max_message), closing: false }
     }
 
     /// Whether herald sent a close frame and waits for the peer's.
@@ -159,7 +153,7 @@ impl WsSession {
     }
 
     fn codec(&mut self) -> &mut WebSocketContext {
-        let max = self.max_message;
+        let max = self.scanner.max_message();
         self.codec.get_or_insert_with(|| {
             let config = WebSocketConfig::default()
                 .read_buffer_size(CODEC_READ_BUFFER)

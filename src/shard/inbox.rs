@@ -1,11 +1,16 @@
 //! A shard's inbox: work handed over by other threads, with one wake-up for many items.
 
 use std::sync::Mutex;
+
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::broker::Delivery;
 
 /// Work another thread gives a shard.
 #[derive(Debug)]
 pub enum Work {
+    /// A push for the shard's subscribers of one channel.
+    Deliver(Delivery),
     /// Stop accepting, close every connection gracefully, and exit.
     Shutdown,
 }

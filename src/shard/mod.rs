@@ -1,9 +1,11 @@
 //! One shard: a thread with its own `mio::Poll`, `SO_REUSEPORT` listener, slab of connections, timers and inbox.
 
 pub mod inbox;
+pub mod subscribers;
 pub mod timers;
 
-use crate::conn::{Conn, Ctx, Millis, Next, millis};
+use crate::broker::{ConnRef, Delivery};
+use crate::conn::{Conn, Ctx, Millis, Next, Pushed, millis};
 use crate::error::HttpError;
 use crate::server::Shared;
 use inbox::{Inbox, Work};
@@ -12,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::fs::File;
 use std::io::{self, Write};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,6 +24,10 @@ use timers::Timers;
 pub const LISTENER: Token = Token(usize::MAX - 1);
 /// The inbox waker's token.
 pub const WAKER: Token = Token(usize::MAX);
+/// The token of the periodic channel sweep.
+const SWEEP: Token = Token(usize::MAX - 2);
+/// How often a shard frees expired channels in its share of the broker.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections accepted per readiness event before others get a turn.
 const ACCEPT_BUDGET: usize = 256;
 /// First pause of accepting after the process ran out of descriptors; it
@@ -85,29 +92,33 @@ pub struct Shard {
     /// Set when shutting down: the time to give up on open connections.
     stopping: Option<Millis>,
     work: Vec<Work>,
+    /// Connections that got deliveries this turn, to flush at its end.
+    dirty: Vec<usize>,
 }
 
 impl Shard {
-    /// Builds shard `index` around its listener.
+    /// Builds shard `index` around its poll, listener and inbox.
     pub fn new(
         index: usize,
+        poll: Poll,
         mut listener: TcpListener,
+        inbox: Arc<Inbox>,
         shared: Arc<Shared>,
-    ) -> io::Result<(Shard, Arc<Inbox>)> {
-        let poll = Poll::new()?;
+    ) -> io::Result<Shard> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let inbox = Arc::new(Inbox::new(mio::Waker::new(poll.registry(), WAKER)?));
         let config = shared.config.clone();
         // Slots for this shard's share of max_connections, reserved up front:
         // untouched pages cost no memory, and the slab never moves under load.
         let share = config.max_connections / config.threads.max(1) + 64;
-        let shard = Shard {
+        let mut timers = Timers::default();
+        timers.schedule(millis(SWEEP_INTERVAL), SWEEP);
+        Ok(Shard {
             poll,
             listener: Some(listener),
             conns: Slab::with_capacity(share.min(1 << 20)),
-            ctx: Ctx::new(config, shared.node.clone(), index),
-            timers: Timers::default(),
-            inbox: inbox.clone(),
+            ctx: Ctx::new(shared.clone(), index),
+            timers,
+            inbox,
             shared,
             epoch: Instant::now(),
             next_generation: 0,
@@ -120,8 +131,8 @@ impl Shard {
             more_input: Vec::new(),
             stopping: None,
             work: Vec::new(),
-        };
-        Ok((shard, inbox))
+            dirty: Vec::new(),
+        })
     }
 
     fn clock(&self) -> Millis {
@@ -197,10 +208,56 @@ impl Shard {
         self.inbox.drain(&mut work);
         for item in work.drain(..) {
             match item {
+                Work::Deliver(delivery) => self.deliver(&delivery),
                 Work::Shutdown => self.begin_shutdown(),
             }
         }
         self.work = work;
+        self.flush_dirty();
+    }
+
+    /// Queues a delivery's frame to every local subscriber of its channel
+    /// that has not had it: one `Bytes` clone per subscriber, no encoding.
+    /// The writes happen once per connection at the end of the drain.
+    fn deliver(&mut self, delivery: &Delivery) {
+        let mut locals = std::mem::take(&mut self.ctx.locals);
+        if let Some(subscribers) = locals.get_mut(&delivery.channel) {
+            let shard = u16::try_from(self.ctx.shard).unwrap_or(u16::MAX);
+            for (&key, subscriber) in subscribers.iter_mut() {
+                if let Some(offset) = delivery.offset {
+                    if offset <= subscriber.last_offset {
+                        continue; // a duplicate: had it already (recovery)
+                    }
+                    subscriber.last_offset = offset;
+                }
+                let who = ConnRef { shard, key, generation: subscriber.generation };
+                if delivery.exclude == Some(who) {
+                    continue;
+                }
+                let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+                if conn.generation != subscriber.generation {
+                    continue;
+                }
+                if conn.push(delivery.frame.clone(), &self.ctx) != Pushed::Dropped && !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key as usize);
+                }
+            }
+        }
+        self.ctx.locals = locals;
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.dirty = false;
+            let next = conn.flush();
+            self.after(key, next);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     fn on_conn_event(&mut self, token: Token, readable: bool, writable: bool) {
@@ -225,9 +282,9 @@ impl Shard {
         // A deadline already past fires on the next turn, never in this one,
         // so a connection cannot keep its shard busy through its timer.
         let deadline = conn.deadline(&self.ctx).max(self.ctx.now + 1);
-        if conn.armed.is_none_or(|armed| deadline < armed) {
+        if conn.armed.is_none_or(|armed| deadline < armed.get()) {
             self.timers.schedule(deadline, token);
-            conn.armed = Some(deadline);
+            conn.armed = NonZeroU64::new(deadline);
         }
         if conn.has_more_input() {
             self.more_input.push(token);
@@ -258,9 +315,14 @@ impl Shard {
                 self.accept_ready = true;
                 continue;
             }
+            if token == SWEEP {
+                self.shared.broker.sweep(self.ctx.shard, self.ctx.config.threads);
+                self.timers.schedule(now + millis(SWEEP_INTERVAL), SWEEP);
+                continue;
+            }
             let (key, generation) = split_token(token);
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            if conn.generation != generation || conn.armed != Some(at) {
+            if conn.generation != generation || conn.armed != NonZeroU64::new(at) {
                 continue;
             }
             conn.armed = None;
@@ -380,12 +442,13 @@ impl Shard {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key > u32::MAX as usize {
-            self.release(&conn);
-            return;
-        }
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
         conn.generation = self.next_generation;
+        let Ok(slot) = u32::try_from(key) else {
+            self.uncount(&conn);
+            return;
+        };
+        conn.key = slot;
         let token = conn_token(key, conn.generation);
         if let Err(error) = self.poll.registry().register(
             conn.socket_mut(),
@@ -393,17 +456,17 @@ impl Shard {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("could not register a connection: {error}");
-            self.release(&conn);
+            self.uncount(&conn);
             return;
         }
-        let deadline = conn.deadline(&self.ctx);
-        conn.armed = Some(deadline);
+        let deadline = conn.deadline(&self.ctx).max(1);
+        conn.armed = NonZeroU64::new(deadline);
         self.timers.schedule(deadline, token);
         entry.insert(conn);
     }
 
     /// Gives back what a connection held in the shared counts.
-    fn release(&mut self, conn: &Conn<TcpStream>) {
+    fn uncount(&mut self, conn: &Conn<TcpStream>) {
         if conn.counted {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
         } else {
@@ -412,8 +475,9 @@ impl Shard {
     }
 
     fn teardown(&mut self, key: usize) {
-        if let Some(conn) = self.conns.try_remove(key) {
-            self.release(&conn);
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            conn.release(&mut self.ctx);
+            self.uncount(&conn);
             // Dropping the socket closes it, which also removes it from epoll.
             drop(conn);
             // A descriptor came free: if accepting paused for lack of them,

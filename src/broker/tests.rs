@@ -1,0 +1,268 @@
+//! Broker tests without sockets: offsets, ordering across shards, recovery, presence, expiry.
+
+use super::*;
+use crate::config::Config;
+use mio::{Poll, Token, Waker};
+use std::time::Duration;
+
+struct Harness {
+    broker: Arc<Broker>,
+    inboxes: Vec<Arc<Inbox>>,
+    _polls: Vec<Poll>,
+}
+
+fn harness(shards: usize, adjust: impl FnOnce(&mut Config)) -> Harness {
+    let mut config = Config::dev();
+    config.channels =
+        NamespaceOptions { history_size: 5, history_ttl_secs: 60, ..Default::default() };
+    config.namespaces.insert(
+        "chat".into(),
+        NamespaceOptions {
+            presence: true,
+            join_leave: true,
+            client_publish: true,
+            ..Default::default()
+        },
+    );
+    adjust(&mut config);
+    let mut polls = Vec::new();
+    let mut inboxes = Vec::new();
+    for _ in 0..shards {
+        let poll = Poll::new().unwrap();
+        inboxes.push(Arc::new(Inbox::new(Waker::new(poll.registry(), Token(0)).unwrap())));
+        polls.push(poll);
+    }
+    let broker = Arc::new(Broker::new(Arc::new(config), inboxes.clone()));
+    Harness { broker, inboxes, _polls: polls }
+}
+
+impl Harness {
+    fn drain(&self, shard: usize) -> Vec<Delivery> {
+        let mut work = Vec::new();
+        self.inboxes[shard].drain(&mut work);
+        work.into_iter()
+            .filter_map(|item| match item {
+                Work::Deliver(delivery) => Some(delivery),
+                Work::Shutdown => None,
+            })
+            .collect()
+    }
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap()
+}
+
+fn conn(shard: u16, key: u32) -> ConnRef {
+    ConnRef { shard, key, generation: 1 }
+}
+
+fn text(frame: &Bytes) -> String {
+    let (_, body) = frame.split_at(if frame[1] == 126 { 4 } else { 2 });
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[test]
+fn offsets_are_consecutive_and_the_epoch_stays() {
+    let h = harness(1, |_| {});
+    let news = channel("news");
+    let first = h.broker.publish(&news, b"1", None).unwrap();
+    let second = h.broker.publish(&news, b"2", None).unwrap();
+    assert_eq!((first.offset, second.offset), (1, 2));
+    assert_eq!(first.epoch, second.epoch);
+    let other = h.broker.publish(&channel("other"), b"1", None).unwrap();
+    assert_eq!(other.offset, 1);
+}
+
+#[test]
+fn the_push_frame_keeps_data_byte_for_byte() {
+    let (frame, start) = encode_message("news", 46, br#"{"title": "x" , "n":1.50}"#);
+    assert_eq!(frame[0], 0x81);
+    assert_eq!(
+        text(&frame),
+        r#"{"op":"message","channel":"news","offset":46,"data":{"title": "x" , "n":1.50}}"#
+    );
+    assert_eq!(&frame[start..frame.len() - 1], br#"{"title": "x" , "n":1.50}"#);
+}
+
+#[test]
+fn deliveries_go_to_interested_shards_only() {
+    let h = harness(3, |_| {});
+    let news = channel("news");
+    h.broker.subscribe(&news, conn(0, 1), None, None, usize::MAX).unwrap();
+    h.broker.subscribe(&news, conn(2, 1), None, None, usize::MAX).unwrap();
+    h.broker.subscribe(&news, conn(2, 2), None, None, usize::MAX).unwrap();
+    h.broker.publish(&news, b"\"hi\"", Some(conn(2, 2))).unwrap();
+    let to_zero = h.drain(0);
+    assert_eq!(to_zero.len(), 1);
+    assert_eq!(to_zero[0].offset, Some(1));
+    assert!(h.drain(1).is_empty());
+    let to_two = h.drain(2);
+    assert_eq!(to_two.len(), 1, "one delivery per shard, however many subscribers");
+    assert_eq!(to_two[0].exclude, Some(conn(2, 2)));
+    assert!(Arc::ptr_eq(&to_zero[0].channel, &to_two[0].channel));
+    assert_eq!(to_zero[0].frame, to_two[0].frame);
+    h.broker.unsubscribe(&news, conn(0, 1), None);
+    h.broker.publish(&news, b"2", None).unwrap();
+    assert!(h.drain(0).is_empty());
+    assert_eq!(h.drain(2).len(), 1);
+}
+
+#[test]
+fn concurrent_publishers_give_every_shard_the_same_order() {
+    let h = harness(2, |_| {});
+    let news = channel("news");
+    h.broker.subscribe(&news, conn(0, 1), None, None, usize::MAX).unwrap();
+    h.broker.subscribe(&news, conn(1, 1), None, None, usize::MAX).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|publisher| {
+            let broker = h.broker.clone();
+            let news = news.clone();
+            std::thread::spawn(move || {
+                for n in 0..500 {
+                    broker.publish(&news, format!("[{publisher},{n}]").as_bytes(), None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for shard in 0..2 {
+        let offsets: Vec<u64> = h.drain(shard).iter().map(|d| d.offset.unwrap()).collect();
+        assert_eq!(offsets, (1..=2000).collect::<Vec<_>>(), "shard {shard}");
+    }
+}
+
+#[test]
+fn history_is_bounded_by_size_and_ttl() {
+    let h = harness(1, |_| {});
+    let news = channel("news");
+    for n in 1..=8 {
+        h.broker.publish(&news, n.to_string().as_bytes(), None).unwrap();
+    }
+    let page = h.broker.history(&news, None, 100).unwrap();
+    assert_eq!(page.offset, 8);
+    let offsets: Vec<u64> = page.publications.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, [4, 5, 6, 7, 8]);
+    assert_eq!(&page.publications[0].1[..], b"4");
+    let since = Since { epoch: page.epoch.as_str().into(), offset: 6 };
+    let after = h.broker.history(&news, Some(&since), 1).unwrap();
+    assert_eq!(after.publications.len(), 1);
+    assert_eq!(after.publications[0].0, 7);
+    h.broker.advance_clock(Duration::from_secs(61));
+    assert!(h.broker.history(&news, None, 100).unwrap().publications.is_empty());
+    assert_eq!(h.broker.history(&channel("chat:x"), None, 1).unwrap_err(), BrokerError::HistoryOff);
+}
+
+#[test]
+fn recovery_replays_exactly_the_missed_publications() {
+    let h = harness(1, |_| {});
+    let news = channel("news");
+    let first = h.broker.publish(&news, b"1", None).unwrap();
+    for n in 2..=4 {
+        h.broker.publish(&news, n.to_string().as_bytes(), None).unwrap();
+    }
+    let epoch = first.epoch.as_str().to_string();
+    let since = Since { epoch: epoch.clone(), offset: 1 };
+    let subscribed = h.broker.subscribe(&news, conn(0, 1), None, Some(&since), usize::MAX).unwrap();
+    assert_eq!(subscribed.offset, 4);
+    let recovery = subscribed.recovery.unwrap();
+    assert!(recovery.recovered);
+    let missed: Vec<String> = recovery.missed.iter().map(text).collect();
+    assert_eq!(missed.len(), 3);
+    assert!(missed[0].contains(r#""offset":2,"data":2"#), "{missed:?}");
+    assert!(missed[2].contains(r#""offset":4,"data":4"#));
+
+    let up_to_date = Since { epoch: epoch.clone(), offset: 4 };
+    let recovery =
+        h.broker.subscribe(&news, conn(0, 2), None, Some(&up_to_date), usize::MAX).unwrap();
+    let recovery = recovery.recovery.unwrap();
+    assert!(recovery.recovered && recovery.missed.is_empty());
+}
+
+#[test]
+fn recovery_fails_plainly_when_it_cannot_be_complete() {
+    let h = harness(1, |_| {});
+    let news = channel("news");
+    let epoch = h.broker.publish(&news, b"1", None).unwrap().epoch.as_str().to_string();
+    for n in 2..=10 {
+        h.broker.publish(&news, n.to_string().as_bytes(), None).unwrap();
+    }
+    let cases = [
+        Since { epoch: "other".into(), offset: 9 }, // another epoch
+        Since { epoch: epoch.clone(), offset: 2 },  // gap longer than the 5 kept
+        Since { epoch: epoch.clone(), offset: 11 }, // from the future
+    ];
+    for (key, since) in (1..).zip(cases) {
+        let subscribed =
+            h.broker.subscribe(&news, conn(0, key), None, Some(&since), usize::MAX).unwrap();
+        let recovery = subscribed.recovery.unwrap();
+        assert!(!recovery.recovered, "{since:?}");
+        assert!(recovery.missed.is_empty());
+    }
+    let recoverable = Since { epoch: epoch.clone(), offset: 5 };
+    let too_big = h.broker.subscribe(&news, conn(0, 9), None, Some(&recoverable), 10).unwrap();
+    assert!(!too_big.recovery.unwrap().recovered, "over the replay limit");
+    let fits =
+        h.broker.subscribe(&news, conn(0, 10), None, Some(&recoverable), usize::MAX).unwrap();
+    assert_eq!(fits.recovery.unwrap().missed.len(), 5);
+}
+
+#[test]
+fn presence_and_join_leave_reach_other_shards() {
+    let h = harness(2, |_| {});
+    let lobby = channel("chat:lobby");
+    let alice = Member { client: "c-a".into(), user: "alice".into() };
+    let bob = Member { client: "c-b".into(), user: "bob".into() };
+    h.broker.subscribe(&lobby, conn(0, 1), Some(&alice), None, usize::MAX).unwrap();
+    h.broker.subscribe(&lobby, conn(1, 1), Some(&bob), None, usize::MAX).unwrap();
+    let joins = h.drain(0);
+    assert_eq!(joins.len(), 1, "alice's own join is not sent to her shard, bob's is");
+    assert_eq!(joins[0].offset, None);
+    assert!(text(&joins[0].frame).contains(r#""op":"join""#));
+    assert!(text(&joins[0].frame).contains(r#""user":"bob""#));
+    assert!(h.drain(1).is_empty(), "bob is alone on his shard: nobody there to tell");
+    let mut members: Vec<String> =
+        h.broker.presence(&lobby).unwrap().iter().map(|m| m.user.to_string()).collect();
+    members.sort();
+    assert_eq!(members, ["alice", "bob"]);
+    h.broker.unsubscribe(&lobby, conn(1, 1), Some(&bob));
+    let leaves = h.drain(0);
+    assert!(text(&leaves[0].frame).contains(r#""op":"leave""#));
+    assert_eq!(h.broker.presence(&lobby).unwrap().len(), 1);
+    assert_eq!(h.broker.presence(&channel("news")).unwrap_err(), BrokerError::PresenceOff);
+}
+
+#[test]
+fn unknown_namespaces_are_refused() {
+    let h = harness(1, |_| {});
+    assert!(matches!(
+        h.broker.publish(&channel("nope:x"), b"1", None),
+        Err(BrokerError::UnknownNamespace(namespace)) if namespace == "nope"
+    ));
+}
+
+#[test]
+fn abandoned_channels_are_freed_once_their_history_expires() {
+    let h = harness(2, |_| {});
+    for n in 0..100_000 {
+        let name = channel(&format!("news.{n}"));
+        h.broker.subscribe(&name, conn(0, 1), None, None, usize::MAX).unwrap();
+        h.broker.publish(&name, b"1", None).unwrap();
+        h.broker.unsubscribe(&name, conn(0, 1), None);
+        let lobby = channel(&format!("chat:{n}"));
+        h.broker.subscribe(&lobby, conn(1, 1), None, None, usize::MAX).unwrap();
+        h.broker.unsubscribe(&lobby, conn(1, 1), None);
+    }
+    h.drain(0);
+    assert_eq!(h.broker.channel_count(), 100_000, "history keeps the news channels for now");
+    h.broker.advance_clock(Duration::from_secs(61));
+    while h.broker.channel_count() > 0 {
+        h.broker.sweep(0, 2);
+        h.broker.sweep(1, 2);
+    }
+    // A re-created channel has a new epoch: its old history is gone.
+    let fresh = h.broker.publish(&channel("news.1"), b"x", None).unwrap();
+    assert_eq!(fresh.offset, 1);
+}

@@ -1,0 +1,265 @@
+//! A `/ws` client: its identity and subscriptions, and the commands it sends.
+
+use super::Ctx;
+use super::Millis;
+use super::out_queue::OutQueue;
+use super::websocket::{self, Opcode};
+use crate::auth::{Denied, Identity};
+use crate::broker::channel::ChannelName;
+use crate::broker::{BrokerError, ConnRef, Member, Since};
+use crate::protocol::{self, Command, CommandError, ErrorCode};
+use crate::shard::subscribers::Subscriber;
+use std::sync::Arc;
+
+/// Most channels one connection may be subscribed to at once (over it:
+/// `limit_exceeded`). Bounds what one connection can make the broker hold.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// State of one `/ws` connection beyond its framing.
+#[derive(Debug)]
+pub struct ClientSession {
+    identity: Identity,
+    me: ConnRef,
+    subscriptions: Vec<ChannelName>,
+    /// When the token expires (shard clock), if it does.
+    token_deadline: Option<Millis>,
+}
+
+impl ClientSession {
+    /// A session for connection `me` with `identity`.
+    pub fn new(identity: Identity, me: ConnRef, token_deadline: Option<Millis>) -> Self {
+        ClientSession { identity, me, subscriptions: Vec::new(), token_deadline }
+    }
+
+    /// The user id (`""` when anonymous).
+    pub fn user(&self) -> &str {
+        &self.identity.user
+    }
+
+    /// When the connection's token expires, on the shard clock.
+    pub fn token_deadline(&self) -> Option<Millis> {
+        self.token_deadline
+    }
+
+    /// The client id: node, shard, slot and generation, so it is unique on
+    /// the node and across restarts, and the server API can find the
+    /// connection from it.
+    pub fn client_id(&self, ctx: &Ctx) -> String {
+        client_id(&ctx.node, self.me)
+    }
+
+    fn member(&self, ctx: &Ctx) -> Member {
+        Member { client: Arc::from(self.client_id(ctx)), user: self.identity.user.clone() }
+    }
+
+    /// Carries out one command and queues its reply (and, for a recovering
+    /// subscribe, the missed publications).
+    pub fn on_text(&mut self, text: &str, out: &mut OutQueue, ctx: &mut Ctx) {
+        let reply = match Command::parse(text) {
+            Ok(command) => self.execute(command, out, ctx),
+            Err(error) => Err(error),
+        };
+        let bytes = match reply {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return,
+            Err(error) => protocol::error(&error),
+        };
+        out.push(websocket::encode_frame(Opcode::Text, &bytes));
+    }
+
+    /// Runs a command. `Ok(None)`: the reply is already queued.
+    fn execute(
+        &mut self,
+        command: Command<'_>,
+        out: &mut OutQueue,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Vec<u8>>, CommandError> {
+        match command {
+            Command::Ping { id } => Ok(Some(protocol::pong(id))),
+            Command::Subscribe { id, channel, since } => {
+                self.subscribe(id, channel, since, out, ctx).map(|()| None)
+            }
+            Command::Unsubscribe { id, channel } => {
+                let channel = parse_channel(id, channel)?;
+                self.unsubscribe(&channel, ctx);
+                Ok(Some(protocol::unsubscribed(id, channel.as_str())))
+            }
+            Command::Publish { id, channel, data, skip_self } => {
+                let channel = self.accessible(id, channel, ctx)?;
+                let broker = &ctx.shared.broker;
+                let options = broker.options(&channel).map_err(|e| broker_error(id, &e))?;
+                if !options.client_publish {
+                    let namespace = channel.namespace().unwrap_or("(default)");
+                    return Err(CommandError::new(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("namespace {namespace} does not allow client publish"),
+                    ));
+                }
+                let exclude = skip_self.then_some(self.me);
+                let published = broker
+                    .publish(&channel, data.as_bytes(), exclude)
+                    .map_err(|e| broker_error(id, &e))?;
+                Ok(Some(protocol::published(
+                    id,
+                    channel.as_str(),
+                    published.epoch,
+                    published.offset,
+                )))
+            }
+            Command::Presence { id, channel } => {
+                let channel = self.accessible(id, channel, ctx)?;
+                let members =
+                    ctx.shared.broker.presence(&channel).map_err(|e| broker_error(id, &e))?;
+                Ok(Some(protocol::presence(id, channel.as_str(), &members)))
+            }
+            Command::History { id, channel, since, limit } => {
+                let channel = self.accessible(id, channel, ctx)?;
+                let page = ctx
+                    .shared
+                    .broker
+                    .history(&channel, since.as_ref(), limit)
+                    .map_err(|e| broker_error(id, &e))?;
+                Ok(Some(protocol::history(id, channel.as_str(), &page)))
+            }
+        }
+    }
+
+    /// A channel this connection may use.
+    fn accessible(
+        &self,
+        id: Option<u64>,
+        channel: &str,
+        ctx: &Ctx,
+    ) -> Result<ChannelName, CommandError> {
+        let channel = parse_channel(id, channel)?;
+        ctx.shared.broker.options(&channel).map_err(|e| broker_error(id, &e))?;
+        self.identity.may_access(&channel).map_err(|denied| {
+            let code = match denied {
+                Denied::Anonymous => ErrorCode::Unauthorized,
+                Denied::OtherUser | Denied::NoGrant => ErrorCode::Forbidden,
+            };
+            CommandError::new(id, code, denied.message())
+        })?;
+        Ok(channel)
+    }
+
+    fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<Since>,
+        out: &mut OutQueue,
+        ctx: &mut Ctx,
+    ) -> Result<(), CommandError> {
+        let channel = self.accessible(id, channel, ctx)?;
+        if self.subscriptions.contains(&channel) {
+            return Err(CommandError::new(id, ErrorCode::BadRequest, "already subscribed"));
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Err(CommandError::new(
+                id,
+                ErrorCode::LimitExceeded,
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+            ));
+        }
+        let broker = &ctx.shared.broker;
+        let presence = broker.options(&channel).map_err(|e| broker_error(id, &e))?.presence;
+        let member = presence.then(|| self.member(ctx));
+        // Missed publications are replies, not pushes: they may take a
+        // quarter of the outbound bound, leaving room for live ones.
+        let replay_limit = ctx.config.max_outbound_bytes / 4;
+        let subscribed = broker
+            .subscribe(&channel, self.me, member.as_ref(), since.as_ref(), replay_limit)
+            .map_err(|e| broker_error(id, &e))?;
+        // Registered locally before this shard reads its inbox again: every
+        // publication after `subscribed.offset` is on its way to this shard.
+        ctx.locals.add(
+            channel.shared().clone(),
+            self.me.key,
+            Subscriber { generation: self.me.generation, last_offset: subscribed.offset },
+        );
+        let recovery = subscribed.recovery.as_ref().map(|r| (r.recovered, r.missed.len()));
+        let reply = protocol::subscribed(
+            id,
+            channel.as_str(),
+            subscribed.epoch,
+            subscribed.offset,
+            recovery,
+        );
+        out.push(websocket::encode_frame(Opcode::Text, &reply));
+        for frame in subscribed.recovery.into_iter().flat_map(|r| r.missed) {
+            out.push(frame);
+        }
+        self.subscriptions.push(channel);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, channel: &ChannelName, ctx: &mut Ctx) {
+        let Some(position) = self.subscriptions.iter().position(|c| c == channel) else { return };
+        let channel = self.subscriptions.swap_remove(position);
+        self.leave(&channel, ctx);
+    }
+
+    fn leave(&self, channel: &ChannelName, ctx: &mut Ctx) {
+        ctx.locals.remove(channel.as_str(), self.me.key);
+        let presence = ctx.shared.broker.options(channel).is_ok_and(|options| options.presence);
+        let member = presence.then(|| self.member(ctx));
+        ctx.shared.broker.unsubscribe(channel, self.me, member.as_ref());
+    }
+
+    /// Leaves every channel: the connection is closing. Presence entries go
+    /// and `leave` is pushed, on whichever shards the other subscribers are.
+    pub fn release(&mut self, ctx: &mut Ctx) {
+        for channel in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel, ctx);
+        }
+    }
+}
+
+/// A client id for `who` on `node`.
+pub fn client_id(node: &str, who: ConnRef) -> String {
+    format!("{node}-{}-{}-{}", who.shard, who.key, who.generation)
+}
+
+/// The connection a client id names, if it was made on `node`.
+pub fn parse_client_id(node: &str, id: &str) -> Option<ConnRef> {
+    let rest = id.strip_prefix(node)?.strip_prefix('-')?;
+    let mut parts = rest.split('-');
+    let conn = ConnRef {
+        shard: parts.next()?.parse().ok()?,
+        key: parts.next()?.parse().ok()?,
+        generation: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(conn)
+}
+
+fn parse_channel(id: Option<u64>, channel: &str) -> Result<ChannelName, CommandError> {
+    ChannelName::parse(channel)
+        .map_err(|invalid| CommandError::new(id, ErrorCode::BadRequest, invalid.to_string()))
+}
+
+fn broker_error(id: Option<u64>, error: &BrokerError) -> CommandError {
+    let code = match error {
+        BrokerError::UnknownNamespace(_) | BrokerError::HistoryOff => ErrorCode::NotFound,
+        BrokerError::PresenceOff => ErrorCode::Forbidden,
+    };
+    CommandError::new(id, code, error.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_round_trip() {
+        let who = ConnRef { shard: 3, key: 1234, generation: 99 };
+        let id = client_id("a1b2c3d4", who);
+        assert_eq!(id, "a1b2c3d4-3-1234-99");
+        assert_eq!(parse_client_id("a1b2c3d4", &id), Some(who));
+        assert_eq!(parse_client_id("ffffffff", &id), None);
+        assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-3-1234"), None);
+        assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-3-1234-99-1"), None);
+        assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-x-1-1"), None);
+    }
+}

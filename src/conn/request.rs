@@ -1,0 +1,365 @@
+//! The HTTP phase of a connection: request heads and bodies, keep-alive and pipelining, routing to an answer, an upgrade, or the server API.
+
+use super::client::ClientSession;
+use super::http::{self, MAX_HEAD_BYTES, Request};
+use super::io::Transport;
+use super::websocket::{self, Opcode, WsSession};
+use super::{Conn, Ctx, Endpoint, Millis, Phase, WsPhase, millis, upgrade};
+use crate::api;
+use crate::auth::{self, Identity};
+use crate::broker::ConnRef;
+use crate::config::Config;
+use crate::error::{HttpError, json_response};
+use crate::protocol;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// How long a keep-alive connection may wait for its next request.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Reading requests: a head, then its body if it has one.
+#[derive(Debug)]
+pub(super) struct HttpPhase {
+    /// A head that arrived in pieces, or the part of a body read so far.
+    /// Empty while a head arrives whole in one read (it is then parsed
+    /// straight from the scratch buffer).
+    buf: Vec<u8>,
+    /// When the request must be complete.
+    pub(super) deadline: Millis,
+    /// The head is parsed; its body is being read.
+    body: Option<BodyWait>,
+    /// A keep-alive connection between requests: the deadline shortens to
+    /// `handshake_timeout` once the next request starts.
+    idle: bool,
+}
+
+impl HttpPhase {
+    /// Waiting for a first request until `deadline`.
+    pub(super) fn new(deadline: Millis) -> Self {
+        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false }
+    }
+
+    /// How much the next read may take: never past the head limit, never
+    /// past the body being read.
+    pub(super) fn read_limit(&self) -> usize {
+        match &self.body {
+            Some(wait) => wait.length.saturating_sub(self.buf.len()),
+            None => MAX_HEAD_BYTES.saturating_sub(self.buf.len()),
+        }
+    }
+}
+
+/// A body still to come.
+#[derive(Debug)]
+struct BodyWait {
+    endpoint: api::Endpoint,
+    length: usize,
+    keep_alive: bool,
+}
+
+/// Which WebSocket endpoint an upgrade is for.
+enum Upgrade {
+    Echo,
+    Client(Identity),
+}
+
+/// What a request head asks for.
+enum Route {
+    Upgrade { upgrade: Upgrade, accept: String },
+    Health,
+    Api { endpoint: api::Endpoint, length: usize, expect_continue: bool },
+}
+
+/// A routed head: where it goes, and whether the connection may carry
+/// another request after the answer.
+struct Decision {
+    route: Result<Route, HttpError>,
+    keep_alive: bool,
+    /// The request announced a body (answering before reading it means the
+    /// connection cannot continue).
+    has_body: bool,
+}
+
+const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
+
+impl<S: Transport> Conn<S> {
+    /// Bytes read in the HTTP phase: completes heads and bodies and answers
+    /// every complete request in them, in order.
+    pub(super) fn on_http_bytes(&mut self, input: &[u8], ctx: &mut Ctx) {
+        let buffered;
+        let (mut data, mut scan_from) = match &mut self.phase {
+            Phase::Http(http) => {
+                if http.idle {
+                    http.idle = false;
+                    http.deadline =
+                        http.deadline.min(ctx.now + millis(ctx.config.handshake_timeout));
+                }
+                if http.buf.is_empty() && http.body.is_none() {
+                    (input, 0)
+                } else {
+                    let from = http.buf.len();
+                    http.buf.extend_from_slice(input);
+                    buffered = std::mem::take(&mut http.buf);
+                    (buffered.as_slice(), from)
+                }
+            }
+            _ => return,
+        };
+        while !data.is_empty() {
+            let Phase::Http(http) = &mut self.phase else { return };
+            if let Some(wait) = http.body.take() {
+                if data.len() < wait.length {
+                    http.buf.extend_from_slice(data);
+                    http.body = Some(wait);
+                    return;
+                }
+                let (body, rest) = data.split_at(wait.length);
+                self.answer_api(wait.endpoint, body, wait.keep_alive, ctx);
+                data = rest;
+                scan_from = 0;
+                continue;
+            }
+            match http::find_head_end(data, scan_from) {
+                Some(end) => {
+                    let (head, rest) = data.split_at(end);
+                    let consumed = self.on_head(head, rest, ctx);
+                    data = rest.get(consumed..).unwrap_or_default();
+                    scan_from = 0;
+                }
+                None if data.len() >= MAX_HEAD_BYTES => {
+                    self.respond(HttpError::HeadTooLarge.to_response(), ctx);
+                    return;
+                }
+                None => {
+                    http.buf.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A complete head: answer it, upgrade, or start reading its body. `rest`
+    /// is what followed the head; returns how much of it was used.
+    fn on_head(&mut self, head: &[u8], rest: &[u8], ctx: &mut Ctx) -> usize {
+        let decision = match http::parse(head, |request| decide(request, ctx)) {
+            Ok(decision) => decision,
+            Err(error) => Decision { route: Err(error), keep_alive: false, has_body: false },
+        };
+        let keep_alive = decision.keep_alive;
+        match decision.route {
+            Err(error) => {
+                log::debug!("refused request: {error}");
+                let keep = keep_alive && !decision.has_body && !error.breaks_framing();
+                self.answer(error.response(keep), keep, ctx);
+                0
+            }
+            Ok(Route::Health) => {
+                self.answer(json_response(200, "", HEALTH_BODY, keep_alive), keep_alive, ctx);
+                0
+            }
+            Ok(Route::Api { endpoint, length, expect_continue }) => {
+                if rest.len() >= length {
+                    let body = rest.get(..length).unwrap_or_default();
+                    self.answer_api(endpoint, body, keep_alive, ctx);
+                    return length;
+                }
+                if expect_continue {
+                    self.out.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                }
+                if let Phase::Http(http) = &mut self.phase {
+                    http.buf = Vec::with_capacity(length);
+                    http.buf.extend_from_slice(rest);
+                    http.body = Some(BodyWait { endpoint, length, keep_alive });
+                    // The body gets its own handshake-timeout window.
+                    http.deadline = ctx.now + millis(ctx.config.handshake_timeout);
+                }
+                rest.len()
+            }
+            Ok(Route::Upgrade { upgrade, accept }) => {
+                self.upgrade(upgrade, &accept, ctx);
+                if !rest.is_empty() {
+                    self.on_ws_input(rest, ctx);
+                }
+                rest.len()
+            }
+        }
+    }
+
+    fn upgrade(&mut self, upgrade: Upgrade, accept: &str, ctx: &mut Ctx) {
+        self.out.push(Bytes::from(upgrade::switching_protocols(accept)));
+        let me = ConnRef {
+            shard: u16::try_from(ctx.shard).unwrap_or(u16::MAX),
+            key: self.key,
+            generation: self.generation,
+        };
+        let (endpoint, max_message) = match upgrade {
+            Upgrade::Echo => (Endpoint::Echo, ctx.config.max_echo_message_bytes),
+            Upgrade::Client(identity) => {
+                let token_deadline = identity.expires_at.map(|exp| {
+                    let left = exp
+                        .saturating_add(auth::TOKEN_LEEWAY_SECS)
+                        .saturating_sub(auth::unix_now());
+                    ctx.now + left.saturating_mul(1000)
+                });
+                let session = ClientSession::new(identity, me, token_deadline);
+                let welcome = protocol::welcome(
+                    &session.client_id(ctx),
+                    session.user(),
+                    ctx.config.ping_interval,
+                );
+                self.out.push(websocket::encode_frame(Opcode::Text, &welcome));
+                (Endpoint::Client(Box::new(session)), ctx.config.max_message_bytes)
+            }
+        };
+        self.phase = Phase::WebSocket(WsPhase {
+            session: WsSession::new(max_message),
+            endpoint,
+            last_rx: ctx.now,
+            pinged: false,
+            close_deadline: None,
+        });
+    }
+
+    fn answer_api(
+        &mut self,
+        endpoint: api::Endpoint,
+        body: &[u8],
+        keep_alive: bool,
+        ctx: &mut Ctx,
+    ) {
+        let response = match api::handle(endpoint, body, ctx) {
+            Ok((status, body)) => json_response(status, "", &body, keep_alive),
+            Err(error) => error.response(keep_alive),
+        };
+        self.answer(response, keep_alive, ctx);
+    }
+
+    /// Queues an answer; then either waits for the next request or closes.
+    fn answer(&mut self, response: Bytes, keep_alive: bool, ctx: &Ctx) {
+        if keep_alive {
+            self.out.push(response);
+            let mut next = HttpPhase::new(ctx.now + millis(KEEP_ALIVE_IDLE));
+            next.idle = true;
+            self.phase = Phase::Http(next);
+        } else {
+            self.respond(response, ctx);
+        }
+    }
+}
+
+/// Whether the connection may carry another request: HTTP/1.1 unless
+/// `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+fn keeps_alive(request: &Request<'_>) -> bool {
+    if request.version >= 1 {
+        !request.has_token("connection", "close")
+    } else {
+        request.has_token("connection", "keep-alive")
+    }
+}
+
+/// The announced body length: `Content-Length` once, no `Transfer-Encoding`.
+fn body_length(request: &Request<'_>) -> Result<usize, HttpError> {
+    if request.headers_named("transfer-encoding").next().is_some() {
+        if request.headers_named("content-length").next().is_some() {
+            return Err(HttpError::Malformed("Content-Length together with Transfer-Encoding"));
+        }
+        return Err(HttpError::LengthRequired);
+    }
+    match request.unique_header("content-length") {
+        Ok(None) => Ok(0),
+        Ok(Some(value)) => {
+            let digits = value.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(HttpError::Malformed("Content-Length is not a number"));
+            }
+            std::str::from_utf8(digits)
+                .ok()
+                .and_then(|text| text.parse::<usize>().ok())
+                .ok_or(HttpError::Malformed("Content-Length is not a number"))
+        }
+        Err(_) => Err(HttpError::Malformed("more than one Content-Length")),
+    }
+}
+
+fn decide(request: &Request<'_>, ctx: &Ctx) -> Decision {
+    let keep_alive = keeps_alive(request);
+    let announced = request.headers_named("transfer-encoding").next().is_some()
+        || request
+            .headers_named("content-length")
+            .next()
+            .is_some_and(|value| value.trim_ascii() != b"0");
+    Decision { route: route(request, ctx), keep_alive, has_body: announced }
+}
+
+fn route(request: &Request<'_>, ctx: &Ctx) -> Result<Route, HttpError> {
+    let config = &ctx.config;
+    let path = request.path();
+    if path.starts_with("/api/") {
+        let endpoint = api::route(request.method, path)?;
+        let length = body_length(request)?;
+        if endpoint.takes_body() && request.headers_named("content-length").next().is_none() {
+            return Err(HttpError::LengthRequired);
+        }
+        if length > config.max_api_body_bytes {
+            return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
+        }
+        api::authorize(request, &ctx.shared.api_key)?;
+        let expect_continue = request.has_token("expect", "100-continue");
+        return Ok(Route::Api { endpoint, length, expect_continue });
+    }
+    let client = match path {
+        "/ws" => true,
+        "/echo" if config.echo => false,
+        "/health" if request.method == "GET" => {
+            return if body_length(request)? == 0 {
+                Ok(Route::Health)
+            } else {
+                Err(HttpError::Malformed("a GET request has no body"))
+            };
+        }
+        "/health" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
+        _ => return Err(HttpError::NotFound),
+    };
+    if request.method != "GET" {
+        return Err(HttpError::MethodNotAllowed { allow: "GET" });
+    }
+    let accept = upgrade::validate(request, &config.allowed_origins)?;
+    let upgrade = if client { Upgrade::Client(identify(request, config)?) } else { Upgrade::Echo };
+    Ok(Route::Upgrade { upgrade, accept })
+}
+
+/// The identity of a `/ws` connection: from its token (query `token` or
+/// `Authorization: Bearer`), or anonymous where that is allowed.
+fn identify(request: &Request<'_>, config: &Config) -> Result<Identity, HttpError> {
+    let from_header = match request.unique_header("authorization") {
+        Ok(None) => None,
+        Ok(Some(value)) => {
+            let value = std::str::from_utf8(value).unwrap_or_default().trim();
+            match value.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(token.trim())
+                }
+                _ => {
+                    return Err(HttpError::Unauthorized(
+                        "the Authorization header must be: Bearer <token>",
+                    ));
+                }
+            }
+        }
+        Err(_) => return Err(HttpError::Unauthorized("more than one Authorization header")),
+    };
+    let from_query = request.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .filter(|token| !token.is_empty())
+    });
+    match from_header.or(from_query) {
+        Some(token) => auth::verify(token, &config.token_secret, auth::unix_now())
+            .map_err(|error| HttpError::Unauthorized(error.message())),
+        None if config.allow_anonymous => Ok(Identity::anonymous()),
+        None => Err(HttpError::Unauthorized(
+            "a token is required: pass ?token=JWT or Authorization: Bearer JWT",
+        )),
+    }
+}
