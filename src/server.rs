@@ -112,6 +112,11 @@ impl ServerHandle {
         self.shared.connections.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Channels the broker holds (with subscribers, or with history not yet expired).
+    pub fn channel_count(&self) -> usize {
+        self.shared.broker.channel_count()
+    }
+
     /// Asks every shard to stop accepting, send 1001 to every WebSocket and
     /// close once flushed (or at `shutdown_timeout`). Returns at once.
     pub fn shutdown(&self) {

@@ -188,12 +188,9 @@ fn head_and_first_frame_in_one_write() {
     bytes.extend(client_frame(true, 1, b"right behind the head"));
     stream.write_all(&bytes).unwrap();
     let mut rest = Vec::new();
-    assert_eq!(read_response(&mut stream, &mut rest).status, 101);
-    let mut client = WsClient {
-        stream,
-        buf: rest,
-        response: Response { status: 101, head: String::new(), body: String::new() },
-    };
+    let response = read_response(&mut stream, &mut rest);
+    assert_eq!(response.status, 101);
+    let mut client = WsClient::from_parts(stream, rest, response);
     assert_eq!(client.read_frame().text(), "right behind the head");
 }
 

@@ -61,8 +61,12 @@ impl ChannelName {
     }
 
     /// The namespace: the part before the first `:`, `None` without one.
+    /// A private prefix (`$`, `private-`) is not part of it: `$chat:x` and
+    /// `private-chat:x` are private channels of namespace `chat`.
     pub fn namespace(&self) -> Option<&str> {
-        self.0.split_once(':').map(|(namespace, _)| namespace)
+        let name =
+            self.0.strip_prefix('$').or_else(|| self.0.strip_prefix("private-")).unwrap_or(&self.0);
+        name.split_once(':').map(|(namespace, _)| namespace)
     }
 
     /// The users a user channel (`...#42` or `...#42,43`) belongs to: the
@@ -111,6 +115,9 @@ mod tests {
         assert_eq!(dialog.users().unwrap().collect::<Vec<_>>(), ["42", "43"]);
         assert!(ChannelName::parse("private-x").unwrap().is_private());
         assert!(ChannelName::parse("$x").unwrap().is_private());
+        assert_eq!(ChannelName::parse("$chat:x").unwrap().namespace(), Some("chat"));
+        assert_eq!(ChannelName::parse("private-chat:x").unwrap().namespace(), Some("chat"));
+        assert_eq!(ChannelName::parse("private-x").unwrap().namespace(), None);
         assert!(!ChannelName::parse("x-private").unwrap().is_private());
     }
 }

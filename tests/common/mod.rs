@@ -7,7 +7,10 @@
     clippy::cast_possible_truncation
 )]
 
+use herald::config::{NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -28,6 +31,101 @@ pub fn start_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
 /// A dev server with defaults.
 pub fn start() -> ServerHandle {
     start_with(|_| {})
+}
+
+/// A server for channel tests, with what tests need to talk to it.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+    pub api_key: String,
+    pub secret: Secret,
+}
+
+impl TestServer {
+    /// A token for `user` granting `channels`, valid for an hour.
+    pub fn token(&self, user: &str, channels: &[&str]) -> String {
+        let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        herald::auth::mint(&self.secret, user, Some(3600), &channels, herald::auth::unix_now())
+    }
+
+    /// Publishes through `POST /api/publish` on a new connection.
+    pub fn publish(&self, channel: &str, data: Value) -> Value {
+        let response = ApiClient::new(self.addr, &self.api_key).publish(channel, data);
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.json()
+    }
+}
+
+/// Namespaces for channel tests: the default one keeps 100 publications for
+/// 5 minutes; `chat` has presence, join/leave and client publish; `pub` only
+/// client publish; `live` keeps no history.
+pub fn channel_config(config: &mut Config) {
+    config.channels =
+        NamespaceOptions { history_size: 100, history_ttl_secs: 300, ..Default::default() };
+    config.namespaces.insert(
+        "chat".into(),
+        NamespaceOptions {
+            history_size: 50,
+            history_ttl_secs: 300,
+            presence: true,
+            join_leave: true,
+            client_publish: true,
+        },
+    );
+    config.namespaces.insert(
+        "pub".into(),
+        NamespaceOptions {
+            history_size: 1000,
+            history_ttl_secs: 300,
+            client_publish: true,
+            ..Default::default()
+        },
+    );
+    config.namespaces.insert("live".into(), NamespaceOptions::default());
+}
+
+/// A channel-test server with `threads` shards, changed by `adjust`.
+pub fn start_server(threads: usize, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let mut api_key = String::new();
+    let mut secret = Secret::new("");
+    let handle = start_with(|config| {
+        config.threads = threads;
+        channel_config(config);
+        adjust(config);
+        api_key = config.api_key.expose().to_string();
+        secret = config.token_secret.clone();
+    });
+    let addr = handle.local_addr();
+    TestServer { handle, addr, api_key, secret }
+}
+
+/// A keep-alive connection to the server API.
+pub struct ApiClient {
+    pub stream: TcpStream,
+    pub rest: Vec<u8>,
+    pub key: String,
+}
+
+impl ApiClient {
+    pub fn new(addr: SocketAddr, key: &str) -> ApiClient {
+        ApiClient { stream: connect(addr), rest: Vec::new(), key: key.to_string() }
+    }
+
+    /// Sends one request with this client's key and reads the answer.
+    pub fn send(&mut self, method: &str, path: &str, body: &str) -> Response {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: apikey {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.key,
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).unwrap();
+        read_response(&mut self.stream, &mut self.rest)
+    }
+
+    pub fn publish(&mut self, channel: &str, data: Value) -> Response {
+        self.send("POST", "/api/publish", &json!({"channel": channel, "data": data}).to_string())
+    }
 }
 
 /// A plain TCP connection with the test deadline as its read timeout.
@@ -65,7 +163,7 @@ impl Response {
     }
 
     /// The JSON body.
-    pub fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?}: {e}", self.body))
     }
 }
@@ -150,7 +248,7 @@ impl Frame {
     }
 
     /// The payload as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.payload).unwrap()
     }
 }
@@ -162,22 +260,40 @@ pub struct WsClient {
     pub stream: TcpStream,
     pub buf: Vec<u8>,
     pub response: Response,
+    /// Frames read while looking for a reply, in order.
+    pub pending: VecDeque<Frame>,
+    next_id: u64,
 }
 
 impl WsClient {
+    /// A client over an already upgraded stream (`buf`: bytes read past the head).
+    pub fn from_parts(stream: TcpStream, buf: Vec<u8>, response: Response) -> WsClient {
+        WsClient { stream, buf, response, pending: VecDeque::new(), next_id: 0 }
+    }
+
     /// Opens a WebSocket on `path`; panics unless the answer is 101.
     pub fn open(addr: SocketAddr, path: &str) -> WsClient {
+        WsClient::open_with(addr, path, "")
+    }
+
+    /// Opens a WebSocket on `path` with extra header lines.
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &str) -> WsClient {
         let mut stream = connect(addr);
-        stream.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+        stream.write_all(upgrade_request(path, headers).as_bytes()).unwrap();
         let mut buf = Vec::new();
         let response = read_response(&mut stream, &mut buf);
         assert_eq!(response.status, 101, "{}{}", response.head, response.body);
-        WsClient { stream, buf, response }
+        WsClient::from_parts(stream, buf, response)
     }
 
     /// Opens `/ws` and reads the welcome message.
-    pub fn open_client(addr: SocketAddr) -> (WsClient, serde_json::Value) {
-        let mut client = WsClient::open(addr, "/ws");
+    pub fn open_client(addr: SocketAddr) -> (WsClient, Value) {
+        WsClient::open_client_at(addr, "/ws", "")
+    }
+
+    /// Opens `/ws` with a query and headers, and reads the welcome message.
+    pub fn open_client_at(addr: SocketAddr, path: &str, headers: &str) -> (WsClient, Value) {
+        let mut client = WsClient::open_with(addr, path, headers);
         let welcome = client.read_frame().json();
         assert_eq!(welcome["op"], "welcome");
         (client, welcome)
@@ -195,6 +311,49 @@ impl WsClient {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// Sends a command with a fresh id and returns its reply; pushes that
+    /// arrive meanwhile wait in `pending`.
+    pub fn call(&mut self, mut command: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        command["id"] = json!(id);
+        self.send_text(&command.to_string());
+        loop {
+            let frame = self.read_wire_frame().expect("a reply before the connection ends");
+            if frame.opcode == 1 {
+                let value = frame.json();
+                if value["id"] == json!(id) {
+                    return value;
+                }
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// `call` that must succeed: panics on an error reply.
+    pub fn ok(&mut self, command: Value) -> Value {
+        let reply = self.call(command);
+        assert_ne!(reply["op"], "error", "{reply}");
+        reply
+    }
+
+    /// Subscribes to `channel`.
+    pub fn subscribe(&mut self, channel: &str) -> Value {
+        self.ok(json!({"op": "subscribe", "channel": channel}))
+    }
+
+    /// The next push that is a JSON text message (skipping pings).
+    pub fn next_push(&mut self) -> Value {
+        loop {
+            let frame = self.read_frame();
+            match frame.opcode {
+                1 => return frame.json(),
+                9 | 10 => continue,
+                _ => panic!("expected a push, got {frame:?}"),
+            }
+        }
+    }
+
     /// Reads the next frame within the deadline.
     pub fn read_frame(&mut self) -> Frame {
         self.try_read_frame().expect("a frame before the deadline")
@@ -202,6 +361,13 @@ impl WsClient {
 
     /// Reads the next frame, or `None` if the connection ends first.
     pub fn try_read_frame(&mut self) -> Option<Frame> {
+        match self.pending.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read_wire_frame(),
+        }
+    }
+
+    fn read_wire_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
                 self.buf.drain(..used);
