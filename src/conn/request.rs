@@ -282,7 +282,9 @@ fn body_length(request: &Request<'_>) -> Result<usize, HttpError> {
 }
 
 fn decide(request: &Request<'_>, ctx: &Ctx) -> Decision {
-    let keep_alive = keeps_alive(request);
+    // A refused upgrade closes: the client will not send another request on
+    // a connection it meant to turn into a WebSocket.
+    let keep_alive = keeps_alive(request) && !request.has_token("connection", "upgrade");
     let announced = request.headers_named("transfer-encoding").next().is_some()
         || request
             .headers_named("content-length")
