@@ -231,6 +231,22 @@ struct Stripe {
 }
 
 impl Stripe {
+    /// The channel, created with `make` if it does not exist, with its
+    /// expired history dropped.
+    fn open(
+        &mut self,
+        name: &Arc<str>,
+        make: impl FnOnce() -> Channel,
+        now: Millis,
+    ) -> &mut Channel {
+        let channel = match self.channels.entry(name.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(make()),
+        };
+        channel.trim(now);
+        channel
+    }
+
     /// After a channel lost its last subscriber or got a publication while
     /// it has none: free it now if it keeps nothing, else make sure it is
     /// freed when its history expires.
@@ -366,11 +382,7 @@ impl Broker {
         let now = self.now();
         let name = channel.shared();
         let mut stripe = self.stripe(name);
-        let state = match stripe.channels.entry(name.clone()) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(self.new_channel(options)),
-        };
-        state.trim(now);
+        let state = stripe.open(name, || self.new_channel(options), now);
         state.top += 1;
         let offset = state.top;
         let (frame, data_start) = encode_message(channel.as_str(), offset, data);
@@ -419,11 +431,7 @@ impl Broker {
         let now = self.now();
         let name = channel.shared();
         let mut stripe = self.stripe(name);
-        let state = match stripe.channels.entry(name.clone()) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(self.new_channel(options)),
-        };
-        state.trim(now);
+        let state = stripe.open(name, || self.new_channel(options), now);
         if let Some(count) = state.per_shard.get_mut(usize::from(who.shard)) {
             *count += 1;
             state.subscribers += 1;
