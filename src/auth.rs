@@ -90,9 +90,12 @@ impl Denied {
 }
 
 impl Identity {
-    /// An anonymous connection: no user, no grants.
+    /// An anonymous connection: no user, no grants. (All anonymous
+    /// connections share one empty user string: no allocation each.)
     pub fn anonymous() -> Identity {
-        Identity { user: Arc::from(""), grants: Box::new([]), expires_at: None }
+        static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from(""));
+        Identity { user: ANONYMOUS.clone(), grants: Box::new([]), expires_at: None }
     }
 
     /// Whether this connection may subscribe to, publish on, or read the

@@ -9,6 +9,7 @@ use crate::broker::channel::ChannelName;
 use crate::broker::{BrokerError, ConnRef, Member, Since};
 use crate::protocol::{self, Command, CommandError, ErrorCode};
 use crate::shard::subscribers::Subscriber;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// Most channels one connection may be subscribed to at once (over it:
@@ -22,12 +23,15 @@ pub struct ClientSession {
     me: ConnRef,
     subscriptions: Vec<ChannelName>,
     /// When the token expires (shard clock), if it does.
-    token_deadline: Option<Millis>,
+    token_deadline: Option<NonZeroU64>,
 }
 
 impl ClientSession {
     /// A session for connection `me` with `identity`.
     pub fn new(identity: Identity, me: ConnRef, token_deadline: Option<Millis>) -> Self {
+        // Deadlines are at least 1 ms on the shard clock.
+        let token_deadline =
+            token_deadline.map(|at| NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN));
         ClientSession { identity, me, subscriptions: Vec::new(), token_deadline }
     }
 
@@ -38,7 +42,7 @@ impl ClientSession {
 
     /// When the connection's token expires, on the shard clock.
     pub fn token_deadline(&self) -> Option<Millis> {
-        self.token_deadline
+        self.token_deadline.map(NonZeroU64::get)
     }
 
     /// The client id: node, shard, slot and generation, so it is unique on
