@@ -1,15 +1,23 @@
-//! `fanout` mode: subscribers of one channel and a publisher at a fixed rate through the server API; deliveries, order, loss, and the server's CPU time per delivery.
+//! `fanout` mode: M subscribers of one channel and a publisher at a fixed rate (open loop, through the server API); deliveries, loss, reordering, latency from each publication's intended send time, and the time until its last subscriber has it.
 
-use crate::net::{Held, client_text_frame, open, parse_frame, parse_url, upgrade_request};
+use crate::clock::{now_ns, sleep_until};
+use crate::echo::per_second_samples;
+use crate::hist::Latency;
+use crate::net::{Then, client_frame, open_many, parse_frame, parse_url, upgrade_request};
+use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::window::{self, Common, Window, round};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Arguments of the `fanout` mode.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
     /// The server's client endpoint: ws://127.0.0.1:PORT/ws.
     #[arg(long)]
@@ -17,9 +25,6 @@ pub struct FanoutArgs {
     /// The server API key (publications go through POST /api/publish).
     #[arg(long)]
     api_key: String,
-    /// The server's process id: its CPU time is read from /proc/PID/stat.
-    #[arg(long)]
-    pid: u32,
     /// Subscribers of the channel.
     #[arg(long, default_value_t = 10_000)]
     subscribers: usize,
@@ -29,147 +34,209 @@ pub struct FanoutArgs {
     /// Publications per second.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
-    /// Seconds measured, after the warm-up.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
-    /// Seconds of publishing before the measurement starts.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Bytes of each publication's data (a JSON string, quotes included).
+    /// Bytes of each publication's data: a JSON string (quotes included)
+    /// carrying the sequence number and the intended send time.
     #[arg(long, default_value_t = 32)]
     payload: usize,
-    /// Handshakes in flight while opening subscribers.
-    #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    /// Seconds to wait after the window for the last deliveries.
+    #[arg(long, default_value_t = 10)]
+    drain: u64,
+    #[command(flatten)]
+    common: Common,
 }
 
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat.
-/// The kernel reports them in USER_HZ ticks, which Linux fixes at 100.
-fn cpu_seconds(pid: &str) -> io::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok((ticks(11) + ticks(12)) / 100.0)
+/// `"SEQ:SENDNS:xxxx"` padded to `size` bytes (at least what the numbers need).
+fn payload(seq: u64, send_ns: u64, size: usize) -> String {
+    let core = format!("{seq}:{send_ns}:");
+    format!("\"{core}{}\"", "x".repeat(size.saturating_sub(core.len() + 2)))
+}
+
+/// The `(seq, send_ns)` inside a message push.
+fn parse_push(payload: &[u8]) -> Option<(u64, u64)> {
+    let key = br#""data":""#;
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = payload.get(at..)?;
+    let mut fields = rest.split(|b| *b == b':');
+    let number = |field: Option<&[u8]>| std::str::from_utf8(field?).ok()?.parse::<u64>().ok();
+    Some((number(fields.next())?, number(fields.next())?))
 }
 
 struct Subscriber {
-    held: Held,
-    last_offset: u64,
-    subscribed: bool,
-}
-
-/// The offset in a `message` push.
-fn offset_of(payload: &[u8]) -> Option<u64> {
-    let key = br#""offset":"#;
-    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = payload.get(at..)?.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(payload.get(at..at + digits)?).ok()?.parse().ok()
+    stream: TcpStream,
+    buf: Vec<u8>,
+    last_seq: Option<u64>,
 }
 
 #[derive(Default)]
 struct Tally {
-    deliveries: u64,
-    subscribed: usize,
+    /// Deliveries of publications sent inside the window.
+    in_window: u64,
+    /// Deliveries received in each second of the window.
+    per_second: Vec<u64>,
     gaps: u64,
     duplicates: u64,
+    latency: Latency,
+    /// Per publication sent in the window: when its last delivery came.
+    last: HashMap<u64, u64>,
+    send_time: HashMap<u64, u64>,
 }
 
-/// Reads everything a subscriber's socket has and counts what it holds.
-fn drain(sub: &mut Subscriber, scratch: &mut [u8], tally: &mut Tally) -> Result<(), String> {
+fn read_subscriber(
+    sub: &mut Subscriber,
+    scratch: &mut [u8],
+    window: &Window,
+    tally: &mut Tally,
+) -> Result<(), String> {
     loop {
-        match sub.held.stream.read(scratch) {
+        match sub.stream.read(scratch) {
             Ok(0) => return Err("the server closed a subscriber".into()),
-            Ok(n) => sub.held.leftover.extend_from_slice(&scratch[..n]),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-            Err(error) => return Err(format!("read: {error}")),
+            Ok(n) => sub.buf.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("read: {e}")),
         }
     }
+    let now = now_ns();
     let mut used = 0;
-    while let Some((opcode, payload, len)) = parse_frame(&sub.held.leftover[used..]) {
-        let payload = &sub.held.leftover[used + payload.start..used + payload.end];
-        match opcode {
-            1 if payload.starts_with(br#"{"op":"message""#) => {
-                let offset = offset_of(payload).ok_or("a message without an offset")?;
-                if sub.last_offset != 0 && offset != sub.last_offset + 1 {
-                    if offset <= sub.last_offset {
-                        tally.duplicates += 1;
-                    } else {
-                        tally.gaps += 1;
-                    }
-                }
-                sub.last_offset = offset;
-                tally.deliveries += 1;
-            }
-            1 if payload.starts_with(br#"{"op":"subscribed""#) => {
-                sub.subscribed = true;
-                tally.subscribed += 1;
-            }
-            1 if payload.starts_with(br#"{"op":"error""#) => {
-                return Err(format!("error reply: {}", String::from_utf8_lossy(payload)));
-            }
-            8 => return Err("the server closed a subscriber (close frame)".into()),
+    while let Some((opcode, payload, len)) = parse_frame(&sub.buf[used..]) {
+        let payload = &sub.buf[used + payload.start..used + payload.end];
+        used += len;
+        if opcode == 8 {
+            return Err("the server closed a subscriber (close frame)".into());
+        }
+        if opcode != 1 || !payload.starts_with(br#"{"op":"message""#) {
+            continue;
+        }
+        let (seq, send_ns) =
+            parse_push(payload).ok_or("a message without sequence and send time")?;
+        match sub.last_seq {
+            Some(last) if seq <= last => tally.duplicates += 1,
+            Some(last) if seq > last + 1 => tally.gaps += 1,
             _ => {}
         }
-        used += len;
+        sub.last_seq = Some(seq);
+        if let Some(second) = window.second(now) {
+            tally.per_second[second] += 1;
+        }
+        if send_ns >= window.start_ns && send_ns < window.end_ns {
+            tally.in_window += 1;
+            tally.latency.record(now.saturating_sub(send_ns));
+            let last = tally.last.entry(seq).or_insert(now);
+            *last = (*last).max(now);
+            tally.send_time.insert(seq, send_ns);
+        }
     }
-    sub.held.leftover.drain(..used);
+    sub.buf.drain(..used);
     Ok(())
 }
 
-/// Publishes at `rate` per second until `stop`, through pipelined keep-alive
-/// POSTs: open loop, each request goes at its intended time whether or not
-/// the answers to earlier ones are back (a reader thread counts them).
-fn publish(
-    addr: SocketAddr,
-    key: &str,
-    channel: &str,
-    payload: usize,
-    rate: f64,
-    stop: &AtomicBool,
-    published: &Arc<AtomicU64>,
-) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
+fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
+    let (addr, path) = parse_url(&args.url)?;
+    let (first, count) = part.share(args.subscribers);
+    let subscribe =
+        client_frame(1, format!(r#"{{"op":"subscribe","channel":"{}"}}"#, args.channel).as_bytes());
+    let opened = open_many(addr, &upgrade_request(addr, &path), first, count, 256, |_| {
+        Some(Then { send: subscribe.clone(), expect: br#"{"op":"subscribed""# })
+    })?;
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut subs = Vec::with_capacity(count);
+    for (i, open) in opened.into_iter().enumerate() {
+        let mut stream = open.stream;
+        poll.registry()
+            .register(&mut stream, Token(i), Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        subs.push(Subscriber { stream, buf: open.buf, last_seq: None });
+    }
+    let window = Window::from_command(&ctl.ready(json!({"subscribed": count}))?)?;
+    let mut tally = Tally { per_second: vec![0; window.seconds()], ..Default::default() };
+    let mut events = Events::with_capacity(4096);
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut pending_command = None;
+    // Until the window closes, then until the coordinator says everything
+    // arrived (or gives up): each report is a barrier.
+    let mut reported = false;
+    loop {
+        if now_ns() >= window.end_ns && !reported {
+            ctl.report(json!({"in_window": tally.in_window}))?;
+            reported = true;
+        }
+        if reported && let Some(command) = ctl.try_command() {
+            pending_command = Some(command);
+        }
+        if let Some(command) = pending_command.take() {
+            if command["stop"].as_bool() == Some(true) {
+                break;
+            }
+            reported = false;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+        for event in &events {
+            if let Some(sub) = subs.get_mut(event.token().0) {
+                read_subscriber(sub, &mut scratch, &window, &mut tally)?;
+            }
+        }
+    }
+    let last: Map<String, Value> =
+        tally.last.iter().map(|(seq, at)| (seq.to_string(), Value::from(*at))).collect();
+    let sent: Map<String, Value> =
+        tally.send_time.iter().map(|(seq, at)| (seq.to_string(), Value::from(*at))).collect();
+    Ok(json!({
+        "in_window": tally.in_window,
+        "received": tally.per_second.iter().sum::<u64>(),
+        "per_second": tally.per_second,
+        "gaps": tally.gaps,
+        "duplicates": tally.duplicates,
+        "latency_hist": tally.latency.to_json(),
+        "last_max": last,
+        "sent_max": sent,
+    }))
+}
+
+/// Publishes at `rate` from `window.load_ns` to `window.end_ns`, open loop:
+/// pipelined keep-alive POSTs, each sent at its intended time, answers
+/// counted by a reader thread. Returns (publications sent inside the window,
+/// all sent, all answered 200).
+fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, u64, u64), String> {
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let answered = Arc::new(AtomicU64::new(0));
     let reader = {
         let mut stream = stream.try_clone().map_err(|e| e.to_string())?;
-        let published = published.clone();
-        std::thread::spawn(move || -> Result<u64, String> { read_answers(&mut stream, &published) })
+        let answered = answered.clone();
+        std::thread::spawn(move || read_answers(&mut stream, &answered))
     };
-    let data = format!("\"{}\"", "x".repeat(payload.saturating_sub(2)));
-    let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
-    let request = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let started = Instant::now();
-    let mut sent: u32 = 0;
-    while !stop.load(Ordering::Acquire) {
-        let due = started + interval * sent;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
+    let interval = (1e9 / args.rate) as u64;
+    let (mut seq, mut in_window) = (0u64, 0u64);
+    let mut next = window.load_ns;
+    while next < window.end_ns {
+        sleep_until(next);
+        let body = format!(
+            r#"{{"channel":"{}","data":{}}}"#,
+            args.channel,
+            payload(seq, next, args.payload)
+        );
+        let last = next + interval >= window.end_ns;
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\n{}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            args.api_key,
+            if last { "Connection: close\r\n" } else { "" },
+            body.len()
+        );
         stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))?;
-        sent += 1;
+        if next >= window.start_ns {
+            in_window += 1;
+        }
+        seq += 1;
+        next += interval.max(1);
     }
-    // The last request says so: the server closes after answering it.
-    let last = request.replacen("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n", 1);
-    stream.write_all(last.as_bytes()).map_err(|e| format!("API write: {e}"))?;
-    sent += 1;
-    let answered = reader.join().map_err(|_| "the answer reader panicked")??;
-    if answered != u64::from(sent) {
-        return Err(format!("sent {sent} publications, {answered} answered"));
-    }
-    Ok(())
+    reader.join().map_err(|_| "the answer reader panicked")??;
+    Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
 /// Reads pipelined answers until the server closes; counts the 200s.
-fn read_answers(stream: &mut TcpStream, published: &AtomicU64) -> Result<u64, String> {
+fn read_answers(stream: &mut std::net::TcpStream, answered: &AtomicU64) -> Result<(), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
-    let mut answered = 0;
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -188,11 +255,10 @@ fn read_answers(stream: &mut TcpStream, published: &AtomicU64) -> Result<u64, St
                 ));
             }
             buf.drain(..end + 4 + length);
-            answered += 1;
-            published.fetch_add(1, Ordering::Release);
+            answered.fetch_add(1, Ordering::Release);
         }
         match stream.read(&mut chunk) {
-            Ok(0) => return Ok(answered),
+            Ok(0) => return Ok(()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(error) => return Err(format!("API read: {error}")),
         }
@@ -201,142 +267,101 @@ fn read_answers(stream: &mut TcpStream, published: &AtomicU64) -> Result<u64, St
 
 /// Runs the `fanout` mode.
 pub fn run(args: &FanoutArgs) -> Result<(), String> {
-    let (addr, path) = parse_url(&args.url)?;
-    let pid = args.pid.to_string();
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut held = Vec::with_capacity(args.subscribers);
-    let opening = Instant::now();
-    open(
-        &mut poll,
-        addr,
-        upgrade_request(addr, &path).as_bytes(),
-        args.subscribers,
-        args.concurrency,
-        &mut held,
-    )?;
-    eprintln!("fanout: {} subscribers connected in {:?}", held.len(), opening.elapsed());
-
-    let subscribe = client_text_frame(
-        format!(r#"{{"op":"subscribe","channel":"{}"}}"#, args.channel).as_bytes(),
-    );
-    let mut subs: Vec<Subscriber> = Vec::with_capacity(held.len());
-    for (i, mut held) in held.into_iter().enumerate() {
-        poll.registry()
-            .register(&mut held.stream, Token(i), Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        held.stream.write_all(&subscribe).map_err(|e| format!("subscribe: {e}"))?;
-        subs.push(Subscriber { held, last_offset: 0, subscribed: false });
+    let body = {
+        let args = args.clone();
+        move |p: Part, ctl: PartCtl| part(&args, p, ctl)
+    };
+    if let Some(spec) = &args.common.parts {
+        return parts::run_child(spec, body);
     }
-    let mut events = Events::with_capacity(4096);
-    let mut scratch = vec![0u8; 64 * 1024];
-    let mut tally = Tally::default();
-    // Welcome frames may already be buffered: read every socket once.
-    for sub in &mut subs {
-        drain(sub, &mut scratch, &mut tally)?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tally.subscribed < subs.len() {
-        if Instant::now() > deadline {
-            return Err(format!("only {} of {} subscribed", tally.subscribed, subs.len()));
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
-        for event in &events {
-            if let Some(sub) = subs.get_mut(event.token().0) {
-                drain(sub, &mut scratch, &mut tally)?;
-            }
-        }
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let published = Arc::new(AtomicU64::new(0));
+    let (addr, _) = parse_url(&args.url)?;
+    let processes = args.common.processes.unwrap_or_else(|| parts::processes_for(args.subscribers));
+    let threads = args.common.threads.max(processes);
+    let mut coordinator = Coordinator::start(threads, processes, &window::child_args(), body)?;
+    let subscribed = coordinator.gather()?.ready()?;
+    let window = Window::plan(&args.common);
+    coordinator.command(&window.command())?;
     let publisher = {
-        let (stop, published) = (stop.clone(), published.clone());
-        let (key, channel, payload, rate) =
-            (args.api_key.clone(), args.channel.clone(), args.payload, args.rate);
-        std::thread::spawn(move || publish(addr, &key, &channel, payload, rate, &stop, &published))
+        let args = args.clone();
+        std::thread::spawn(move || publish(&args, addr, window))
     };
-    let started = Instant::now();
-    let window_start = started + Duration::from_secs_f64(args.warmup);
-    let window_end = window_start + Duration::from_secs_f64(args.seconds);
-    let mut start_mark = None;
-    let mut end_mark = None;
+    let samples = window::sample(&window, args.common.pid)?;
+    let (published, sent, answered) = publisher.join().map_err(|_| "the publisher panicked")??;
+    let expected = published * args.subscribers as u64;
+    // Wait for the last deliveries: each barrier is one report from every part.
+    let give_up = now_ns() + args.drain * 1_000_000_000;
     loop {
-        let now = Instant::now();
-        if start_mark.is_none() && now >= window_start {
-            start_mark = Some((
-                now,
-                tally.deliveries,
-                cpu_seconds(&pid).map_err(|e| e.to_string())?,
-                cpu_seconds("self").unwrap_or(0.0),
-            ));
+        let report = coordinator.gather()?.ready()?;
+        let got = report["in_window"].as_u64().unwrap_or(0);
+        if got >= expected || now_ns() >= give_up {
+            break;
         }
-        if end_mark.is_none() && now >= window_end {
-            end_mark = Some((
-                now,
-                tally.deliveries,
-                cpu_seconds(&pid).map_err(|e| e.to_string())?,
-                cpu_seconds("self").unwrap_or(0.0),
-            ));
-            stop.store(true, Ordering::Release);
-        }
-        if end_mark.is_some() {
-            let expected = published.load(Ordering::Acquire) * subs.len() as u64;
-            if publisher.is_finished() && tally.deliveries >= expected {
-                break;
-            }
-            if now > window_end + Duration::from_secs(10) {
-                break;
-            }
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
-        for event in &events {
-            if let Some(sub) = subs.get_mut(event.token().0) {
-                drain(sub, &mut scratch, &mut tally)?;
+        std::thread::sleep(Duration::from_millis(100));
+        coordinator.command(&json!({"more": true}))?;
+    }
+    coordinator.command(&json!({"stop": true}))?;
+    let result = coordinator.gather()?.done()?;
+    coordinator.finish()?;
+
+    let seconds = window.seconds() as f64;
+    let received = result["received"].as_u64().unwrap_or(0) as f64;
+    let in_window = result["in_window"].as_u64().unwrap_or(0);
+    let server_cpu = samples["server_cpu_s"].as_f64().unwrap_or(0.0);
+    let mut last = Latency::default();
+    if let (Some(lasts), Some(sends)) =
+        (result["last_max"].as_object(), result["sent_max"].as_object())
+    {
+        for (seq, at) in lasts {
+            if let (Some(at), Some(sent)) = (at.as_u64(), sends.get(seq).and_then(Value::as_u64)) {
+                last.record(at.saturating_sub(sent));
             }
         }
     }
-    publisher.join().map_err(|_| "the publisher panicked")??;
-    let (Some((t0, d0, cpu0, own0)), Some((t1, d1, cpu1, own1))) = (start_mark, end_mark) else {
-        return Err("the measurement window never closed".into());
-    };
-    let published = published.load(Ordering::Acquire);
-    let expected = published * subs.len() as u64;
-    let window = (t1 - t0).as_secs_f64();
-    let deliveries = (d1 - d0) as f64;
-    let cpu = cpu1 - cpu0;
-    let cpu_us_per_delivery = if deliveries > 0.0 { cpu * 1e6 / deliveries } else { f64::NAN };
-    println!(
-        "{}",
-        serde_json::json!({
-            "mode": "fanout",
-            "subscribers": subs.len(),
-            "payload_bytes": args.payload,
-            "rate": args.rate,
-            "window_s": (window * 100.0).round() / 100.0,
-            "published": published,
-            "deliveries_expected": expected,
-            "deliveries_received": tally.deliveries,
-            "lost": expected.saturating_sub(tally.deliveries),
-            "gaps": tally.gaps,
-            "duplicates": tally.duplicates,
-            "deliveries_per_s": (deliveries / window).round(),
-            "server_cpu_s": (cpu * 1000.0).round() / 1000.0,
-            "server_cpu_percent": (cpu / window * 1000.0).round() / 10.0,
-            "server_cpu_us_per_delivery": (cpu_us_per_delivery * 1000.0).round() / 1000.0,
-            "generator_cpu_percent": ((own1 - own0) / window * 1000.0).round() / 10.0,
-        })
-    );
+    let report = json!({
+        "mode": "fanout",
+        "subscribers": subscribed["subscribed"],
+        "rate": args.rate,
+        "payload_bytes": args.payload,
+        "seconds": seconds,
+        "published": published,
+        "published_total": sent,
+        "answered": answered,
+        "deliveries_expected": expected,
+        "deliveries_received": in_window,
+        "lost": expected.saturating_sub(in_window),
+        "gaps": result["gaps"],
+        "duplicates": result["duplicates"],
+        "deliveries_per_s": round(received / seconds, 0),
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cpu_us_per_delivery": round(server_cpu * 1e6 / received.max(1.0), 3),
+        "generator_cpu_percent": round(samples["generator_cpu_s"].as_f64().unwrap_or(0.0) / seconds * 100.0, 1),
+        "latency": Latency::from_json(&result["latency_hist"]).summary(),
+        "last_subscriber_latency": last.summary(),
+        "per_second": per_second_samples(&result["per_second"], &samples),
+    });
+    println!("{report}");
     eprintln!(
-        "fanout: {} subscribers, {} pub/s, {} B: {:.0} deliveries/s, server {:.3} us CPU per delivery ({:.0}% of a core), lost {}, gaps {}, duplicates {}",
-        subs.len(),
+        "fanout: {} subscribers, {} pub/s, {} B: {} deliveries/s, {} us server CPU per delivery, p99 {} us, lost {}",
+        report["subscribers"],
         args.rate,
         args.payload,
-        deliveries / window,
-        cpu_us_per_delivery,
-        cpu / window * 100.0,
-        expected.saturating_sub(tally.deliveries),
-        tally.gaps,
-        tally.duplicates
+        report["deliveries_per_s"],
+        report["server_cpu_us_per_delivery"],
+        report["latency"]["p99_us"],
+        report["lost"]
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_sequence_and_time() {
+        let data = payload(42, 1_234_567_890_123, 32);
+        assert_eq!(data.len(), 32);
+        let push = format!(r#"{{"op":"message","channel":"c","offset":1,"data":{data}}}"#);
+        assert_eq!(parse_push(push.as_bytes()), Some((42, 1_234_567_890_123)));
+    }
 }

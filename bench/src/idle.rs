@@ -1,14 +1,27 @@
-//! `idle` mode: open WebSocket connections in steps, leave them idle, and sample the server's RSS at each step.
+//! `idle` mode: open WebSocket connections in steps (optionally subscribed), leave them idle, and sample the server's RSS at each step; the slope is the memory per connection.
 
-use crate::net::{open, parse_url, upgrade_request};
-use mio::Poll;
-use std::io;
+use crate::net::{Then, client_frame, open_many, parse_url, upgrade_request};
+use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::procfs;
+use crate::window::round;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// Whether idle connections subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Subscribe {
+    /// Upgraded, nothing more.
+    None,
+    /// Each subscribed to one channel they all share.
+    Shared,
+    /// Each subscribed to a channel of its own.
+    Distinct,
+}
+
 /// Arguments of the `idle` mode.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
-    /// The server, as ws://127.0.0.1:PORT/PATH (PATH: /echo or /ws).
+    /// The server, as ws://127.0.0.1:PORT/PATH (/echo, or /ws to subscribe).
     #[arg(long)]
     url: String,
     /// The server's process id: its RSS is read from /proc/PID/status.
@@ -17,25 +30,57 @@ pub struct IdleArgs {
     /// Connection counts to sample at, in increasing order.
     #[arg(long, value_delimiter = ',', default_value = "0,2500,5000,7500,10000")]
     steps: Vec<usize>,
-    /// Handshakes in flight while opening connections.
+    /// Subscribe each connection after upgrading.
+    #[arg(long, value_enum, default_value = "none")]
+    subscribe: Subscribe,
+    /// Handshakes in flight per thread while opening.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Milliseconds to let the server settle before each sample.
     #[arg(long, default_value_t = 1000)]
     settle_ms: u64,
+    /// Threads opening connections.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Processes holding connections (default: one per 18,000).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Internal: run parts FIRST,COUNT,TOTAL as a child process.
+    #[arg(long, hide = true)]
+    parts: Option<String>,
 }
 
-/// The server's resident memory: (VmRSS, RssAnon) in bytes.
-fn rss(pid: u32) -> io::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    Ok((field("VmRSS:"), field("RssAnon:")))
+fn part(args: &IdleArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
+    let (addr, path) = parse_url(&args.url)?;
+    let request = upgrade_request(addr, &path);
+    let most = args.steps.iter().copied().max().unwrap_or(0);
+    // Part p owns load indexes [p * span, (p + 1) * span): distinct source
+    // ports and addresses whatever the step.
+    let span = most.div_ceil(part.total).max(1);
+    let mut held = Vec::new();
+    for &step in &args.steps {
+        let (_, mine) = Part { index: part.index, total: part.total }.share(step);
+        let more = mine.saturating_sub(held.len());
+        let first = part.index * span + held.len();
+        let subscribe = args.subscribe;
+        let opened = open_many(addr, &request, first, more, args.concurrency, |index| {
+            let channel = match subscribe {
+                Subscribe::None => return None,
+                Subscribe::Shared => "idle".to_string(),
+                Subscribe::Distinct => format!("idle.{index}"),
+            };
+            Some(Then {
+                send: client_frame(
+                    1,
+                    format!(r#"{{"op":"subscribe","channel":"{channel}"}}"#).as_bytes(),
+                ),
+                expect: br#"{"op":"subscribed""#,
+            })
+        })?;
+        held.extend(opened);
+        ctl.ready(json!({"open": held.len()}))?;
+    }
+    Ok(json!({"open": held.len()}))
 }
 
 /// Least-squares slope of `y` over `x`.
@@ -50,52 +95,70 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 
 /// Runs the `idle` mode.
 pub fn run(args: &IdleArgs) -> Result<(), String> {
-    let (addr, path) = parse_url(&args.url)?;
-    if args.steps.windows(2).any(|w| w[0] > w[1]) || args.steps.len() < 2 {
+    let body = {
+        let args = args.clone();
+        move |p: Part, ctl: PartCtl| part(&args, p, ctl)
+    };
+    if let Some(spec) = &args.parts {
+        return parts::run_child(spec, body);
+    }
+    if args.steps.len() < 2 || args.steps.windows(2).any(|w| w[0] > w[1]) {
         return Err("--steps must be at least two increasing counts".into());
     }
-    let request = upgrade_request(addr, &path);
-    let mut poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut held = Vec::new();
+    let most = args.steps.iter().copied().max().unwrap_or(0);
+    let processes = args.processes.unwrap_or_else(|| parts::processes_for(most));
+    let threads = args.threads.max(processes);
+    let mut coordinator =
+        Coordinator::start(threads, processes, &crate::window::child_args(), body)?;
+    let pid = args.pid.to_string();
     let mut samples = Vec::new();
-    for &step in &args.steps {
-        let more = step - held.len();
+    let path = parse_url(&args.url)?.1;
+    for (i, &step) in args.steps.iter().enumerate() {
         let started = Instant::now();
-        open(&mut poll, addr, request.as_bytes(), more, args.concurrency, &mut held)?;
+        let open = coordinator.gather()?.ready()?["open"].as_u64().unwrap_or(0);
         let opened_in = started.elapsed();
         std::thread::sleep(Duration::from_millis(args.settle_ms));
         let (rss, anon) =
-            rss(args.pid).map_err(|e| format!("reading /proc/{}/status: {e}", args.pid))?;
-        println!(
-            "{}",
-            serde_json::json!({
-                "mode": "idle", "path": path, "connections": step,
-                "rss_bytes": rss, "rss_anon_bytes": anon,
-                "opened_in_ms": opened_in.as_millis() as u64,
-            })
+            procfs::rss(&pid).map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
+        eprintln!(
+            "idle {path}: {open} connections, RSS {:.1} MiB (opened in {opened_in:?})",
+            rss as f64 / 1048576.0
         );
-        samples.push((step as f64, rss as f64, anon as f64));
+        if open != step as u64 {
+            return Err(format!("step {i}: {open} connections open, wanted {step}"));
+        }
+        samples.push(json!({"connections": step, "rss_bytes": rss, "rss_anon_bytes": anon}));
+        coordinator.command(&json!({"next": i + 1}))?;
     }
-    let rss_slope = slope(&samples.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>());
-    let anon_slope = slope(&samples.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>());
-    let (first, last) = (samples[0], samples[samples.len() - 1]);
-    let delta = (last.1 - first.1) / (last.0 - first.0);
-    println!(
-        "{}",
-        serde_json::json!({
-            "mode": "idle", "path": path, "summary": true,
-            "connections": last.0 as u64,
-            "rss_bytes_per_connection_slope": rss_slope.round(),
-            "rss_anon_bytes_per_connection_slope": anon_slope.round(),
-            "rss_bytes_per_connection_delta": delta.round(),
+    coordinator.gather()?.done()?;
+    coordinator.finish()?;
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (s["connections"].as_f64().unwrap_or(0.0), s["rss_bytes"].as_f64().unwrap_or(0.0)))
+        .collect();
+    let anon: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| {
+            (s["connections"].as_f64().unwrap_or(0.0), s["rss_anon_bytes"].as_f64().unwrap_or(0.0))
         })
-    );
+        .collect();
+    let (first, last) = (points[0], points[points.len() - 1]);
+    let report = json!({
+        "mode": "idle",
+        "path": path,
+        "subscribe": format!("{:?}", args.subscribe).to_lowercase(),
+        "connections": most,
+        "rss_bytes_per_connection": round(slope(&points), 0),
+        "rss_anon_bytes_per_connection": round(slope(&anon), 0),
+        "rss_bytes_per_connection_delta": round((last.1 - first.1) / (last.0 - first.0), 0),
+        "samples": samples,
+    });
+    println!("{report}");
     eprintln!(
-        "idle {path}: {:.0} bytes of RSS per connection (slope over {} samples up to {} connections; anon {:.0})",
-        rss_slope,
-        samples.len(),
-        last.0,
-        anon_slope
+        "idle {path} ({}): {} bytes of RSS per connection (slope over {} samples up to {most})",
+        report["subscribe"],
+        report["rss_bytes_per_connection"],
+        points.len()
     );
     Ok(())
 }

@@ -1,8 +1,15 @@
-//! herald-load: a load generator for herald, on mio with its own framing so it shares none of the server's costs.
+//! herald-load: a load generator for herald and servers like it, on mio with its own framing so it shares none of their costs.
 
+mod clock;
+mod connect;
+mod echo;
 mod fanout;
+mod hist;
 mod idle;
 mod net;
+mod parts;
+mod procfs;
+mod window;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,19 +23,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Mode {
-    /// Hold idle WebSocket connections and report the server's resident
-    /// memory per connection (the slope of RSS over connection count).
-    Idle(idle::IdleArgs),
-    /// Subscribers of one channel and a publisher at a fixed rate through
-    /// the server API: deliveries, order, and the server's CPU per delivery.
+    /// Echo round trips: closed loop with K in flight, or open loop at a rate.
+    Echo(echo::EchoArgs),
+    /// Subscribers of one channel, a publisher at a fixed rate through the
+    /// server API: deliveries, loss, order, latency, CPU per delivery.
     Fanout(fanout::FanoutArgs),
+    /// Upgrades per second with C attempts in flight, handshake latency.
+    Connect(connect::ConnectArgs),
+    /// Idle (optionally subscribed) connections: server RSS per connection.
+    Idle(idle::IdleArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
-        Mode::Idle(args) => idle::run(&args),
+        Mode::Echo(args) => echo::run(&args),
         Mode::Fanout(args) => fanout::run(&args),
+        Mode::Connect(args) => connect::run(&args),
+        Mode::Idle(args) => idle::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-//! Client connections for the load modes: non-blocking connects from several 127.0.0.x addresses, upgrades, and server frames.
+//! Client connections for the load modes: non-blocking connects from several 127.0.0.x addresses, upgrades, subscriptions, and frames.
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -27,41 +27,28 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
 }
 
 /// The upgrade request for `path`.
-pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
+    .into_bytes()
 }
 
-/// An upgraded connection and the bytes that came after its 101 head.
-pub struct Held {
-    /// The socket (non-blocking, not registered).
-    pub stream: TcpStream,
-    /// What followed the head in the same reads (a welcome frame, say).
-    pub leftover: Vec<u8>,
-}
-
-/// A connection on its way to being upgraded.
-struct Opening {
-    stream: TcpStream,
-    sent: bool,
-    response: Vec<u8>,
-}
-
-/// A non-blocking connect from source address 127.0.0.(1 + `source`).
-fn connect_from(source: usize, addr: SocketAddr) -> io::Result<TcpStream> {
+/// A non-blocking connect for connection number `index` of the load:
+/// 20,000 connections per 127.0.0.x source address. Closing one resets it
+/// (no TIME_WAIT left on the generator's side to eat ephemeral ports).
+pub fn connect(index: usize, addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
-    // Closing resets the connection instead of leaving the generator's side
-    // in TIME_WAIT, which would eat the ephemeral ports of the next run.
     socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_tcp_nodelay(true)?;
+    let source = index / PER_SOURCE_ADDRESS;
     if source > 0 {
-        // bind() must pick a port before it knows the destination, so only
-        // the extra addresses are bound; the first lets connect() choose.
+        // bind() picks a port before it knows the destination, so only the
+        // extra addresses are bound; the first lets connect() choose.
         let octet = u8::try_from(1 + source % 250).unwrap_or(1);
-        let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0);
-        socket.bind(&local.into())?;
+        socket.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)), 0).into())?;
     }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
@@ -71,97 +58,11 @@ fn connect_from(source: usize, addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(socket.into()))
 }
 
-/// Opens `count` more upgraded connections into `held` (deregistered from
-/// `poll` once upgraded).
-pub fn open(
-    poll: &mut Poll,
-    addr: SocketAddr,
-    request: &[u8],
-    count: usize,
-    concurrency: usize,
-    held: &mut Vec<Held>,
-) -> Result<(), String> {
-    let mut events = Events::with_capacity(1024);
-    let mut slots: Vec<Option<Opening>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut started = 0;
-    let mut in_flight = 0;
-    let target = held.len() + count;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while held.len() < target {
-        while in_flight < concurrency && started < count {
-            let source = (held.len() + in_flight) / PER_SOURCE_ADDRESS;
-            let mut stream = connect_from(source, addr).map_err(|e| format!("connect: {e}"))?;
-            let slot = free.pop().unwrap_or_else(|| {
-                slots.push(None);
-                slots.len() - 1
-            });
-            poll.registry()
-                .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| format!("register: {e}"))?;
-            slots[slot] = Some(Opening { stream, sent: false, response: Vec::new() });
-            started += 1;
-            in_flight += 1;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("only {} of {target} connections opened in 120 s", held.len()));
-        }
-        poll.poll(&mut events, Some(Duration::from_secs(1))).map_err(|e| format!("poll: {e}"))?;
-        for event in &events {
-            let slot = event.token().0;
-            let Some(opening) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-            if event.is_writable() && !opening.sent {
-                match opening.stream.take_error() {
-                    Ok(Some(error)) | Err(error) => {
-                        return Err(format!("connection failed: {error}"));
-                    }
-                    Ok(None) => {}
-                }
-                match opening.stream.write(request) {
-                    Ok(n) if n == request.len() => opening.sent = true,
-                    Ok(_) => return Err("short write of a handshake".into()),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) if error.kind() == io::ErrorKind::NotConnected => {}
-                    Err(error) => return Err(format!("write: {error}")),
-                }
-            }
-            if event.is_readable() && opening.sent {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match opening.stream.read(&mut buf) {
-                        Ok(0) => {
-                            return Err(
-                                "the server closed a connection during the handshake".into()
-                            );
-                        }
-                        Ok(n) => opening.response.extend_from_slice(&buf[..n]),
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(error) => return Err(format!("read: {error}")),
-                    }
-                }
-                if let Some(end) = opening.response.windows(4).position(|w| w == b"\r\n\r\n") {
-                    if !opening.response.starts_with(b"HTTP/1.1 101 ") {
-                        let head = String::from_utf8_lossy(&opening.response[..end]);
-                        return Err(format!("upgrade refused: {head}"));
-                    }
-                    if let Some(mut done) = slots[slot].take() {
-                        poll.registry().deregister(&mut done.stream).map_err(|e| e.to_string())?;
-                        let leftover = done.response.split_off(end + 4);
-                        held.push(Held { stream: done.stream, leftover });
-                        free.push(slot);
-                        in_flight -= 1;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A masked client text frame.
-pub fn client_text_frame(payload: &[u8]) -> Vec<u8> {
+/// A masked client frame (text 0x1 or binary 0x2).
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x5a, 0x13, 0xc7, 0x8e];
-    let mut out = vec![0x81];
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n if n < 65536 => {
@@ -191,4 +92,148 @@ pub fn parse_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
         return None;
     }
     Some((first & 0x0F, header..header + len, header + len))
+}
+
+/// An open connection and the bytes read past what opening it needed.
+pub struct Open {
+    /// The socket (non-blocking, not registered).
+    pub stream: TcpStream,
+    /// Bytes already read and not yet parsed as frames.
+    pub buf: Vec<u8>,
+}
+
+/// What to do after the 101: send a command and wait for a text frame that
+/// starts with `expect`.
+pub struct Then<'a> {
+    /// The frame to send (already encoded).
+    pub send: Vec<u8>,
+    /// The reply's first bytes.
+    pub expect: &'a [u8],
+}
+
+struct Opening {
+    stream: TcpStream,
+    sent: bool,
+    upgraded: bool,
+    buf: Vec<u8>,
+}
+
+/// Opens `count` connections (load indexes `first..first + count`), each
+/// upgraded with `request` and, if given, subscribed by `then(index)`; at
+/// most `concurrency` in flight.
+pub fn open_many<'a>(
+    addr: SocketAddr,
+    request: &[u8],
+    first: usize,
+    count: usize,
+    concurrency: usize,
+    then: impl Fn(usize) -> Option<Then<'a>>,
+) -> Result<Vec<Open>, String> {
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut events = Events::with_capacity(1024);
+    let mut slots: Vec<Option<(usize, Opening)>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut opened = Vec::with_capacity(count);
+    let (mut started, mut in_flight) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while opened.len() < count {
+        while in_flight < concurrency && started < count {
+            let index = first + started;
+            let mut stream = connect(index, addr).map_err(|e| format!("connect: {e}"))?;
+            let slot = free.pop().unwrap_or_else(|| {
+                slots.push(None);
+                slots.len() - 1
+            });
+            poll.registry()
+                .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| format!("register: {e}"))?;
+            slots[slot] =
+                Some((index, Opening { stream, sent: false, upgraded: false, buf: Vec::new() }));
+            started += 1;
+            in_flight += 1;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {count} connections opened in 120 s", opened.len()));
+        }
+        poll.poll(&mut events, Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        for event in &events {
+            let slot = event.token().0;
+            let Some((index, opening)) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if event.is_writable() && !opening.sent {
+                match opening.stream.take_error() {
+                    Ok(Some(error)) | Err(error) => {
+                        return Err(format!("connection failed: {error}"));
+                    }
+                    Ok(None) => {}
+                }
+                match opening.stream.write(request) {
+                    Ok(n) if n == request.len() => opening.sent = true,
+                    Ok(_) => return Err("short write of a handshake".into()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+                        ) => {}
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+            if !(event.is_readable() && opening.sent) {
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            loop {
+                match opening.stream.read(&mut chunk) {
+                    Ok(0) => return Err("the server closed a connection while opening".into()),
+                    Ok(n) => opening.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+            }
+            let then = then(*index);
+            if !opening.upgraded {
+                let Some(end) = opening.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                if !opening.buf.starts_with(b"HTTP/1.1 101 ") {
+                    return Err(format!(
+                        "upgrade refused: {}",
+                        String::from_utf8_lossy(&opening.buf[..end])
+                    ));
+                }
+                opening.buf.drain(..end + 4);
+                opening.upgraded = true;
+                if let Some(then) = &then {
+                    opening.stream.write_all(&then.send).map_err(|e| format!("subscribe: {e}"))?;
+                }
+            }
+            let done = match &then {
+                None => true,
+                Some(then) => {
+                    let mut used = 0;
+                    let mut found = false;
+                    while let Some((opcode, payload, len)) = parse_frame(&opening.buf[used..]) {
+                        let payload = &opening.buf[used + payload.start..used + payload.end];
+                        used += len;
+                        if opcode == 1 && payload.starts_with(then.expect) {
+                            found = true;
+                            break;
+                        }
+                    }
+                    if found {
+                        opening.buf.drain(..used);
+                    }
+                    found
+                }
+            };
+            if done && let Some((_, mut done)) = slots[slot].take() {
+                poll.registry().deregister(&mut done.stream).map_err(|e| e.to_string())?;
+                opened.push(Open { stream: done.stream, buf: done.buf });
+                free.push(slot);
+                in_flight -= 1;
+            }
+        }
+    }
+    Ok(opened)
 }

@@ -189,6 +189,9 @@ pub struct Conn<S> {
     writable: bool,
     /// The read budget ran out with input left: drive again next turn.
     more_input: bool,
+    /// The poller reported the peer's hang-up (or an error): read until the
+    /// socket says end-of-file rather than stopping at a short read.
+    hangup: bool,
     /// The connection's slab key on its shard.
     pub key: u32,
     /// The generation half of this connection's token.
@@ -214,6 +217,7 @@ impl<S: Transport> Conn<S> {
             readable: false,
             writable: false,
             more_input: false,
+            hangup: false,
             key: 0,
             generation: 0,
             dirty: false,
@@ -248,6 +252,11 @@ impl<S: Transport> Conn<S> {
     /// Whether the last drive stopped at the read budget with input left.
     pub fn has_more_input(&self) -> bool {
         self.more_input
+    }
+
+    /// Records that the poller reported the peer's hang-up or an error.
+    pub fn peer_hung_up(&mut self) {
+        self.hangup = true;
     }
 
     /// Records readiness from the poller and does what it allows.
@@ -318,7 +327,17 @@ impl<S: Transport> Conn<S> {
             None => &mut *scratch,
         };
         let n = match io::read(&mut self.socket, buf) {
-            IoOutcome::Progress(n) => n,
+            IoOutcome::Progress(n) => {
+                // A short read drained the socket. Linux re-arms an
+                // edge-triggered epoll item at every arrival of data, so the
+                // next bytes bring a new event: the read that would only say
+                // EAGAIN is saved. Not once a hang-up was reported: no event
+                // follows it, and the end-of-file must still be read.
+                if n < buf.len() && !self.hangup {
+                    self.readable = false;
+                }
+                n
+            }
             IoOutcome::WouldBlock => {
                 self.readable = false;
                 return Next::Keep;

@@ -68,13 +68,23 @@ impl OutQueue {
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
+            let mut offered = 0;
             for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
                 *slot = IoSlice::new(chunk);
                 count += 1;
+                offered += chunk.len();
             }
             let slices = slices.get(..count).unwrap_or_default();
             match io::write_vectored(socket, slices) {
-                IoOutcome::Progress(written) => self.consume(written),
+                IoOutcome::Progress(written) => {
+                    self.consume(written);
+                    // A short write filled the socket buffer: the next write
+                    // would only say EAGAIN, and an edge-triggered EPOLLOUT
+                    // comes when there is room again.
+                    if written < offered {
+                        return Flush::WouldBlock;
+                    }
+                }
                 IoOutcome::WouldBlock => return Flush::WouldBlock,
                 IoOutcome::Closed | IoOutcome::Error(_) => return Flush::Closed,
             }
@@ -123,7 +133,7 @@ mod tests {
             }
             let mut n = 0;
             for buf in bufs {
-                let take = buf.len().min(self.limit - n).min(self.budget);
+                let take = buf.len().min(self.limit.saturating_sub(n)).min(self.budget);
                 self.written.extend_from_slice(&buf[..take]);
                 n += take;
                 self.budget -= take;
@@ -147,10 +157,11 @@ mod tests {
         queue.push(Bytes::from_static(b"world"));
         assert_eq!(queue.len(), 16);
         let mut socket = Throttled { written: Vec::new(), limit: 4, budget: 7 };
+        // A short write means the socket is full: no second attempt.
         assert!(matches!(queue.write_to(&mut socket), Flush::WouldBlock));
-        assert_eq!(queue.len(), 9);
+        assert_eq!(queue.len(), 12);
         socket.budget = usize::MAX;
-        assert!(matches!(queue.write_to(&mut socket), Flush::Drained));
+        while !matches!(queue.write_to(&mut socket), Flush::Drained) {}
         assert_eq!(socket.written, b"hello wide world");
         assert!(queue.is_empty());
     }
@@ -165,6 +176,7 @@ mod tests {
         queue.discard_unstarted();
         assert_eq!(queue.len(), 6);
         socket.budget = usize::MAX;
+        socket.limit = usize::MAX;
         assert!(matches!(queue.write_to(&mut socket), Flush::Drained));
         assert_eq!(socket.written, b"frame-one");
 

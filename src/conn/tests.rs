@@ -15,8 +15,8 @@ use websocket::Opcode;
 /// One step a read call gets.
 #[derive(Debug)]
 enum ReadStep {
-    /// Bytes available; a read takes as many as its buffer holds and leaves
-    /// the rest for the next read.
+    /// Bytes arrived. Like a socket buffer, a read takes the bytes of every
+    /// `Data` step in a row, as many as its buffer holds, and leaves the rest.
     Data(Vec<u8>),
     WouldBlock,
     Eof,
@@ -60,7 +60,7 @@ impl ScriptedIo {
         self
     }
     fn data(&self, bytes: &[u8]) -> &Self {
-        self.read(ReadStep::Data(bytes.to_vec())).read(ReadStep::WouldBlock)
+        self.read(ReadStep::Data(bytes.to_vec()))
     }
     fn write(&self, step: WriteStep) -> &Self {
         let mut script = self.0.borrow_mut();
@@ -97,45 +97,68 @@ impl Drop for ScriptedIo {
 impl Read for ScriptedIo {
     fn read(&mut self, buf: &mut [u8]) -> stdio::Result<usize> {
         let mut script = self.0.borrow_mut();
-        match script.reads.pop_front() {
-            Some(ReadStep::Data(mut data)) => {
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                if n < data.len() {
-                    script.reads.push_front(ReadStep::Data(data.split_off(n)));
-                }
-                script.read_total += n;
-                Ok(n)
+        match script.reads.front() {
+            Some(ReadStep::Data(_)) => {}
+            Some(ReadStep::WouldBlock) => {
+                script.reads.pop_front();
+                return Err(stdio::ErrorKind::WouldBlock.into());
             }
-            Some(ReadStep::WouldBlock) => Err(stdio::ErrorKind::WouldBlock.into()),
-            Some(ReadStep::Eof) => Ok(0),
-            Some(ReadStep::Reset) => Err(stdio::ErrorKind::ConnectionReset.into()),
+            Some(ReadStep::Eof) => {
+                script.reads.pop_front();
+                return Ok(0);
+            }
+            Some(ReadStep::Reset) => {
+                script.reads.pop_front();
+                return Err(stdio::ErrorKind::ConnectionReset.into());
+            }
             None => panic!("unexpected read: the script has no more steps"),
         }
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(ReadStep::Data(data)) = script.reads.front_mut() else { break };
+            let take = data.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&data[..take]);
+            data.drain(..take);
+            n += take;
+            if data.is_empty() {
+                script.reads.pop_front();
+            }
+        }
+        script.read_total += n;
+        Ok(n)
     }
 }
 
 impl Write for ScriptedIo {
     fn write(&mut self, buf: &[u8]) -> stdio::Result<usize> {
+        self.write_vectored(&[stdio::IoSlice::new(buf)])
+    }
+
+    /// Like writev on a socket: takes from every slice in turn, up to what
+    /// the script allows.
+    fn write_vectored(&mut self, bufs: &[stdio::IoSlice<'_>]) -> stdio::Result<usize> {
         let mut script = self.0.borrow_mut();
         if script.read_before_first_write.is_none() {
             script.read_before_first_write = Some(script.read_total);
         }
-        let step = script.writes.pop_front();
-        match step {
-            Some(WriteStep::Take(n)) => {
-                let n = n.min(buf.len());
-                script.written.extend_from_slice(&buf[..n]);
-                Ok(n)
-            }
-            Some(WriteStep::WouldBlock) => Err(stdio::ErrorKind::WouldBlock.into()),
-            None if script.writes_unlimited => {
-                script.written.extend_from_slice(buf);
-                Ok(buf.len())
-            }
+        let allowed = match script.writes.pop_front() {
+            Some(WriteStep::Take(n)) => n,
+            Some(WriteStep::WouldBlock) => return Err(stdio::ErrorKind::WouldBlock.into()),
+            None if script.writes_unlimited => usize::MAX,
             None => panic!("unexpected write: the script has no more steps"),
+        };
+        let mut n = 0;
+        for buf in bufs {
+            let take = buf.len().min(allowed - n);
+            script.written.extend_from_slice(&buf[..take]);
+            n += take;
+            if n == allowed {
+                break;
+            }
         }
+        Ok(n)
     }
+
     fn flush(&mut self) -> stdio::Result<()> {
         Ok(())
     }
@@ -228,12 +251,10 @@ fn partial_writes_and_would_block_at_every_step() {
     let mut ctx = ctx();
     let io = ScriptedIo::new();
     let mut conn = Conn::new(io.clone(), &ctx);
-    // Every write takes one byte and then the socket is full.
-    for i in 0..SWITCHING.len() {
+    // Every write takes one byte: the socket is full after each (a short
+    // write says so, and the next writable event resumes).
+    for _ in 0..SWITCHING.len() {
         io.write(WriteStep::Take(1));
-        if i + 1 < SWITCHING.len() {
-            io.write(WriteStep::WouldBlock);
-        }
     }
     io.data(ECHO_UPGRADE);
     conn.ready(true, true, &mut ctx);
@@ -460,26 +481,25 @@ fn a_peer_that_does_not_read_stops_being_read() {
     let io = ScriptedIo::new();
     let mut conn = open_echo(&io, &mut ctx);
     let before = io.read_total();
-    // The socket takes nothing; each read brings a 4 KiB message whose echo
-    // is 4100 bytes, so the queue passes the read pause (half the bound,
-    // 8 KiB) after 2 of them.
+    // The socket takes nothing; 4 KiB messages, each echoed as 4100 bytes.
     io.write(WriteStep::WouldBlock);
     let message = frame(true, 2, &[1u8; 4096]);
-    for _ in 0..6 {
-        io.read(ReadStep::Data(message.clone()));
+    for _ in 0..3 {
+        io.data(&message);
     }
-    io.read(ReadStep::WouldBlock);
     conn.ready(true, true, &mut ctx);
-    assert_eq!(io.read_total() - before, 2 * message.len(), "stopped once the queue filled");
-    assert_eq!(conn.queued_bytes(), 2 * 4100);
-    // Another readable event changes nothing while the queue is full.
+    assert_eq!(io.read_total() - before, 3 * message.len(), "one read takes what arrived");
+    assert_eq!(conn.queued_bytes(), 3 * 4100);
+    // More arrives, but the queue is past the read pause (half the bound,
+    // 8 KiB): it is not read.
+    io.data(&message);
     conn.ready(true, false, &mut ctx);
-    assert_eq!(io.read_total() - before, 2 * message.len());
+    assert_eq!(io.read_total() - before, 3 * message.len());
     // Once the peer reads, reading resumes.
     io.0.borrow_mut().writes_unlimited = true;
     conn.ready(false, true, &mut ctx);
-    assert_eq!(io.read_total() - before, 6 * message.len());
-    assert_eq!(io.take_written().len(), 6 * 4100);
+    assert_eq!(io.read_total() - before, 4 * message.len());
+    assert_eq!(io.take_written().len(), 4 * 4100);
 }
 
 /// An idle connection is its slab slot and nothing else: tungstenite's
@@ -508,8 +528,8 @@ fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
     let io = ScriptedIo::new();
     let mut conn = open_echo(&io, &mut ctx);
     let push = websocket::encode_frame(Opcode::Text, &[b'x'; 1000]);
-    // The socket takes half a frame and then nothing.
-    io.write(WriteStep::Take(500)).write(WriteStep::WouldBlock);
+    // The socket takes half a frame and then nothing (a short write says so).
+    io.write(WriteStep::Take(500));
     assert_eq!(conn.push(push.clone(), &ctx), Pushed::Queued);
     conn.flush();
     let mut queued = 1;

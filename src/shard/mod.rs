@@ -156,13 +156,7 @@ impl Shard {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
                     WAKER => self.drain_inbox(),
-                    token => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        let writable =
-                            event.is_writable() || event.is_write_closed() || event.is_error();
-                        self.on_conn_event(token, readable, writable);
-                    }
+                    token => self.on_conn_event(token, event),
                 }
             }
             if self.accept_ready {
@@ -260,12 +254,18 @@ impl Shard {
         self.dirty = dirty;
     }
 
-    fn on_conn_event(&mut self, token: Token, readable: bool, writable: bool) {
+    fn on_conn_event(&mut self, token: Token, event: &mio::event::Event) {
         let (key, generation) = split_token(token);
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.generation != generation {
             return;
         }
+        let hangup = event.is_read_closed() || event.is_error();
+        if hangup {
+            conn.peer_hung_up();
+        }
+        let readable = event.is_readable() || hangup;
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         let next = conn.ready(readable, writable, &mut self.ctx);
         self.after(key, next);
     }

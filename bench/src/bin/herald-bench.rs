@@ -1,0 +1,2 @@
+//! herald-bench: measures herald and the tokio reference side by side.
+fn main() {}
