@@ -232,3 +232,20 @@ fn a_dribbled_head_is_closed_at_the_deadline() {
     // Others are served meanwhile.
     assert_eq!(request(server.local_addr(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
 }
+
+#[test]
+fn accepted_connections_do_not_wait_for_nagle() {
+    // Small frames must go out at once: TCP_NODELAY is set on the listener
+    // and inherited by every accepted socket. A 200 ms Nagle/delayed-ACK
+    // stall would show as a slow round trip.
+    let server = start();
+    let mut client = WsClient::open(server.local_addr(), "/echo");
+    let started = Instant::now();
+    for _ in 0..20 {
+        client.send_text("x");
+        client.send_text("y");
+        assert_eq!(client.read_frame().text(), "x");
+        assert_eq!(client.read_frame().text(), "y");
+    }
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+}

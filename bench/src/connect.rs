@@ -46,7 +46,9 @@ fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     sleep_until(window.load_ns);
     let start =
         |slot: usize, poll: &mut Poll, attempts: &mut Vec<Option<Attempt>>| -> Result<(), String> {
-            let mut stream = connect(first + slot, addr).map_err(|e| format!("connect: {e}"))?;
+            // One request per connection: Nagle cannot delay it.
+            let mut stream =
+                connect(first + slot, addr, false).map_err(|e| format!("connect: {e}"))?;
             poll.registry()
                 .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| e.to_string())?;
@@ -110,10 +112,9 @@ fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
                 }
             }
             if finished {
-                // Dropping the socket resets it (SO_LINGER 0): no TIME_WAIT.
-                if let Some(mut done) = attempts[slot].take() {
-                    let _ = poll.registry().deregister(&mut done.stream);
-                }
+                // Dropping the socket resets it (SO_LINGER 0, no TIME_WAIT)
+                // and takes it out of the poll.
+                attempts[slot] = None;
                 start(slot, &mut poll, &mut attempts)?;
             }
         }

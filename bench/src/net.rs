@@ -38,11 +38,14 @@ pub fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
 /// A non-blocking connect for connection number `index` of the load:
 /// 20,000 connections per 127.0.0.x source address. Closing one resets it
 /// (no TIME_WAIT left on the generator's side to eat ephemeral ports).
-pub fn connect(index: usize, addr: SocketAddr) -> io::Result<TcpStream> {
+/// `nodelay` for connections that send more than one message.
+pub fn connect(index: usize, addr: SocketAddr, nodelay: bool) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     socket.set_linger(Some(Duration::ZERO))?;
-    socket.set_tcp_nodelay(true)?;
+    if nodelay {
+        socket.set_tcp_nodelay(true)?;
+    }
     let source = index / PER_SOURCE_ADDRESS;
     if source > 0 {
         // bind() picks a port before it knows the destination, so only the
@@ -139,7 +142,7 @@ pub fn open_many<'a>(
     while opened.len() < count {
         while in_flight < concurrency && started < count {
             let index = first + started;
-            let mut stream = connect(index, addr).map_err(|e| format!("connect: {e}"))?;
+            let mut stream = connect(index, addr, true).map_err(|e| format!("connect: {e}"))?;
             let slot = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1

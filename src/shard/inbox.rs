@@ -1,6 +1,7 @@
 //! A shard's inbox: work handed over by other threads, with one wake-up for many items.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,23 +23,48 @@ pub struct Inbox {
     waker: mio::Waker,
     /// A wake-up is on its way: later senders need not send another.
     woken: AtomicBool,
+    /// The shard's thread. It drains its inbox at the end of every turn of
+    /// its loop, so work it sends itself needs no wake-up.
+    owner: OnceLock<ThreadId>,
+    /// The shard sent itself work: its next `poll` must not sleep.
+    local_pending: AtomicBool,
 }
 
 impl Inbox {
     /// An inbox whose waker is registered with the shard's poll.
     pub fn new(waker: mio::Waker) -> Self {
-        Inbox { items: Mutex::new(Vec::new()), waker, woken: AtomicBool::new(false) }
+        Inbox {
+            items: Mutex::new(Vec::new()),
+            waker,
+            woken: AtomicBool::new(false),
+            owner: OnceLock::new(),
+            local_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the calling thread as the shard's (called once, as it starts).
+    pub fn claim(&self) {
+        let _ = self.owner.set(std::thread::current().id());
     }
 
     /// Hands `work` to the shard. Never blocks on the shard: the lock is held
     /// only to push.
     pub fn send(&self, work: Work) {
         self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(work);
+        if self.owner.get() == Some(&std::thread::current().id()) {
+            self.local_pending.store(true, Ordering::Relaxed);
+            return;
+        }
         if !self.woken.swap(true, Ordering::AcqRel)
             && let Err(error) = self.waker.wake()
         {
             log::error!("could not wake a shard: {error}");
         }
+    }
+
+    /// Whether the shard sent itself work it has not drained yet.
+    pub fn has_local_work(&self) -> bool {
+        self.local_pending.load(Ordering::Relaxed)
     }
 
     /// Moves every pending item into `into` (which the caller keeps and
@@ -47,6 +73,7 @@ impl Inbox {
         // Cleared before taking the items: anything sent after this point
         // wakes the shard again.
         self.woken.store(false, Ordering::Release);
+        self.local_pending.store(false, Ordering::Relaxed);
         let mut items = self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         std::mem::swap(&mut *items, into);
     }

@@ -141,6 +141,7 @@ impl Shard {
 
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
+        self.inbox.claim();
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
             let timeout = self.poll_timeout();
@@ -155,7 +156,8 @@ impl Shard {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    WAKER => self.drain_inbox(),
+                    // The inbox is drained below, every turn.
+                    WAKER => {}
                     token => self.on_conn_event(token, event),
                 }
             }
@@ -163,6 +165,10 @@ impl Shard {
                 self.accept();
             }
             self.continue_input();
+            // Everything that arrived this turn, from other shards or from
+            // this one's own connections, goes out together: one write per
+            // connection for all of it.
+            self.drain_inbox();
             self.fire_timers();
             if let Some(deadline) = self.stopping {
                 if self.conns.is_empty() {
@@ -187,7 +193,7 @@ impl Shard {
     /// How long `poll` may sleep: until the next timer, or not at all when
     /// work is left over from this turn.
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.accept_ready || !self.more_input.is_empty() {
+        if self.accept_ready || !self.more_input.is_empty() || self.inbox.has_local_work() {
             return Some(Duration::ZERO);
         }
         let next = match (self.timers.next_deadline(), self.stopping) {
@@ -424,9 +430,7 @@ impl Shard {
     }
 
     fn admit(&mut self, stream: TcpStream) {
-        if let Err(error) = stream.set_nodelay(true) {
-            log::debug!("set_nodelay: {error}");
-        }
+        // TCP_NODELAY comes from the listener (see `bind_listeners`).
         let live = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let mut conn = if live > self.ctx.config.max_connections {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
