@@ -546,3 +546,15 @@ fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
     assert_eq!(io.take_written(), expected);
     assert!(io.write_shut());
 }
+
+#[test]
+fn spurious_readiness_is_harmless() {
+    // Events can be spurious: a read that says WouldBlock changes nothing.
+    let mut ctx = ctx();
+    let io = ScriptedIo::new();
+    let mut conn = open_echo(&io, &mut ctx);
+    io.read(ReadStep::WouldBlock);
+    assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+    assert!(io.take_written().is_empty());
+    assert!(conn.is_open_websocket());
+}
