@@ -157,6 +157,7 @@ pub fn run(args: &ConnectArgs) -> Result<(), String> {
         "upgrades_per_s": round(upgrades / seconds, 0),
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_upgrade": round(server_cpu * 1e6 / upgrades.max(1.0), 2),
+        "upgrades_per_server_cpu_s": round(upgrades / server_cpu.max(1e-9), 0),
         "generator_cpu_percent": round(samples["generator_cpu_s"].as_f64().unwrap_or(0.0) / seconds * 100.0, 1),
         "latency": Latency::from_json(&result["latency_hist"]).summary(),
         "refused": result["refused"],

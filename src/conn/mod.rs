@@ -83,6 +83,8 @@ pub struct Ctx {
     pub shard: usize,
     /// This shard's subscribers, by channel.
     pub locals: LocalSubscribers,
+    /// tungstenite contexts kept for reuse.
+    pub codecs: websocket::CodecPool,
 }
 
 impl Ctx {
@@ -96,6 +98,7 @@ impl Ctx {
             now: 0,
             shard,
             locals: LocalSubscribers::default(),
+            codecs: websocket::CodecPool::default(),
         }
     }
 
@@ -379,8 +382,12 @@ impl<S: Transport> Conn<S> {
 
     fn on_ws_input(&mut self, input: &[u8], ctx: &mut Ctx) {
         let Phase::WebSocket(ws) = &mut self.phase else { return };
+        // The pool leaves the context while the dispatcher holds it.
+        let mut codecs = std::mem::take(&mut ctx.codecs);
         let mut dispatch = Dispatch { endpoint: &mut ws.endpoint, ctx };
-        match ws.session.on_input(input, &mut self.out, &mut dispatch) {
+        let input = ws.session.on_input(input, &mut self.out, &mut dispatch, &mut codecs);
+        ctx.codecs = codecs;
+        match input {
             Input::Processed => {}
             Input::Finished => self.start_drain(ctx),
             Input::Fail(reason) => self.fail(reason, ctx),
@@ -459,11 +466,11 @@ impl<S: Transport> Conn<S> {
 
     /// Starts a clean close: our close frame now, the peer's reply awaited
     /// for up to `CLOSE_HANDSHAKE_TIMEOUT`.
-    pub fn begin_close(&mut self, reason: CloseReason, ctx: &Ctx) {
+    pub fn begin_close(&mut self, reason: CloseReason, ctx: &mut Ctx) {
         if let Phase::WebSocket(ws) = &mut self.phase
             && ws.close_deadline.is_none()
         {
-            ws.session.begin_close(reason, &mut self.out);
+            ws.session.begin_close(reason, &mut self.out, &mut ctx.codecs);
             ws.close_deadline = NonZeroU64::new(ctx.now + millis(CLOSE_HANDSHAKE_TIMEOUT));
         }
     }

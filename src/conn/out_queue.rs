@@ -1,9 +1,9 @@
 //! A connection's outbound queue: reference-counted chunks written with vectored writes.
 
-use super::io::{self, IoOutcome};
+use super::io::{self, IoOutcome, SendVectored};
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 
 /// Chunks handed to one `writev` at most. Linux takes up to 1024 (IOV_MAX);
 /// 64 chunks is already far more than one socket buffer's worth of frames.
@@ -64,7 +64,7 @@ impl OutQueue {
     }
 
     /// Writes as much as the socket takes.
-    pub fn write_to<W: Write>(&mut self, socket: &mut W) -> Flush {
+    pub fn write_to<W: SendVectored>(&mut self, socket: &mut W) -> Flush {
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -114,7 +114,7 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
+    use std::io::{self, Write};
 
     /// Takes at most `limit` bytes per write, then WouldBlock after `budget`.
     struct Throttled {
@@ -122,6 +122,8 @@ mod tests {
         limit: usize,
         budget: usize,
     }
+
+    impl SendVectored for Throttled {}
 
     impl Write for Throttled {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -190,6 +192,7 @@ mod tests {
     #[test]
     fn closed_peer_is_reported() {
         struct Reset;
+        impl SendVectored for Reset {}
         impl Write for Reset {
             fn write(&mut self, _: &[u8]) -> io::Result<usize> {
                 Err(io::ErrorKind::ConnectionReset.into())

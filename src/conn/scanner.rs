@@ -49,6 +49,8 @@ pub struct FrameScanner {
     /// A data message whose final frame has not arrived.
     message: Option<MessageKind>,
     message_len: u64,
+    /// The largest frame payload seen since the last reset.
+    largest_frame: u64,
     utf8: Utf8Stream,
 }
 
@@ -66,8 +68,19 @@ impl FrameScanner {
             mask_phase: 0,
             message: None,
             message_len: 0,
+            largest_frame: 0,
             utf8: Utf8Stream::default(),
         }
+    }
+
+    /// The largest frame payload seen since [`FrameScanner::reset_largest_frame`].
+    pub fn largest_frame(&self) -> u64 {
+        self.largest_frame
+    }
+
+    /// Starts watching frame sizes afresh.
+    pub fn reset_largest_frame(&mut self) {
+        self.largest_frame = 0;
     }
 
     /// No partial frame, no unfinished message: everything scanned so far
@@ -197,6 +210,7 @@ impl FrameScanner {
             }
         }
         self.header_len = 0;
+        self.largest_frame = self.largest_frame.max(length);
         self.position = Position::Payload { left: length };
         if length == 0 { self.end_frame() } else { Ok(()) }
     }

@@ -164,6 +164,8 @@ impl Write for ScriptedIo {
     }
 }
 
+impl io::SendVectored for ScriptedIo {}
+
 impl Transport for ScriptedIo {
     fn shutdown_write(&self) -> stdio::Result<()> {
         self.0.borrow_mut().write_shut = true;

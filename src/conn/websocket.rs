@@ -10,13 +10,16 @@ use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Message, error::Error as WsError};
 
-/// tungstenite's read buffer while a message is being read. It is allocated
-/// up front and zero-filled before each read, so it stays small; it exists
-/// only while a connection has a partial frame (see [`WsSession::codec`]).
-pub const CODEC_READ_BUFFER: usize = 4096;
-/// Payloads up to this size are copied next to their header in one chunk;
-/// larger ones are queued as a separate, shared chunk.
-const COPY_PAYLOAD_UP_TO: usize = 4096;
+/// tungstenite's read buffer, and the most it reads at once. It is
+/// zero-filled before every read, so it stays small (a large frame is read
+/// in more steps; they are memory copies from the scratch buffer, not
+/// system calls). A connection holds it only while a frame is half-read.
+pub const CODEC_READ_BUFFER: usize = 1024;
+/// Spare tungstenite contexts a shard keeps for reuse.
+pub const CODEC_POOL_SIZE: usize = 64;
+/// A context that carried a frame larger than this may hold a large buffer:
+/// it is freed rather than kept for reuse.
+const POOLABLE_FRAME: u64 = 16 * 1024;
 
 /// Frame opcodes herald sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,15 +60,94 @@ pub fn encode_frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Queues a frame around a shared payload without copying a large one.
+/// Two-byte headers of final text and binary frames of 0 to 125 bytes, so a
+/// small frame needs no allocation for its header.
+// Built at compile time: `i < 252` indexes the table and `i % 126 < 126` fits a byte.
+#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
+static SMALL_HEADERS: [[u8; 2]; 2 * 126] = {
+    let mut table = [[0u8; 2]; 2 * 126];
+    let mut i = 0;
+    while i < 2 * 126 {
+        let opcode = if i < 126 { 0x81 } else { 0x82 };
+        table[i] = [opcode, (i % 126) as u8];
+        i += 1;
+    }
+    table
+};
+
+/// Queues a frame around a payload without copying it: the header is a
+/// chunk of its own (static for small text and binary frames).
 pub fn queue_frame(out: &mut OutQueue, opcode: Opcode, payload: Bytes) {
-    if payload.len() <= COPY_PAYLOAD_UP_TO {
-        out.push(encode_frame(opcode, &payload));
-    } else {
-        let mut header = BytesMut::with_capacity(10);
-        frame_header(opcode, payload.len(), &mut header);
-        out.push(header.freeze());
-        out.push(payload);
+    let small = match opcode {
+        Opcode::Text => SMALL_HEADERS.get(payload.len()),
+        Opcode::Binary => SMALL_HEADERS.get(126 + payload.len()).filter(|_| payload.len() < 126),
+        _ => None,
+    };
+    match small {
+        Some(header) if payload.len() < 126 => out.push(Bytes::from_static(header)),
+        _ => {
+            let mut header = BytesMut::with_capacity(10);
+            frame_header(opcode, payload.len(), &mut header);
+            out.push(header.freeze());
+        }
+    }
+    out.push(payload);
+}
+
+/// Spare tungstenite contexts, kept by a shard between uses. A context goes
+/// back only when quiescent (nothing half-read, no message in progress, not
+/// closing): it is then in the same state as a new one, and reusing it saves
+/// allocating and freeing its buffers for every burst of messages.
+#[derive(Default)]
+pub struct CodecPool {
+    // Boxed because sessions hold them boxed: taking one out and putting it
+    // back moves a pointer, not the context.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<WebSocketContext>>,
+}
+
+impl std::fmt::Debug for CodecPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecPool").field("spare", &self.spare.len()).finish()
+    }
+}
+
+impl CodecPool {
+    fn take(&mut self, max_message: usize) -> Box<WebSocketContext> {
+        match self.spare.pop() {
+            Some(mut codec) => {
+                codec.set_config(|config| {
+                    config.max_message_size = Some(max_message);
+                    config.max_frame_size = Some(max_message);
+                });
+                codec
+            }
+            None => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(CODEC_READ_BUFFER)
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(usize::MAX)
+                    .max_message_size(Some(max_message))
+                    .max_frame_size(Some(max_message));
+                Box::new(WebSocketContext::new(Role::Server, Some(config)))
+            }
+        }
+    }
+
+    fn give(&mut self, codec: Box<WebSocketContext>) {
+        if self.spare.len() < CODEC_POOL_SIZE {
+            self.spare.push(codec);
+        }
+    }
+
+    /// Contexts kept for reuse.
+    pub fn len(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.spare.is_empty()
     }
 }
 
@@ -131,6 +213,8 @@ pub struct WsSession {
     /// tungstenite's state, present only while something is half-read or the
     /// close handshake runs: an idle connection holds no framing buffers.
     codec: Option<Box<WebSocketContext>>,
+    /// The largest frame the current codec has carried.
+    codec_high_water: u64,
     scanner: FrameScanner,
     /// Set once herald has sent a close frame and waits for the reply.
     closing: bool,
@@ -139,7 +223,12 @@ pub struct WsSession {
 impl WsSession {
     /// A session whose messages may be `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
-        WsSession { codec: None, scanner: FrameScanner::new(max_message), closing: false }
+        WsSession {
+            codec: None,
+            codec_high_water: 0,
+            scanner: FrameScanner::new(max_message),
+            closing: false,
+        }
     }
 
     /// Whether herald sent a close frame and waits for the peer's.
@@ -152,17 +241,9 @@ impl WsSession {
         self.codec.is_some()
     }
 
-    fn codec(&mut self) -> &mut WebSocketContext {
+    fn codec(&mut self, pool: &mut CodecPool) -> &mut WebSocketContext {
         let max = self.scanner.max_message();
-        self.codec.get_or_insert_with(|| {
-            let config = WebSocketConfig::default()
-                .read_buffer_size(CODEC_READ_BUFFER)
-                .write_buffer_size(0)
-                .max_write_buffer_size(usize::MAX)
-                .max_message_size(Some(max))
-                .max_frame_size(Some(max));
-            Box::new(WebSocketContext::new(Role::Server, Some(config)))
-        })
+        self.codec.get_or_insert_with(|| pool.take(max))
     }
 
     /// Processes bytes read from the socket: scans them, lets tungstenite
@@ -172,13 +253,15 @@ impl WsSession {
         input: &[u8],
         out: &mut OutQueue,
         handler: &mut impl Handler,
+        pool: &mut CodecPool,
     ) -> Input {
         let (good, scan_error) = match self.scanner.scan(input) {
             Ok(()) => (input, None),
             Err((good, reason)) => (input.get(..good).unwrap_or_default(), Some(reason)),
         };
         let closing = self.closing;
-        let codec = self.codec();
+        self.codec_high_water = self.codec_high_water.max(self.scanner.largest_frame());
+        let codec = self.codec(pool);
         let mut adapter = Adapter { input: good, out };
         loop {
             match codec.read(&mut adapter) {
@@ -206,17 +289,25 @@ impl WsSession {
         if let Some(reason) = scan_error {
             return Input::Fail(reason);
         }
-        if self.scanner.at_rest() && !self.closing {
-            // Nothing half-read: tungstenite's buffers hold no bytes, so drop
-            // them until the next frame arrives.
-            self.codec = None;
+        if self.scanner.at_rest()
+            && !self.closing
+            && let Some(codec) = self.codec.take()
+        {
+            // Nothing half-read: tungstenite's state is that of a new
+            // context. An idle connection holds none; the shard keeps it for
+            // the next connection that needs one, unless it grew large.
+            if self.codec_high_water <= POOLABLE_FRAME {
+                pool.give(codec);
+            }
+            self.codec_high_water = 0;
+            self.scanner.reset_largest_frame();
         }
         Input::Processed
     }
 
     /// Starts the close handshake with `reason`: the close frame is queued
     /// and input is read until the peer's close frame comes back.
-    pub fn begin_close(&mut self, reason: CloseReason, out: &mut OutQueue) {
+    pub fn begin_close(&mut self, reason: CloseReason, out: &mut OutQueue, pool: &mut CodecPool) {
         if self.closing {
             return;
         }
@@ -228,7 +319,7 @@ impl WsSession {
         let mut adapter = Adapter { input: &[], out };
         // Writing to the adapter cannot fail; an error here means the codec
         // had already finished its close handshake, and then nothing is owed.
-        let _ = self.codec().close(&mut adapter, Some(frame));
+        let _ = self.codec(pool).close(&mut adapter, Some(frame));
     }
 }
 
@@ -272,13 +363,22 @@ mod tests {
         let mut session = WsSession::new(1 << 20);
         let mut out = OutQueue::default();
         let input = frame(true, 1, b"hello");
-        assert!(matches!(session.on_input(&input, &mut out, &mut Echo), Input::Processed));
+        assert!(matches!(
+            session.on_input(&input, &mut out, &mut Echo, &mut CodecPool::default()),
+            Input::Processed
+        ));
         assert_eq!(drain(&mut out), b"\x81\x05hello");
         assert!(!session.holds_codec());
         // Half a frame keeps the codec and its bytes.
-        assert!(matches!(session.on_input(&input[..3], &mut out, &mut Echo), Input::Processed));
+        assert!(matches!(
+            session.on_input(&input[..3], &mut out, &mut Echo, &mut CodecPool::default()),
+            Input::Processed
+        ));
         assert!(session.holds_codec());
-        assert!(matches!(session.on_input(&input[3..], &mut out, &mut Echo), Input::Processed));
+        assert!(matches!(
+            session.on_input(&input[3..], &mut out, &mut Echo, &mut CodecPool::default()),
+            Input::Processed
+        ));
         assert_eq!(drain(&mut out), b"\x81\x05hello");
         assert!(!session.holds_codec());
     }
@@ -287,7 +387,7 @@ mod tests {
     fn pings_are_answered_with_pongs() {
         let mut session = WsSession::new(1024);
         let mut out = OutQueue::default();
-        session.on_input(&frame(true, 9, b"abc"), &mut out, &mut Echo);
+        session.on_input(&frame(true, 9, b"abc"), &mut out, &mut Echo, &mut CodecPool::default());
         assert_eq!(drain(&mut out), b"\x8a\x03abc");
     }
 
@@ -296,7 +396,10 @@ mod tests {
         let mut session = WsSession::new(1024);
         let mut out = OutQueue::default();
         let input = frame(true, 8, b"\x03\xe8bye");
-        assert!(matches!(session.on_input(&input, &mut out, &mut Echo), Input::Finished));
+        assert!(matches!(
+            session.on_input(&input, &mut out, &mut Echo, &mut CodecPool::default()),
+            Input::Finished
+        ));
         assert_eq!(drain(&mut out), b"\x88\x05\x03\xe8bye");
     }
 
@@ -304,16 +407,24 @@ mod tests {
     fn our_close_waits_for_the_reply() {
         let mut session = WsSession::new(1024);
         let mut out = OutQueue::default();
-        session.begin_close(CloseReason::ShuttingDown, &mut out);
+        session.begin_close(CloseReason::ShuttingDown, &mut out, &mut CodecPool::default());
         assert_eq!(drain(&mut out), close_frame(CloseReason::ShuttingDown));
         // Data after our close is not echoed.
         assert!(matches!(
-            session.on_input(&frame(true, 1, b"late"), &mut out, &mut Echo),
+            session.on_input(
+                &frame(true, 1, b"late"),
+                &mut out,
+                &mut Echo,
+                &mut CodecPool::default()
+            ),
             Input::Processed
         ));
         assert!(out.is_empty());
         let reply = frame(true, 8, b"\x03\xe9");
-        assert!(matches!(session.on_input(&reply, &mut out, &mut Echo), Input::Finished));
+        assert!(matches!(
+            session.on_input(&reply, &mut out, &mut Echo, &mut CodecPool::default()),
+            Input::Finished
+        ));
     }
 
     #[test]
@@ -322,7 +433,7 @@ mod tests {
         let mut out = OutQueue::default();
         let mut input = frame(true, 1, b"ok");
         input.extend(frame(true, 1, b"\xc3\x28"));
-        let result = session.on_input(&input, &mut out, &mut Echo);
+        let result = session.on_input(&input, &mut out, &mut Echo, &mut CodecPool::default());
         assert!(matches!(result, Input::Fail(CloseReason::InvalidUtf8)), "{result:?}");
         assert_eq!(drain(&mut out), b"\x81\x02ok");
     }

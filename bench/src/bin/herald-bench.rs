@@ -1,2 +1,567 @@
-//! herald-bench: measures herald and the tokio reference side by side.
-fn main() {}
+//! herald-bench: measures herald and the tokio-tungstenite reference side by side, interleaved, and reports medians, ratios, a table and SVG charts.
+//!
+//! For each workload and each run, every server is started fresh (pinned to
+//! CPU 0 when there are at least two), loaded by `herald-load` (pinned to
+//! the other CPUs), and stopped; servers alternate within a run (A B C A B
+//! C ...), so slow drifts of a shared machine hit all of them alike. Seconds
+//! in which the hypervisor stole more than 5% of the machine are left out of
+//! the CPU-per-operation figures. Each figure is the median over runs.
+
+use clap::Parser;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Seconds whose steal share passes this are noisy and dropped.
+const MAX_STEAL: f64 = 0.05;
+/// A generator above this share of its CPUs may be what limits a rate.
+const GENERATOR_BOUND: f64 = 90.0;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", about = "herald and the tokio reference, side by side")]
+struct Args {
+    /// Runs per workload and server; the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Workloads (comma-separated): echo, fanout-10k-20, fanout-10k-40,
+    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "echo,fanout-10k-20,fanout-10k-40,fanout-10k-80,fanout-1k-100,connect,idle,idle-subscribed"
+    )]
+    workloads: Vec<String>,
+    /// Servers (comma-separated): herald, reference-tuned, reference-default.
+    #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
+    servers: Vec<String>,
+    /// Seconds measured per run (after 2 s of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Where results, the table and the charts go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The directory holding the release binaries.
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+}
+
+const API_KEY: &str = "bench-api-key-0123456789";
+
+/// One workload: the generator's arguments (`{addr}` stands for the server)
+/// and the metrics worth comparing.
+struct Workload {
+    name: &'static str,
+    title: &'static str,
+    load: Vec<String>,
+    metrics: Vec<Metric>,
+}
+
+/// A reported figure: where it is in a result, and which way is better.
+struct Metric {
+    key: &'static str,
+    label: &'static str,
+    lower_is_better: bool,
+}
+
+fn metric(key: &'static str, label: &'static str, lower_is_better: bool) -> Metric {
+    Metric { key, label, lower_is_better }
+}
+
+fn workload(name: &str, seconds: u64) -> Option<Workload> {
+    let s = seconds.to_string();
+    let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let fanout = |subscribers: &str, rate: &str| {
+        args(&[
+            "fanout",
+            "--url",
+            "ws://{addr}/ws",
+            "--api-key",
+            API_KEY,
+            "--subscribers",
+            subscribers,
+            "--rate",
+            rate,
+            "--payload",
+            "32",
+            "--seconds",
+            &s,
+            "--drain",
+            "10",
+        ])
+    };
+    let fanout_metrics = || {
+        vec![
+            metric("deliveries_per_s", "deliveries/s", false),
+            metric("server_cpu_us_per_delivery", "server CPU µs/delivery", true),
+            metric("latency.p50_us", "p50 latency µs", true),
+            metric("latency.p99_us", "p99 latency µs", true),
+            metric("latency.p999_us", "p99.9 latency µs", true),
+            metric("latency.max_us", "max latency µs", true),
+            metric("last_subscriber_latency.p99_us", "last subscriber p99 µs", true),
+            metric("lost", "lost deliveries", true),
+        ]
+    };
+    Some(match name {
+        "echo" => Workload {
+            name: "echo",
+            title: "echo, 100 connections x 20 bytes, 1 in flight, one core",
+            load: args(&[
+                "echo",
+                "--url",
+                "ws://{addr}/echo",
+                "--connections",
+                "100",
+                "--size",
+                "20",
+                "--inflight",
+                "1",
+                "--seconds",
+                &s,
+            ]),
+            metrics: vec![
+                metric("messages_per_s", "messages/s", false),
+                metric("server_cpu_us_per_message", "server CPU µs/message", true),
+                metric("messages_per_server_cpu_s", "messages per server CPU-second", false),
+                metric("latency.p50_us", "p50 latency µs", true),
+                metric("latency.p99_us", "p99 latency µs", true),
+            ],
+        },
+        "fanout-10k-20" => Workload {
+            name: "fanout-10k-20",
+            title: "fan-out, 10,000 subscribers, 20 publications/s (about what one core serves one at a time)",
+            load: fanout("10000", "20"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-10k-40" => Workload {
+            name: "fanout-10k-40",
+            title: "fan-out, 10,000 subscribers, 40 publications/s (twice what saturates the reference)",
+            load: fanout("10000", "40"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-10k-80" => Workload {
+            name: "fanout-10k-80",
+            title: "fan-out, 10,000 subscribers, 80 publications/s (four times what saturates the reference)",
+            load: fanout("10000", "80"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-1k-100" => Workload {
+            name: "fanout-1k-100",
+            title: "fan-out, 1,000 subscribers, 100 publications/s",
+            load: fanout("1000", "100"),
+            metrics: fanout_metrics(),
+        },
+        "connect" => Workload {
+            name: "connect",
+            title: "connect, 64 upgrades in flight",
+            load: args(&[
+                "connect",
+                "--url",
+                "ws://{addr}/echo",
+                "--inflight",
+                "64",
+                "--seconds",
+                &s,
+            ]),
+            metrics: vec![
+                metric("upgrades_per_s", "upgrades/s", false),
+                metric("server_cpu_us_per_upgrade", "server CPU µs/upgrade", true),
+                metric("upgrades_per_server_cpu_s", "upgrades per server CPU-second", false),
+                metric("latency.p99_us", "p99 handshake µs", true),
+            ],
+        },
+        "idle" => Workload {
+            name: "idle",
+            title: "idle, 0 to 10,000 connections",
+            load: args(&["idle", "--url", "ws://{addr}/echo", "--steps", "0,2500,5000,7500,10000"]),
+            metrics: vec![metric("rss_bytes_per_connection", "RSS bytes per connection", true)],
+        },
+        "idle-subscribed" => Workload {
+            name: "idle-subscribed",
+            title: "idle and subscribed, 0 to 10,000 connections, one channel",
+            load: args(&[
+                "idle",
+                "--url",
+                "ws://{addr}/ws",
+                "--subscribe",
+                "shared",
+                "--steps",
+                "0,2500,5000,7500,10000",
+            ]),
+            metrics: vec![metric("rss_bytes_per_connection", "RSS bytes per connection", true)],
+        },
+        _ => return None,
+    })
+}
+
+/// How to start a server.
+fn server_command(name: &str, bin: &Path) -> Option<(PathBuf, Vec<String>)> {
+    let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    Some(match name {
+        "herald" => (
+            bin.join("herald"),
+            args(&[
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--api-key",
+                API_KEY,
+                "--max-connections",
+                "100000",
+            ]),
+        ),
+        "reference-tuned" => (
+            bin.join("herald-reference"),
+            args(&[
+                "--runtime",
+                "current-thread",
+                "--read-buffer-size",
+                "4096",
+                "--api-key",
+                API_KEY,
+            ]),
+        ),
+        "reference-default" => (
+            bin.join("herald-reference"),
+            args(&[
+                "--runtime",
+                "current-thread",
+                "--read-buffer-size",
+                "131072",
+                "--api-key",
+                API_KEY,
+            ]),
+        ),
+        _ => return None,
+    })
+}
+
+/// `taskset -c CPUS` when the machine has the CPUs and the tool.
+fn pinned(cpus: &str, program: &Path, args: &[String]) -> Command {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let taskset = Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if cores >= 2 && taskset.is_ok_and(|s| s.success()) {
+        let mut command = Command::new("taskset");
+        command.arg("-c").arg(cpus).arg(program).args(args);
+        command
+    } else {
+        let mut command = Command::new(program);
+        command.args(args);
+        command
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+fn start_server(name: &str, bin: &Path) -> Result<Server, String> {
+    let (program, args) = server_command(name, bin).ok_or(format!("unknown server {name}"))?;
+    let mut child = pinned("0", &program, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", program.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((_, addr)) = line.split_once("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr =
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| format!("{name} did not start"))?;
+    Ok(Server { child, addr })
+}
+
+fn run_load(workload: &Workload, server: &Server, bin: &Path) -> Result<Value, String> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut args: Vec<String> =
+        workload.load.iter().map(|a| a.replace("{addr}", &server.addr)).collect();
+    args.push("--pid".into());
+    args.push(server.child.id().to_string());
+    if workload.name != "idle" && workload.name != "idle-subscribed" {
+        args.push("--threads".into());
+        args.push((cores - 1).max(1).to_string());
+    }
+    let cpus = if cores > 2 { format!("1-{}", cores - 1) } else { "1".into() };
+    let output = pinned(&cpus, &bin.join("herald-load"), &args)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("herald-load: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "herald-load failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line =
+        stdout.lines().rev().find(|l| l.starts_with('{')).ok_or("herald-load printed no result")?;
+    serde_json::from_str(line).map_err(|e| format!("bad result: {e}"))
+}
+
+/// The per-operation CPU figure again, leaving out seconds with steal above
+/// `MAX_STEAL`; the share of seconds kept is reported beside it.
+fn filter_noise(result: &mut Value) {
+    let Some(seconds) = result["per_second"].as_array() else { return };
+    let kept: Vec<&Value> =
+        seconds.iter().filter(|s| s["steal"].as_f64().unwrap_or(0.0) <= MAX_STEAL).collect();
+    let count: f64 = kept.iter().map(|s| s["count"].as_f64().unwrap_or(0.0)).sum();
+    let cpu: f64 = kept.iter().map(|s| s["server_cpu_s"].as_f64().unwrap_or(0.0)).sum();
+    let kept_share = kept.len() as f64 / seconds.len().max(1) as f64;
+    result["seconds_kept"] = json!(kept_share);
+    if count > 0.0 {
+        let per_op = (cpu * 1e6 / count * 1000.0).round() / 1000.0;
+        for key in
+            ["server_cpu_us_per_message", "server_cpu_us_per_delivery", "server_cpu_us_per_upgrade"]
+        {
+            if result.get(key).is_some() {
+                result[key] = json!(per_op);
+            }
+        }
+        let per_cpu_s = (count / cpu.max(1e-9)).round();
+        if result.get("messages_per_s").is_some() {
+            result["messages_per_server_cpu_s"] = json!(per_cpu_s);
+        }
+        if result.get("upgrades_per_s").is_some() {
+            result["upgrades_per_server_cpu_s"] = json!(per_cpu_s);
+        }
+    }
+}
+
+fn lookup(value: &Value, path: &str) -> Option<f64> {
+    path.split('.').try_fold(value, |v, key| v.get(key))?.as_f64()
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+fn format_number(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{:.0}", value)
+    } else if value.abs() >= 10.0 {
+        format!("{:.1}", value)
+    } else {
+        format!("{:.2}", value)
+    }
+}
+
+/// A bar chart: one group per metric, one bar per server (median), with a
+/// thin line from the lowest to the highest run.
+fn svg_chart(workload: &Workload, servers: &[String], results: &[(String, Vec<Value>)]) -> String {
+    let colors = ["#2b6cb0", "#d69e2e", "#9b2c2c", "#2f855a"];
+    let (group_width, bar_width, chart_height, top) = (170.0, 40.0, 160.0, 48.0);
+    let width = 40.0 + group_width * workload.metrics.len() as f64;
+    let height = top + chart_height + 70.0;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    svg.push_str(&format!(
+        r#"<text x="10" y="18" font-size="13" font-weight="bold">{}</text>"#,
+        escape(workload.title)
+    ));
+    for (s, server) in servers.iter().enumerate() {
+        let x = 10.0 + s as f64 * 150.0;
+        svg.push_str(&format!(
+            r#"<rect x="{x}" y="28" width="10" height="10" fill="{}"/><text x="{}" y="37">{}</text>"#,
+            colors[s % colors.len()],
+            x + 14.0,
+            escape(server)
+        ));
+    }
+    for (m, metric) in workload.metrics.iter().enumerate() {
+        let values: Vec<Vec<f64>> = servers
+            .iter()
+            .map(|server| {
+                results
+                    .iter()
+                    .find(|(name, _)| name == server)
+                    .map(|(_, runs)| runs.iter().filter_map(|r| lookup(r, metric.key)).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let max = values.iter().flatten().copied().fold(0.0f64, f64::max).max(1e-9);
+        let x0 = 30.0 + group_width * m as f64;
+        for (s, runs) in values.iter().enumerate() {
+            let Some(mid) = median(runs.clone()) else { continue };
+            let x = x0 + s as f64 * (bar_width + 4.0);
+            let h = mid / max * chart_height;
+            let y = top + chart_height - h;
+            svg.push_str(&format!(
+                r#"<rect x="{x}" y="{y:.1}" width="{bar_width}" height="{h:.1}" fill="{}"/>"#,
+                colors[s % colors.len()]
+            ));
+            let lo = runs.iter().copied().fold(f64::MAX, f64::min);
+            let hi = runs.iter().copied().fold(f64::MIN, f64::max);
+            let (ylo, yhi) = (
+                top + chart_height - lo / max * chart_height,
+                top + chart_height - hi / max * chart_height,
+            );
+            let cx = x + bar_width / 2.0;
+            svg.push_str(&format!(
+                r#"<line x1="{cx}" x2="{cx}" y1="{ylo:.1}" y2="{yhi:.1}" stroke="black"/>"#
+            ));
+            svg.push_str(&format!(
+                r#"<text x="{cx}" y="{:.1}" text-anchor="middle" font-size="9">{}</text>"#,
+                (yhi - 3.0).min(y - 3.0),
+                format_number(mid)
+            ));
+        }
+        svg.push_str(&format!(
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="{}" y="{}" text-anchor="middle" fill="gray">{}</text>"#,
+            x0 + 60.0,
+            top + chart_height + 16.0,
+            escape(metric.label),
+            x0 + 60.0,
+            top + chart_height + 30.0,
+            if metric.lower_is_better { "lower is better" } else { "higher is better" }
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(error) = run(&args) {
+        eprintln!("\nherald-bench: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
+    let workloads: Vec<Workload> = args
+        .workloads
+        .iter()
+        .map(|name| workload(name, args.seconds).ok_or(format!("unknown workload {name}")))
+        .collect::<Result<_, _>>()?;
+    let jsonl_path = args.out.join("results.jsonl");
+    let mut jsonl = std::fs::File::create(&jsonl_path).map_err(|e| e.to_string())?;
+    let total = workloads.len() * args.runs * args.servers.len();
+    let mut done = 0;
+    let started = Instant::now();
+    let mut table = String::new();
+    for workload in &workloads {
+        let mut results: Vec<(String, Vec<Value>)> =
+            args.servers.iter().map(|s| (s.clone(), Vec::new())).collect();
+        for run in 1..=args.runs {
+            for (server_name, runs) in results.iter_mut() {
+                done += 1;
+                eprint!(
+                    "\r[{done}/{total}] {} run {run}/{}: {server_name:<18} ({:.0} s)   ",
+                    workload.name,
+                    args.runs,
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+                let mut server = start_server(server_name, &args.bin)?;
+                let outcome = run_load(workload, &server, &args.bin);
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                let mut result = outcome?;
+                filter_noise(&mut result);
+                let line = json!({"workload": workload.name, "server": server_name, "run": run, "result": result});
+                writeln!(jsonl, "{line}").map_err(|e| e.to_string())?;
+                runs.push(result);
+            }
+        }
+        // The summary: medians, ratios against the tuned reference and the
+        // default one, and whether a generator was near its limit.
+        table.push_str(&format!("\n{}\n\n| metric |", workload.title));
+        for server in &args.servers {
+            table.push_str(&format!(" {server} |"));
+        }
+        let references: Vec<&String> =
+            args.servers.iter().filter(|s| s.starts_with("reference")).collect();
+        for reference in &references {
+            table.push_str(&format!(" herald / {reference} |"));
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---|".repeat(args.servers.len() + references.len()));
+        table.push('\n');
+        let mut summary =
+            json!({"workload": workload.name, "summary": true, "medians": {}, "ratios": {}});
+        for metric in &workload.metrics {
+            let medians: Vec<Option<f64>> = results
+                .iter()
+                .map(|(_, runs)| {
+                    median(runs.iter().filter_map(|r| lookup(r, metric.key)).collect())
+                })
+                .collect();
+            table.push_str(&format!("| {} |", metric.label));
+            for ((server, _), value) in results.iter().zip(&medians) {
+                table.push_str(&format!(" {} |", value.map_or("-".into(), format_number)));
+                summary["medians"][server][metric.key] = json!(value);
+            }
+            let herald = results.iter().position(|(s, _)| s == "herald").and_then(|i| medians[i]);
+            for reference in &references {
+                let theirs =
+                    results.iter().position(|(s, _)| s == *reference).and_then(|i| medians[i]);
+                let ratio = match (herald, theirs) {
+                    (Some(h), Some(t)) if t != 0.0 => Some(h / t),
+                    _ => None,
+                };
+                table.push_str(&format!(" {} |", ratio.map_or("-".into(), |r| format!("{r:.2}x"))));
+                summary["ratios"][reference.as_str()][metric.key] = json!(ratio);
+            }
+            table.push('\n');
+        }
+        let bound: Vec<String> = results
+            .iter()
+            .filter(|(_, runs)| {
+                runs.iter()
+                    .any(|r| r["generator_cpu_percent"].as_f64().unwrap_or(0.0) >= GENERATOR_BOUND)
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !bound.is_empty() {
+            table.push_str(&format!(
+                "\nThe load generator used over {GENERATOR_BOUND:.0}% of its CPU against {}: rates there may be the generator's limit; per-CPU-second figures are not.\n",
+                bound.join(", ")
+            ));
+            summary["generator_bound"] = json!(bound);
+        }
+        writeln!(jsonl, "{summary}").map_err(|e| e.to_string())?;
+        println!("{summary}");
+        let chart = svg_chart(workload, &args.servers, &results);
+        std::fs::write(args.out.join(format!("{}.svg", workload.name)), chart)
+            .map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "\r{:<80}",
+        format!("done: {total} measurements in {:.0} s", started.elapsed().as_secs_f64())
+    );
+    std::fs::write(args.out.join("table.md"), &table).map_err(|e| e.to_string())?;
+    eprintln!("{table}");
+    eprintln!(
+        "results: {}, table: {}, charts: {}/*.svg",
+        jsonl_path.display(),
+        args.out.join("table.md").display(),
+        args.out.display()
+    );
+    Ok(())
+}
