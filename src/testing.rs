@@ -1,4 +1,85 @@
-//! Helpers for tests, fuzz targets and benchmarks: building what a client sends. Not part of the server's API.
+//! Helpers for tests, fuzz targets and benchmarks: what a client sends, an in-memory socket, a shard context. Not part of the server's API.
+
+use crate::auth::ApiKey;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::conn::Ctx;
+use crate::conn::io::{SendVectored, Transport};
+use crate::server::Shared;
+use crate::shard::inbox::Inbox;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+/// A socket in memory: reads hand out `input` (then WouldBlock), writes are
+/// counted and discarded.
+#[derive(Debug, Default)]
+pub struct MemorySocket {
+    /// Bytes still to be read.
+    pub input: Vec<u8>,
+    /// Bytes written so far.
+    pub written: usize,
+}
+
+impl Read for MemorySocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        for (dst, src) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *dst = src;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemorySocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written += buf.len();
+        Ok(buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = bufs.iter().map(|b| b.len()).sum();
+        self.written += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SendVectored for MemorySocket {}
+
+impl Transport for MemorySocket {
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A context for shard 0 of node "n1" of a one-shard server with `config`,
+/// whose inbox nobody reads (the mio poll it was made with is dropped).
+pub fn context(config: Config) -> Ctx {
+    let config = Arc::new(config);
+    let inbox = mio::Poll::new()
+        .and_then(|poll| mio::Waker::new(poll.registry(), mio::Token(0)))
+        .map(|waker| Arc::new(Inbox::new(waker)));
+    let inboxes = match inbox {
+        Ok(inbox) => vec![inbox],
+        Err(error) => panic!("an epoll instance for a test context: {error}"),
+    };
+    let broker = Broker::new(config.clone(), inboxes);
+    let shared = Arc::new(Shared {
+        api_key: ApiKey::new(&config.api_key),
+        config,
+        node: Arc::from("n1"),
+        connections: AtomicUsize::new(0),
+        broker,
+    });
+    Ctx::new(shared, 0)
+}
 
 /// A masked client frame, as a browser sends it: FIN bit, opcode, payload,
 /// and the shortest length encoding. The mask key is fixed (any key is

@@ -1,10 +1,7 @@
 //! Socket-free tests of the connection state machine over a scripted non-blocking IO.
 
 use super::*;
-use crate::broker::Broker;
 use crate::config::Config;
-use crate::server::Shared;
-use crate::shard::inbox::Inbox;
 use crate::testing::client_frame as frame;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -176,18 +173,7 @@ impl Transport for ScriptedIo {
 /// A context for shard 0 of node "n1", with a broker whose only inbox is
 /// not read (deliveries are tested in the broker and over sockets).
 pub(crate) fn ctx_with(config: Config) -> Ctx {
-    let config = Arc::new(config);
-    let poll = mio::Poll::new().unwrap();
-    let inbox = Arc::new(Inbox::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap()));
-    let broker = Broker::new(config.clone(), vec![inbox]);
-    let shared = Arc::new(Shared {
-        api_key: crate::auth::ApiKey::new(&config.api_key),
-        config,
-        node: Arc::from("n1"),
-        connections: std::sync::atomic::AtomicUsize::new(0),
-        broker,
-    });
-    Ctx::new(shared, 0)
+    crate::testing::context(config)
 }
 
 fn ctx() -> Ctx {

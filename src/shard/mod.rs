@@ -5,6 +5,7 @@ pub mod subscribers;
 pub mod timers;
 
 use crate::broker::{ConnRef, Delivery};
+use crate::conn::io::Transport;
 use crate::conn::{Conn, Ctx, Millis, Next, Pushed, millis};
 use crate::error::HttpError;
 use crate::server::Shared;
@@ -216,35 +217,8 @@ impl Shard {
         self.flush_dirty();
     }
 
-    /// Queues a delivery's frame to every local subscriber of its channel
-    /// that has not had it: one `Bytes` clone per subscriber, no encoding.
-    /// The writes happen once per connection at the end of the drain.
     fn deliver(&mut self, delivery: &Delivery) {
-        let mut locals = std::mem::take(&mut self.ctx.locals);
-        if let Some(subscribers) = locals.get_mut(&delivery.channel) {
-            let shard = u16::try_from(self.ctx.shard).unwrap_or(u16::MAX);
-            for (&key, subscriber) in subscribers.iter_mut() {
-                if let Some(offset) = delivery.offset {
-                    if offset <= subscriber.last_offset {
-                        continue; // a duplicate: had it already (recovery)
-                    }
-                    subscriber.last_offset = offset;
-                }
-                let who = ConnRef { shard, key, generation: subscriber.generation };
-                if delivery.exclude == Some(who) {
-                    continue;
-                }
-                let Some(conn) = self.conns.get_mut(key as usize) else { continue };
-                if conn.generation != subscriber.generation {
-                    continue;
-                }
-                if conn.push(delivery.frame.clone(), &self.ctx) != Pushed::Dropped && !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key as usize);
-                }
-            }
-        }
-        self.ctx.locals = locals;
+        fan_out(&mut self.conns, &mut self.ctx, delivery, &mut self.dirty);
     }
 
     fn flush_dirty(&mut self) {
@@ -512,6 +486,43 @@ impl Shard {
             }
         }
     }
+}
+
+/// Queues a delivery's frame to every local subscriber of its channel that
+/// has not had it: one `Bytes` clone per subscriber, no encoding, no write.
+/// Each connection that got output is listed once in `dirty`, for one write
+/// at the end of the turn.
+pub fn fan_out<S: Transport>(
+    conns: &mut Slab<Conn<S>>,
+    ctx: &mut Ctx,
+    delivery: &Delivery,
+    dirty: &mut Vec<usize>,
+) {
+    let mut locals = std::mem::take(&mut ctx.locals);
+    if let Some(subscribers) = locals.get_mut(&delivery.channel) {
+        let shard = u16::try_from(ctx.shard).unwrap_or(u16::MAX);
+        for (&key, subscriber) in subscribers.iter_mut() {
+            if let Some(offset) = delivery.offset {
+                if offset <= subscriber.last_offset {
+                    continue; // a duplicate: had it already (recovery)
+                }
+                subscriber.last_offset = offset;
+            }
+            let who = ConnRef { shard, key, generation: subscriber.generation };
+            if delivery.exclude == Some(who) {
+                continue;
+            }
+            let Some(conn) = conns.get_mut(key as usize) else { continue };
+            if conn.generation != subscriber.generation {
+                continue;
+            }
+            if conn.push(delivery.frame.clone(), ctx) != Pushed::Dropped && !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key as usize);
+            }
+        }
+    }
+    ctx.locals = locals;
 }
 
 fn is_out_of_descriptors(error: &io::Error) -> bool {
