@@ -45,6 +45,9 @@ struct Args {
     /// The directory holding the release binaries.
     #[arg(long, default_value = "target/release")]
     bin: PathBuf,
+    /// Measure nothing: rebuild the table and charts from this results.jsonl.
+    #[arg(long)]
+    from: Option<PathBuf>,
 }
 
 const API_KEY: &str = "bench-api-key-0123456789";
@@ -369,7 +372,7 @@ fn format_number(value: f64) -> String {
 /// thin line from the lowest to the highest run.
 fn svg_chart(workload: &Workload, servers: &[String], results: &[(String, Vec<Value>)]) -> String {
     let colors = ["#2b6cb0", "#d69e2e", "#9b2c2c", "#2f855a"];
-    let (group_width, bar_width, chart_height, top) = (170.0, 40.0, 160.0, 48.0);
+    let (group_width, bar_width, chart_height, top) = (170.0, 40.0, 160.0, 64.0);
     let width = 40.0 + group_width * workload.metrics.len() as f64;
     let height = top + chart_height + 70.0;
     let mut svg = format!(
@@ -459,12 +462,44 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|name| workload(name, args.seconds).ok_or(format!("unknown workload {name}")))
         .collect::<Result<_, _>>()?;
+    let mut table = String::new();
+    if let Some(from) = &args.from {
+        let text = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        for workload in &workloads {
+            let results: Vec<(String, Vec<Value>)> = args
+                .servers
+                .iter()
+                .map(|server| {
+                    let runs = lines
+                        .iter()
+                        .filter(|l| {
+                            l["workload"] == workload.name && l["server"] == server.as_str()
+                        })
+                        .filter_map(|l| l.get("result").cloned())
+                        .collect();
+                    (server.clone(), runs)
+                })
+                .collect();
+            if results.iter().all(|(_, runs)| runs.is_empty()) {
+                continue;
+            }
+            let (chunk, summary) = report(workload, &args.servers, &results);
+            table.push_str(&chunk);
+            println!("{summary}");
+            let chart = svg_chart(workload, &args.servers, &results);
+            std::fs::write(args.out.join(format!("{}.svg", workload.name)), chart)
+                .map_err(|e| e.to_string())?;
+        }
+        std::fs::write(args.out.join("table.md"), &table).map_err(|e| e.to_string())?;
+        eprintln!("{table}");
+        return Ok(());
+    }
     let jsonl_path = args.out.join("results.jsonl");
     let mut jsonl = std::fs::File::create(&jsonl_path).map_err(|e| e.to_string())?;
     let total = workloads.len() * args.runs * args.servers.len();
     let mut done = 0;
     let started = Instant::now();
-    let mut table = String::new();
     for workload in &workloads {
         let mut results: Vec<(String, Vec<Value>)> =
             args.servers.iter().map(|s| (s.clone(), Vec::new())).collect();
@@ -489,62 +524,8 @@ fn run(args: &Args) -> Result<(), String> {
                 runs.push(result);
             }
         }
-        // The summary: medians, ratios against the tuned reference and the
-        // default one, and whether a generator was near its limit.
-        table.push_str(&format!("\n{}\n\n| metric |", workload.title));
-        for server in &args.servers {
-            table.push_str(&format!(" {server} |"));
-        }
-        let references: Vec<&String> =
-            args.servers.iter().filter(|s| s.starts_with("reference")).collect();
-        for reference in &references {
-            table.push_str(&format!(" herald / {reference} |"));
-        }
-        table.push_str("\n|---|");
-        table.push_str(&"---|".repeat(args.servers.len() + references.len()));
-        table.push('\n');
-        let mut summary =
-            json!({"workload": workload.name, "summary": true, "medians": {}, "ratios": {}});
-        for metric in &workload.metrics {
-            let medians: Vec<Option<f64>> = results
-                .iter()
-                .map(|(_, runs)| {
-                    median(runs.iter().filter_map(|r| lookup(r, metric.key)).collect())
-                })
-                .collect();
-            table.push_str(&format!("| {} |", metric.label));
-            for ((server, _), value) in results.iter().zip(&medians) {
-                table.push_str(&format!(" {} |", value.map_or("-".into(), format_number)));
-                summary["medians"][server][metric.key] = json!(value);
-            }
-            let herald = results.iter().position(|(s, _)| s == "herald").and_then(|i| medians[i]);
-            for reference in &references {
-                let theirs =
-                    results.iter().position(|(s, _)| s == *reference).and_then(|i| medians[i]);
-                let ratio = match (herald, theirs) {
-                    (Some(h), Some(t)) if t != 0.0 => Some(h / t),
-                    _ => None,
-                };
-                table.push_str(&format!(" {} |", ratio.map_or("-".into(), |r| format!("{r:.2}x"))));
-                summary["ratios"][reference.as_str()][metric.key] = json!(ratio);
-            }
-            table.push('\n');
-        }
-        let bound: Vec<String> = results
-            .iter()
-            .filter(|(_, runs)| {
-                runs.iter()
-                    .any(|r| r["generator_cpu_percent"].as_f64().unwrap_or(0.0) >= GENERATOR_BOUND)
-            })
-            .map(|(s, _)| s.clone())
-            .collect();
-        if !bound.is_empty() {
-            table.push_str(&format!(
-                "\nThe load generator used over {GENERATOR_BOUND:.0}% of its CPU against {}: rates there may be the generator's limit; per-CPU-second figures are not.\n",
-                bound.join(", ")
-            ));
-            summary["generator_bound"] = json!(bound);
-        }
+        let (chunk, summary) = report(workload, &args.servers, &results);
+        table.push_str(&chunk);
         writeln!(jsonl, "{summary}").map_err(|e| e.to_string())?;
         println!("{summary}");
         let chart = svg_chart(workload, &args.servers, &results);
@@ -564,4 +545,64 @@ fn run(args: &Args) -> Result<(), String> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Medians and ratios of one workload: a table for people and a summary
+/// line for machines. Ratios are herald / each reference.
+fn report(
+    workload: &Workload,
+    servers: &[String],
+    results: &[(String, Vec<Value>)],
+) -> (String, Value) {
+    let mut table = format!("\n{}\n\n| metric |", workload.title);
+    for server in servers {
+        table.push_str(&format!(" {server} |"));
+    }
+    let references: Vec<&String> = servers.iter().filter(|s| s.starts_with("reference")).collect();
+    for reference in &references {
+        table.push_str(&format!(" herald / {reference} |"));
+    }
+    table.push_str("\n|---|");
+    table.push_str(&"---|".repeat(servers.len() + references.len()));
+    table.push('\n');
+    let mut summary =
+        json!({"workload": workload.name, "summary": true, "medians": {}, "ratios": {}});
+    for metric in &workload.metrics {
+        let medians: Vec<Option<f64>> = results
+            .iter()
+            .map(|(_, runs)| median(runs.iter().filter_map(|r| lookup(r, metric.key)).collect()))
+            .collect();
+        table.push_str(&format!("| {} |", metric.label));
+        for ((server, _), value) in results.iter().zip(&medians) {
+            table.push_str(&format!(" {} |", value.map_or("-".into(), format_number)));
+            summary["medians"][server][metric.key] = json!(value);
+        }
+        let herald = results.iter().position(|(s, _)| s == "herald").and_then(|i| medians[i]);
+        for reference in &references {
+            let theirs = results.iter().position(|(s, _)| s == *reference).and_then(|i| medians[i]);
+            let ratio = match (herald, theirs) {
+                (Some(h), Some(t)) if t != 0.0 => Some(h / t),
+                _ => None,
+            };
+            table.push_str(&format!(" {} |", ratio.map_or("-".into(), |r| format!("{r:.2}x"))));
+            summary["ratios"][reference.as_str()][metric.key] = json!(ratio);
+        }
+        table.push('\n');
+    }
+    let bound: Vec<String> = results
+        .iter()
+        .filter(|(_, runs)| {
+            runs.iter()
+                .any(|r| r["generator_cpu_percent"].as_f64().unwrap_or(0.0) >= GENERATOR_BOUND)
+        })
+        .map(|(s, _)| s.clone())
+        .collect();
+    if !bound.is_empty() {
+        table.push_str(&format!(
+            "\nThe load generator used over {GENERATOR_BOUND:.0}% of its CPU against {}: rates there may be the generator's limit; per-CPU-second figures are not.\n",
+            bound.join(", ")
+        ));
+        summary["generator_bound"] = json!(bound);
+    }
+    (table, summary)
 }
