@@ -4,7 +4,7 @@ use crate::clock::{now_ns, sleep_until};
 use crate::echo::per_second_samples;
 use crate::hist::Latency;
 use crate::net::{connect, parse_url, upgrade_request};
-use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::parts::{self, Part, PartCtl};
 use crate::window::{self, Common, Window, round};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -135,17 +135,15 @@ pub fn run(args: &ConnectArgs) -> Result<(), String> {
         let args = args.clone();
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
-    if let Some(spec) = &args.common.parts {
-        return parts::run_child(spec, body);
-    }
     let processes = args.common.processes.unwrap_or(1);
     let threads = args.common.threads.max(processes).min(args.inflight.max(1));
-    let mut coordinator = Coordinator::start(threads, processes, &window::child_args(), body)?;
+    let Some(mut coordinator) =
+        parts::begin(args.common.parts.as_deref(), threads, processes, body)?
+    else {
+        return Ok(());
+    };
     coordinator.gather()?.ready()?;
-    let window = Window::plan(&args.common);
-    coordinator.command(&window.command())?;
-    let samples = window::sample(&window, args.common.pid)?;
-    let result = coordinator.gather()?.done()?;
+    let (window, samples, result) = window::measure(&mut coordinator, &args.common)?;
     coordinator.finish()?;
     let seconds = window.seconds() as f64;
     let upgrades = result["upgrades"].as_u64().unwrap_or(0) as f64;

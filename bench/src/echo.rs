@@ -3,7 +3,7 @@
 use crate::clock::{now_ns, sleep_until};
 use crate::hist::Latency;
 use crate::net::{client_frame, open_many, parse_frame, parse_url, upgrade_request};
-use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::parts::{self, Part, PartCtl};
 use crate::window::{self, Common, Window, round};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -170,17 +170,15 @@ pub fn run(args: &EchoArgs) -> Result<(), String> {
         let args = args.clone();
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
-    if let Some(spec) = &args.common.parts {
-        return parts::run_child(spec, body);
-    }
     let processes = args.common.processes.unwrap_or_else(|| parts::processes_for(args.connections));
     let threads = args.common.threads.max(processes).min(args.connections.max(1));
-    let mut coordinator = Coordinator::start(threads, processes, &window::child_args(), body)?;
+    let Some(mut coordinator) =
+        parts::begin(args.common.parts.as_deref(), threads, processes, body)?
+    else {
+        return Ok(());
+    };
     let connected = coordinator.gather()?.ready()?;
-    let window = Window::plan(&args.common);
-    coordinator.command(&window.command())?;
-    let samples = window::sample(&window, args.common.pid)?;
-    let result = coordinator.gather()?.done()?;
+    let (window, samples, result) = window::measure(&mut coordinator, &args.common)?;
     coordinator.finish()?;
 
     let seconds = window.seconds() as f64;

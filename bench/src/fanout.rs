@@ -4,7 +4,7 @@ use crate::clock::{now_ns, sleep_until};
 use crate::echo::per_second_samples;
 use crate::hist::Latency;
 use crate::net::{Then, client_frame, open_many, parse_frame, parse_url, upgrade_request};
-use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::parts::{self, Part, PartCtl};
 use crate::window::{self, Common, Window, round};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -271,13 +271,14 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         let args = args.clone();
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
-    if let Some(spec) = &args.common.parts {
-        return parts::run_child(spec, body);
-    }
     let (addr, _) = parse_url(&args.url)?;
     let processes = args.common.processes.unwrap_or_else(|| parts::processes_for(args.subscribers));
     let threads = args.common.threads.max(processes);
-    let mut coordinator = Coordinator::start(threads, processes, &window::child_args(), body)?;
+    let Some(mut coordinator) =
+        parts::begin(args.common.parts.as_deref(), threads, processes, body)?
+    else {
+        return Ok(());
+    };
     let subscribed = coordinator.gather()?.ready()?;
     let window = Window::plan(&args.common);
     coordinator.command(&window.command())?;

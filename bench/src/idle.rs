@@ -1,7 +1,7 @@
 //! `idle` mode: open WebSocket connections in steps (optionally subscribed), leave them idle, and sample the server's RSS at each step; the slope is the memory per connection.
 
 use crate::net::{Then, client_frame, open_many, parse_url, upgrade_request};
-use crate::parts::{self, Coordinator, Part, PartCtl};
+use crate::parts::{self, Part, PartCtl};
 use crate::procfs;
 use crate::window::round;
 use serde_json::{Value, json};
@@ -99,17 +99,16 @@ pub fn run(args: &IdleArgs) -> Result<(), String> {
         let args = args.clone();
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
-    if let Some(spec) = &args.parts {
-        return parts::run_child(spec, body);
-    }
     if args.steps.len() < 2 || args.steps.windows(2).any(|w| w[0] > w[1]) {
         return Err("--steps must be at least two increasing counts".into());
     }
     let most = args.steps.iter().copied().max().unwrap_or(0);
     let processes = args.processes.unwrap_or_else(|| parts::processes_for(most));
     let threads = args.threads.max(processes);
-    let mut coordinator =
-        Coordinator::start(threads, processes, &crate::window::child_args(), body)?;
+    let Some(mut coordinator) = parts::begin(args.parts.as_deref(), threads, processes, body)?
+    else {
+        return Ok(());
+    };
     let pid = args.pid.to_string();
     let mut samples = Vec::new();
     let path = parse_url(&args.url)?.1;

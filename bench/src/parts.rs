@@ -406,6 +406,26 @@ impl Gathered {
     }
 }
 
+/// Starts a load: in a child process (`--parts` given) runs its parts and
+/// returns `None`; otherwise starts the coordinator over `threads` parts in
+/// `processes` processes.
+pub fn begin<F>(
+    parts: Option<&str>,
+    threads: usize,
+    processes: usize,
+    body: F,
+) -> Result<Option<Coordinator>, String>
+where
+    F: Fn(Part, PartCtl) -> Result<Value, String> + Send + Sync + Clone + 'static,
+{
+    match parts {
+        Some(spec) => run_child(spec, body).map(|()| None),
+        None => {
+            Coordinator::start(threads, processes, &crate::window::child_args(), body).map(Some)
+        }
+    }
+}
+
 /// Processes needed for `connections` sockets.
 pub fn processes_for(connections: usize) -> usize {
     connections.div_ceil(CONNECTIONS_PER_PROCESS).max(1)

@@ -117,3 +117,16 @@ pub fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
     (value * scale).round() / scale
 }
+
+/// The common measurement: opens the window, samples the server through
+/// it, and collects the parts' merged result.
+pub fn measure(
+    coordinator: &mut crate::parts::Coordinator,
+    common: &Common,
+) -> Result<(Window, Value, Value), String> {
+    let window = Window::plan(common);
+    coordinator.command(&window.command())?;
+    let samples = sample(&window, common.pid)?;
+    let result = coordinator.gather()?.done()?;
+    Ok((window, samples, result))
+}
