@@ -167,7 +167,7 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
                     for key in dirty.drain(..) {
                         let conn = &mut conns[key];
                         conn.dirty = false;
-                        conn.flush();
+                        conn.flush(&ctx);
                     }
                 },
                 BatchSize::SmallInput,

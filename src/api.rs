@@ -1,42 +1,119 @@
 //! The server API for backends: `/api/...` requests, authenticated with the API key, answered with JSON.
 
-use crate::auth::ApiKey;
-use crate::broker::BrokerError;
 use crate::broker::channel::ChannelName;
+use crate::broker::{BrokerError, ConnRef, Since};
 use crate::conn::Ctx;
 use crate::conn::client::parse_client_id;
-use crate::conn::http::Request;
+use crate::conn::http::{Request, query_value};
 use crate::error::HttpError;
+use crate::protocol::MAX_HISTORY_LIMIT;
+use crate::server::Shared;
+use crate::shard::inbox::Work;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// An API endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     /// `POST /api/publish`.
     Publish,
+    /// `POST /api/broadcast`.
+    Broadcast,
+    /// `POST /api/disconnect`.
+    Disconnect,
+    /// `POST /api/unsubscribe`.
+    Unsubscribe,
+    /// `GET /api/presence`.
+    Presence,
+    /// `GET /api/history`.
+    History,
+    /// `GET /api/channels`.
+    Channels,
+    /// `GET /api/info`.
+    Info,
 }
 
 impl Endpoint {
-    /// Whether requests to it carry a body.
-    pub fn takes_body(self) -> bool {
+    /// Every endpoint, in the order of its metrics rows.
+    pub const ALL: [Endpoint; 8] = [
+        Endpoint::Publish,
+        Endpoint::Broadcast,
+        Endpoint::Disconnect,
+        Endpoint::Unsubscribe,
+        Endpoint::Presence,
+        Endpoint::History,
+        Endpoint::Channels,
+        Endpoint::Info,
+    ];
+
+    /// The last part of its path, also its metrics label.
+    pub fn label(self) -> &'static str {
         match self {
-            Endpoint::Publish => true,
+            Endpoint::Publish => "publish",
+            Endpoint::Broadcast => "broadcast",
+            Endpoint::Disconnect => "disconnect",
+            Endpoint::Unsubscribe => "unsubscribe",
+            Endpoint::Presence => "presence",
+            Endpoint::History => "history",
+            Endpoint::Channels => "channels",
+            Endpoint::Info => "info",
         }
     }
+
+    /// The method it answers.
+    pub fn method(self) -> &'static str {
+        if self.takes_body() { "POST" } else { "GET" }
+    }
+
+    /// Whether requests to it carry a JSON body (the others take a query).
+    pub fn takes_body(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Publish | Endpoint::Broadcast | Endpoint::Disconnect | Endpoint::Unsubscribe
+        )
+    }
+}
+
+/// The endpoint a path under `/api/` names, whatever the method.
+pub fn endpoint(path: &str) -> Option<Endpoint> {
+    let name = path.strip_prefix("/api/")?;
+    Endpoint::ALL.into_iter().find(|endpoint| endpoint.label() == name)
 }
 
 /// The endpoint for a method and path under `/api/`.
 pub fn route(method: &str, path: &str) -> Result<Endpoint, HttpError> {
-    let (endpoint, allow) = match path {
-        "/api/publish" => (Endpoint::Publish, "POST"),
-        _ => return Err(HttpError::NotFound),
-    };
+    let endpoint = endpoint(path).ok_or(HttpError::NotFound)?;
+    let allow = endpoint.method();
     if method == allow { Ok(endpoint) } else { Err(HttpError::MethodNotAllowed { allow }) }
 }
 
-/// Checks `Authorization: apikey KEY`.
-pub fn authorize(request: &Request<'_>, key: &ApiKey) -> Result<(), HttpError> {
+/// Checks `Authorization: apikey KEY`. A peer that failed
+/// [`crate::auth::MAX_KEY_FAILURES`] times within the window is refused
+/// with 429 before its key is looked at.
+pub fn authorize(
+    request: &Request<'_>,
+    shared: &Shared,
+    peer: Option<IpAddr>,
+) -> Result<(), HttpError> {
+    let now = Instant::now();
+    shared
+        .key_failures
+        .check(peer, now)
+        .map_err(|retry_after_secs| HttpError::TooManyRequests { retry_after_secs })?;
+    let result = check_key(request, shared);
+    if result.is_err() {
+        shared.key_failures.record(peer, now);
+    }
+    result
+}
+
+fn check_key(request: &Request<'_>, shared: &Shared) -> Result<(), HttpError> {
     let presented = match request.unique_header("authorization") {
         Ok(Some(value)) => value,
         Ok(None) => return Err(HttpError::Unauthorized("missing Authorization: apikey <key>")),
@@ -50,23 +127,92 @@ pub fn authorize(request: &Request<'_>, key: &ApiKey) -> Result<(), HttpError> {
         }
         _ => return Err(HttpError::Unauthorized("the Authorization header must be: apikey <key>")),
     };
-    if key.matches(key_bytes) { Ok(()) } else { Err(HttpError::Unauthorized("wrong API key")) }
+    if shared.api_key.matches(key_bytes) {
+        Ok(())
+    } else {
+        Err(HttpError::Unauthorized("wrong API key"))
+    }
+}
+
+/// An authorized request, complete with its body.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// What it asks for.
+    pub endpoint: Endpoint,
+    /// The query string of a `GET` endpoint.
+    pub query: Option<&'a str>,
+    /// The body of a `POST` endpoint.
+    pub body: &'a [u8],
+    /// The connection the request came on: where a later answer goes.
+    pub reply_to: ConnRef,
+}
+
+/// How a call is answered.
+#[derive(Debug)]
+pub enum Reply {
+    /// Now, with this status and JSON body.
+    Now(u16, Vec<u8>),
+    /// Later: every shard has work to do first, and the last one to finish
+    /// sends the answer to the requesting connection's shard.
+    Later,
+}
+
+/// Handles a call.
+pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    match call.endpoint {
+        Endpoint::Publish => publish(call.body, ctx),
+        Endpoint::Broadcast => broadcast(call.body, ctx),
+        Endpoint::Disconnect => {
+            let body: UserBody<'_> = parse_body(call.body)?;
+            let user = user(&body)?;
+            fan_out_to_shards(user, UserAction::Disconnect, call.reply_to, ctx);
+            Ok(Reply::Later)
+        }
+        Endpoint::Unsubscribe => {
+            let body: UserBody<'_> = parse_body(call.body)?;
+            let user = user(&body)?;
+            let channel = channel(body.channel)?;
+            ctx.shared.broker.options(&channel).map_err(broker_error)?;
+            fan_out_to_shards(user, UserAction::Unsubscribe(channel), call.reply_to, ctx);
+            Ok(Reply::Later)
+        }
+        Endpoint::Presence => presence(call.query, ctx),
+        Endpoint::History => history(call.query, ctx),
+        Endpoint::Channels => channels(call.query, ctx),
+        Endpoint::Info => Ok(Reply::Now(200, info(&ctx.shared).into_bytes())),
+    }
 }
 
 #[derive(Deserialize)]
 struct PublishBody<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channels: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     exclude_client: Option<&'a RawValue>,
 }
 
+#[derive(Deserialize)]
+struct UserBody<'a> {
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+}
+
+/// Tells a present `null` from an absent field.
 fn present<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body)
+        .map_err(|error| HttpError::InvalidRequest(format!("body must be a JSON object: {error}")))
 }
 
 /// A JSON string without escapes, borrowed.
@@ -75,42 +221,215 @@ fn plain_string(raw: &RawValue) -> Option<&str> {
     (!inner.contains('\\') && !inner.contains('"')).then_some(inner)
 }
 
-/// Handles a request whose head and body are complete: status and JSON body.
-pub fn handle(endpoint: Endpoint, body: &[u8], ctx: &mut Ctx) -> Result<(u16, Vec<u8>), HttpError> {
-    match endpoint {
-        Endpoint::Publish => publish(body, ctx),
-    }
-}
-
-fn publish(body: &[u8], ctx: &mut Ctx) -> Result<(u16, Vec<u8>), HttpError> {
-    let request: PublishBody<'_> = serde_json::from_slice(body).map_err(|error| {
-        HttpError::InvalidRequest(format!("body must be a JSON object: {error}"))
-    })?;
-    let channel = request
-        .channel
+fn channel(raw: Option<&RawValue>) -> Result<ChannelName, HttpError> {
+    let name = raw
         .and_then(plain_string)
         .ok_or_else(|| HttpError::InvalidRequest("channel must be a string".into()))?;
-    let channel =
-        ChannelName::parse(channel).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
-    let data = request.data.ok_or_else(|| HttpError::InvalidRequest("missing data".into()))?;
-    let exclude = match request.exclude_client {
-        None => None,
-        Some(raw) => {
-            let id = plain_string(raw).ok_or_else(|| {
-                HttpError::InvalidRequest("exclude_client must be a client id".into())
-            })?;
-            // A client of another node (or an old one) is simply not here.
-            parse_client_id(&ctx.node, id)
-        }
-    };
+    parse_channel(name)
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, HttpError> {
+    ChannelName::parse(name)
+        .map_err(|invalid| HttpError::InvalidRequest(format!("channel {name:?}: {invalid}")))
+}
+
+fn user(body: &UserBody<'_>) -> Result<Arc<str>, HttpError> {
+    // Any JSON string, escapes included, as a token's `sub` may hold them.
+    let user = body
+        .user
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        .filter(|user| !user.is_empty())
+        .ok_or_else(|| HttpError::InvalidRequest("user must be a non-empty string".into()))?;
+    Ok(Arc::from(user))
+}
+
+fn data<'a>(body: &PublishBody<'a>) -> Result<&'a RawValue, HttpError> {
+    body.data.ok_or_else(|| HttpError::InvalidRequest("missing data".into()))
+}
+
+fn exclude(body: &PublishBody<'_>, ctx: &Ctx) -> Result<Option<ConnRef>, HttpError> {
+    let Some(raw) = body.exclude_client else { return Ok(None) };
+    let id = plain_string(raw)
+        .ok_or_else(|| HttpError::InvalidRequest("exclude_client must be a client id".into()))?;
+    // A client of another node (or of an earlier run) is simply not here.
+    Ok(parse_client_id(&ctx.node, id))
+}
+
+fn publish(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    let request: PublishBody<'_> = parse_body(body)?;
+    let channel = channel(request.channel)?;
+    let data = data(&request)?;
+    let exclude = exclude(&request, ctx)?;
     let published = ctx
         .shared
         .broker
         .publish(&channel, data.get().as_bytes(), exclude)
         .map_err(broker_error)?;
+    ctx.metrics.publications.inc();
     let answer =
         format!(r#"{{"epoch":"{}","offset":{}}}"#, published.epoch.as_str(), published.offset);
-    Ok((200, answer.into_bytes()))
+    Ok(Reply::Now(200, answer.into_bytes()))
+}
+
+/// Publishes the same data to several channels. Every channel is checked
+/// before the first is published to: a bad one refuses the whole request
+/// and nothing is published.
+fn broadcast(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    let request: PublishBody<'_> = parse_body(body)?;
+    let raw_channels = request.channels.as_deref().unwrap_or_default();
+    if raw_channels.is_empty() {
+        return Err(HttpError::InvalidRequest(
+            "channels must be a non-empty list of channel names".into(),
+        ));
+    }
+    let mut channels = Vec::with_capacity(raw_channels.len());
+    for raw in raw_channels {
+        let channel = channel(Some(raw))?;
+        ctx.shared.broker.options(&channel).map_err(broker_error)?;
+        if channels.contains(&channel) {
+            return Err(HttpError::InvalidRequest(format!(
+                "channel {} is listed twice",
+                channel.as_str()
+            )));
+        }
+        channels.push(channel);
+    }
+    let data = data(&request)?;
+    let exclude = exclude(&request, ctx)?;
+    let mut answer = String::from(r#"{"results":["#);
+    for (index, channel) in channels.iter().enumerate() {
+        let published = ctx
+            .shared
+            .broker
+            .publish(channel, data.get().as_bytes(), exclude)
+            .map_err(broker_error)?;
+        ctx.metrics.publications.inc();
+        if index > 0 {
+            answer.push(',');
+        }
+        let _ = write!(
+            answer,
+            r#"{{"channel":"{}","epoch":"{}","offset":{}}}"#,
+            channel.as_str(),
+            published.epoch.as_str(),
+            published.offset
+        );
+    }
+    answer.push_str("]}");
+    Ok(Reply::Now(200, answer.into_bytes()))
+}
+
+fn query_channel(query: Option<&str>) -> Result<ChannelName, HttpError> {
+    let name = query_value(query, "channel")?
+        .ok_or_else(|| HttpError::InvalidRequest("the query needs channel=NAME".into()))?;
+    parse_channel(&name)
+}
+
+fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, HttpError> {
+    match query_value(query, name)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            HttpError::InvalidRequest(format!("{name} must be a non-negative integer"))
+        }),
+    }
+}
+
+fn presence(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    let channel = query_channel(query)?;
+    let members = ctx.shared.broker.presence(&channel).map_err(broker_error)?;
+    let clients: Vec<Value> = members
+        .iter()
+        .map(|member| serde_json::json!({"client": &*member.client, "user": &*member.user}))
+        .collect();
+    let answer = serde_json::json!({ "channel": channel.as_str(), "clients": clients });
+    Ok(Reply::Now(200, answer.to_string().into_bytes()))
+}
+
+fn history(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    let channel = query_channel(query)?;
+    let since_offset = query_number(query, "since_offset")?;
+    let epoch = query_value(query, "epoch")?.filter(|epoch| !epoch.is_empty());
+    let since = match (since_offset, epoch) {
+        (Some(offset), Some(epoch)) => Some(Since { epoch: epoch.into_owned(), offset }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(HttpError::InvalidRequest("since_offset needs the epoch it is in".into()));
+        }
+        (None, Some(_)) => {
+            return Err(HttpError::InvalidRequest("epoch needs a since_offset".into()));
+        }
+    };
+    let limit = match query_number(query, "limit")? {
+        None => MAX_HISTORY_LIMIT,
+        Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_HISTORY_LIMIT),
+    };
+    let page = ctx.shared.broker.history(&channel, since.as_ref(), limit).map_err(broker_error)?;
+    let size: usize = page.publications.iter().map(|(_, data)| data.len() + 32).sum();
+    let mut answer = Vec::with_capacity(size + 96);
+    let _ = write!(
+        VecWriter(&mut answer),
+        r#"{{"channel":"{}","epoch":"{}","offset":{},"publications":["#,
+        channel.as_str(),
+        page.epoch.as_str(),
+        page.offset
+    );
+    for (index, (offset, data)) in page.publications.iter().enumerate() {
+        if index > 0 {
+            answer.push(b',');
+        }
+        let _ = write!(VecWriter(&mut answer), r#"{{"offset":{offset},"data":"#);
+        answer.extend_from_slice(data);
+        answer.push(b'}');
+    }
+    answer.extend_from_slice(b"]}");
+    Ok(Reply::Now(200, answer))
+}
+
+/// `fmt::Write` into a byte vector.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn channels(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+    let prefix = query_value(query, "prefix")?.unwrap_or_default();
+    let mut channels = ctx.shared.broker.subscribed_channels(&prefix);
+    channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut answer = String::with_capacity(32 + channels.len() * 48);
+    answer.push_str(r#"{"channels":["#);
+    for (index, (channel, subscribers)) in channels.iter().enumerate() {
+        if index > 0 {
+            answer.push(',');
+        }
+        // Channel names need no JSON escaping.
+        let _ = write!(answer, r#"{{"channel":"{channel}","subscribers":{subscribers}}}"#);
+    }
+    answer.push_str("]}");
+    Ok(Reply::Now(200, answer.into_bytes()))
+}
+
+/// `GET /api/info`: this node, and the cluster it is part of (with the
+/// memory engine, only itself).
+pub fn info(shared: &Shared) -> String {
+    let node = serde_json::json!({
+        "node": &*shared.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+        "connections": shared.connections.load(Ordering::Relaxed),
+        "shards": shared.config.threads,
+        "channels": shared.broker.channel_count(),
+        "engine": "memory",
+    });
+    let mut answer = node.clone();
+    if let Value::Object(fields) = &mut answer {
+        fields.insert("nodes".into(), Value::Array(vec![node]));
+    }
+    answer.to_string()
 }
 
 fn broker_error(error: BrokerError) -> HttpError {
@@ -122,6 +441,64 @@ fn broker_error(error: BrokerError) -> HttpError {
     }
 }
 
+/// What every shard does to one user's connections.
+#[derive(Debug, Clone)]
+pub enum UserAction {
+    /// Close them with 4000.
+    Disconnect,
+    /// Unsubscribe them from a channel (they get an `unsubscribed` push).
+    Unsubscribe(ChannelName),
+}
+
+/// An API call carried out by every shard on its own connections of one
+/// user. The last shard to finish answers the caller.
+#[derive(Debug)]
+pub struct UserTask {
+    /// The user.
+    pub user: Arc<str>,
+    /// What to do.
+    pub action: UserAction,
+    reply_to: ConnRef,
+    /// Shards still working on it.
+    remaining: AtomicUsize,
+    /// Connections acted on so far.
+    count: AtomicUsize,
+}
+
+impl UserTask {
+    /// A shard acted on `count` connections. The last shard to report sends
+    /// the answer to the requesting connection.
+    pub fn finish(&self, count: usize, shared: &Shared) {
+        self.count.fetch_add(count, Ordering::AcqRel);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let total = self.count.load(Ordering::Acquire);
+        let body = match self.action {
+            UserAction::Disconnect => format!(r#"{{"disconnected":{total}}}"#),
+            UserAction::Unsubscribe(_) => format!(r#"{{"unsubscribed":{total}}}"#),
+        };
+        shared.send(
+            usize::from(self.reply_to.shard),
+            Work::Answer { to: self.reply_to, status: 200, body: body.into_bytes() },
+        );
+    }
+}
+
+fn fan_out_to_shards(user: Arc<str>, action: UserAction, reply_to: ConnRef, ctx: &Ctx) {
+    let shards = ctx.shared.shard_count();
+    let task = Arc::new(UserTask {
+        user,
+        action,
+        reply_to,
+        remaining: AtomicUsize::new(shards),
+        count: AtomicUsize::new(0),
+    });
+    for shard in 0..shards {
+        ctx.shared.send(shard, Work::ForUser(task.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,10 +506,17 @@ mod tests {
     #[test]
     fn routes_and_methods() {
         assert_eq!(route("POST", "/api/publish"), Ok(Endpoint::Publish));
+        assert_eq!(route("GET", "/api/history"), Ok(Endpoint::History));
         assert_eq!(
             route("GET", "/api/publish"),
             Err(HttpError::MethodNotAllowed { allow: "POST" })
         );
+        assert_eq!(route("POST", "/api/info"), Err(HttpError::MethodNotAllowed { allow: "GET" }));
         assert_eq!(route("POST", "/api/nope"), Err(HttpError::NotFound));
+        assert_eq!(route("POST", "/api/"), Err(HttpError::NotFound));
+        for endpoint in Endpoint::ALL {
+            let path = format!("/api/{}", endpoint.label());
+            assert_eq!(route(endpoint.method(), &path), Ok(endpoint));
+        }
     }
 }

@@ -8,8 +8,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -288,6 +291,79 @@ impl ApiKey {
     }
 }
 
+/// Failed API key checks one peer may make within [`FAILURE_WINDOW`]
+/// before every request it sends is answered 429 until the window ends.
+pub const MAX_KEY_FAILURES: u32 = 10;
+/// The window [`MAX_KEY_FAILURES`] is counted over.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Peers tracked at once; past it the stalest entries are dropped, so a
+/// flood of addresses cannot grow the table without bound.
+const MAX_TRACKED_PEERS: usize = 16_384;
+
+/// Counts failed API key checks per peer address (IPv6 by /64, the block a
+/// single host usually holds) and refuses a peer that fails too often.
+#[derive(Debug, Default)]
+pub struct KeyFailures {
+    peers: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Peers in the table: while it is 0, a check takes no lock.
+    tracked: AtomicUsize,
+}
+
+impl KeyFailures {
+    /// `Err(seconds to wait)` when `peer` has used up its failures.
+    pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), u64> {
+        let Some(peer) = peer.map(peer_block) else { return Ok(()) };
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        match peers.get(&peer) {
+            Some((count, since)) if *count >= MAX_KEY_FAILURES => {
+                let ends = *since + FAILURE_WINDOW;
+                if ends > now { Err(ends.duration_since(now).as_secs().max(1)) } else { Ok(()) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed check by `peer`.
+    pub fn record(&self, peer: Option<IpAddr>, now: Instant) {
+        let Some(peer) = peer.map(peer_block) else { return };
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        if peers.len() >= MAX_TRACKED_PEERS && !peers.contains_key(&peer) {
+            peers.retain(|_, (_, since)| *since + FAILURE_WINDOW > now);
+            if peers.len() >= MAX_TRACKED_PEERS
+                && let Some(stalest) =
+                    peers.iter().min_by_key(|(_, (_, since))| *since).map(|(ip, _)| *ip)
+            {
+                peers.remove(&stalest);
+            }
+        }
+        let entry = peers.entry(peer).or_insert((0, now));
+        if entry.1 + FAILURE_WINDOW <= now {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        self.tracked.store(peers.len(), Ordering::Relaxed);
+    }
+}
+
+/// The address block a peer is counted by: the address itself for IPv4,
+/// its /64 for IPv6.
+fn peer_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(Ipv6Addr::from(segments))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +472,37 @@ mod tests {
         assert!(!key.matches(b"the-api-key-0124"));
         assert!(!key.matches(b"the-api-key-012"));
         assert!(!key.matches(b""));
+    }
+
+    #[test]
+    fn key_failures_lock_out_a_peer_for_the_window() {
+        let failures = KeyFailures::default();
+        let start = Instant::now();
+        let peer: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let other: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
+        for _ in 0..MAX_KEY_FAILURES {
+            assert_eq!(failures.check(peer, start), Ok(()));
+            failures.record(peer, start);
+        }
+        assert_eq!(failures.check(peer, start), Err(60));
+        assert_eq!(failures.check(other, start), Ok(()));
+        assert_eq!(failures.check(peer, start + FAILURE_WINDOW), Ok(()));
+        // IPv6 peers are counted by their /64.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        for _ in 0..MAX_KEY_FAILURES {
+            failures.record(Some(a), start);
+        }
+        assert!(failures.check(Some(b), start).is_err());
+    }
+
+    #[test]
+    fn key_failures_table_is_bounded() {
+        let failures = KeyFailures::default();
+        let now = Instant::now();
+        for i in 0..(u32::try_from(MAX_TRACKED_PEERS).unwrap() + 100) {
+            failures.record(Some(IpAddr::V4(i.into())), now);
+        }
+        assert!(failures.tracked.load(Ordering::Relaxed) <= MAX_TRACKED_PEERS);
     }
 }

@@ -48,6 +48,15 @@ pub enum HttpError {
     InvalidRequest(String),
     /// An API request for something that does not exist (404).
     Missing(String),
+    /// Too many failed API key checks from this peer (429, with
+    /// `Retry-After`); the connection closes after the answer.
+    TooManyRequests {
+        /// Seconds until the peer may try again.
+        retry_after_secs: u64,
+    },
+    /// herald cannot do it now (503): the engine is down, or the answer did
+    /// not come in time.
+    Unavailable(&'static str),
 }
 
 impl HttpError {
@@ -65,7 +74,8 @@ impl HttpError {
             HttpError::LengthRequired => 411,
             HttpError::PayloadTooLarge { .. } => 413,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
-            HttpError::AtCapacity | HttpError::ShuttingDown => 503,
+            HttpError::TooManyRequests { .. } => 429,
+            HttpError::AtCapacity | HttpError::ShuttingDown | HttpError::Unavailable(_) => 503,
         }
     }
 
@@ -84,8 +94,11 @@ impl HttpError {
             HttpError::NotFound | HttpError::Missing(_) => "not_found",
             HttpError::HeadTooLarge
             | HttpError::TooManyHeaders
-            | HttpError::PayloadTooLarge { .. } => "limit_exceeded",
-            HttpError::AtCapacity | HttpError::ShuttingDown => "unavailable",
+            | HttpError::PayloadTooLarge { .. }
+            | HttpError::TooManyRequests { .. } => "limit_exceeded",
+            HttpError::AtCapacity | HttpError::ShuttingDown | HttpError::Unavailable(_) => {
+                "unavailable"
+            }
         }
     }
 
@@ -119,12 +132,17 @@ impl HttpError {
                 format!("request body larger than {limit} bytes")
             }
             HttpError::InvalidRequest(message) | HttpError::Missing(message) => message.clone(),
+            HttpError::TooManyRequests { retry_after_secs } => format!(
+                "too many failed API key checks from this address; retry in {retry_after_secs} s"
+            ),
+            HttpError::Unavailable(what) => what.to_string(),
         }
     }
 
     /// Whether the connection must close after this answer: the request's
-    /// framing is broken or too big, so the next request cannot be found.
-    pub fn breaks_framing(&self) -> bool {
+    /// framing is broken or too big, so the next request cannot be found,
+    /// or the peer is being pushed away (429).
+    pub fn closes_connection(&self) -> bool {
         matches!(
             self,
             HttpError::Malformed(_)
@@ -132,20 +150,27 @@ impl HttpError {
                 | HttpError::TooManyHeaders
                 | HttpError::LengthRequired
                 | HttpError::PayloadTooLarge { .. }
+                | HttpError::TooManyRequests { .. }
         )
     }
 
-    fn extra_headers(&self) -> &'static str {
-        match self {
+    fn extra_headers(&self) -> String {
+        let fixed = match self {
+            HttpError::TooManyRequests { retry_after_secs } => {
+                return format!("Retry-After: {retry_after_secs}\r\n");
+            }
             HttpError::MethodNotAllowed { allow: "GET" } => "Allow: GET\r\n",
             HttpError::MethodNotAllowed { allow: "POST" } => "Allow: POST\r\n",
             HttpError::MethodNotAllowed { .. } => "",
             HttpError::UpgradeRequired | HttpError::UnsupportedVersion => {
                 "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
             }
-            HttpError::AtCapacity | HttpError::ShuttingDown => "Retry-After: 1\r\n",
+            HttpError::AtCapacity | HttpError::ShuttingDown | HttpError::Unavailable(_) => {
+                "Retry-After: 1\r\n"
+            }
             _ => "",
-        }
+        };
+        fixed.to_string()
     }
 
     /// The whole HTTP answer: status line, headers, JSON body, for a
@@ -160,7 +185,7 @@ impl HttpError {
             "error": { "code": self.code(), "message": self.message() }
         })
         .to_string();
-        json_response(self.status(), self.extra_headers(), body.as_bytes(), keep_alive)
+        json_response(self.status(), &self.extra_headers(), body.as_bytes(), keep_alive)
     }
 }
 
@@ -172,8 +197,19 @@ impl fmt::Display for HttpError {
 
 /// An HTTP answer with a JSON body.
 pub fn json_response(status: u16, extra_headers: &str, body: &[u8], keep_alive: bool) -> Bytes {
+    http_response(status, extra_headers, "application/json", body, keep_alive)
+}
+
+/// An HTTP answer: status line, headers, body.
+pub fn http_response(
+    status: u16,
+    extra_headers: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Bytes {
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: application/json\r\n\
+        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: {content_type}\r\n\
          Content-Length: {length}\r\nConnection: {connection}\r\n\r\n",
         reason = reason_phrase(status),
         length = body.len(),
@@ -198,6 +234,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         411 => "Length Required",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -355,6 +392,8 @@ mod tests {
             HttpError::PayloadTooLarge { limit: 10 },
             HttpError::InvalidRequest("x".into()),
             HttpError::Missing("x".into()),
+            HttpError::TooManyRequests { retry_after_secs: 7 },
+            HttpError::Unavailable("x"),
         ];
         for error in all {
             let response = String::from_utf8(error.to_response().to_vec()).unwrap();

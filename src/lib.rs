@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -1,8 +1,9 @@
 //! Starting the shards on one address, and stopping them gracefully.
 
-use crate::auth::ApiKey;
+use crate::auth::{ApiKey, KeyFailures};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::metrics::{self, NodeFigures, ShardMetrics};
 use crate::shard::inbox::{Inbox, Work};
 use crate::shard::{Shard, WAKER};
 use crate::sys;
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Pending connections the kernel queues per listener. Linux caps it at
 /// `net.core.somaxconn` (4096 by default).
@@ -32,6 +34,37 @@ pub struct Shared {
     pub broker: Broker,
     /// The server API key check.
     pub api_key: ApiKey,
+    /// Failed API key checks by peer, for the 429 lockout.
+    pub key_failures: KeyFailures,
+    /// Each shard's inbox, by shard index.
+    pub inboxes: Box<[Arc<Inbox>]>,
+    /// Each shard's counters, by shard index.
+    pub metrics: Box<[Arc<ShardMetrics>]>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Shards on this node.
+    pub fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Hands work to a shard.
+    pub fn send(&self, shard: usize, work: Work) {
+        if let Some(inbox) = self.inboxes.get(shard) {
+            inbox.send(work);
+        }
+    }
+
+    /// `/metrics`: every shard's counters, summed, in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let figures = NodeFigures {
+            channels: self.broker.channel_count(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        };
+        metrics::render(&self.metrics, &figures)
+    }
 }
 
 /// Starts herald.
@@ -67,8 +100,18 @@ impl Server {
         }
         let broker = Broker::new(config.clone(), inboxes.clone());
         let api_key = ApiKey::new(&config.api_key);
-        let shared =
-            Arc::new(Shared { config, node, connections: AtomicUsize::new(0), broker, api_key });
+        let metrics = (0..threads).map(|_| Arc::new(ShardMetrics::default())).collect();
+        let shared = Arc::new(Shared {
+            config,
+            node,
+            connections: AtomicUsize::new(0),
+            broker,
+            api_key,
+            key_failures: KeyFailures::default(),
+            inboxes: inboxes.iter().cloned().collect(),
+            metrics,
+            started: Instant::now(),
+        });
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()

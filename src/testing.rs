@@ -1,10 +1,11 @@
 //! Helpers for tests, fuzz targets and benchmarks: what a client sends, an in-memory socket, a shard context. Not part of the server's API.
 
-use crate::auth::ApiKey;
+use crate::auth::{ApiKey, KeyFailures};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::Ctx;
 use crate::conn::io::{SendVectored, Transport};
+use crate::metrics::ShardMetrics;
 use crate::server::Shared;
 use crate::shard::inbox::Inbox;
 use std::io::{self, IoSlice, Read, Write};
@@ -70,13 +71,17 @@ pub fn context(config: Config) -> Ctx {
         Ok(inbox) => vec![inbox],
         Err(error) => panic!("an epoll instance for a test context: {error}"),
     };
-    let broker = Broker::new(config.clone(), inboxes);
+    let broker = Broker::new(config.clone(), inboxes.clone());
     let shared = Arc::new(Shared {
         api_key: ApiKey::new(&config.api_key),
         config,
         node: Arc::from("n1"),
         connections: AtomicUsize::new(0),
         broker,
+        key_failures: KeyFailures::default(),
+        inboxes: inboxes.into_boxed_slice(),
+        metrics: vec![Arc::new(ShardMetrics::default())].into_boxed_slice(),
+        started: std::time::Instant::now(),
     });
     Ctx::new(shared, 0)
 }

@@ -10,30 +10,9 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// The shard a client lives on, from its client id (`node-shard-key-generation`).
-fn shard_of(welcome: &Value) -> usize {
-    welcome["client"].as_str().unwrap().split('-').nth(1).unwrap().parse().unwrap()
-}
-
-/// Opens `/ws` clients until there is one on each of `shards` shards.
-fn one_client_per_shard(server: &TestServer, shards: usize, path: &str) -> Vec<(WsClient, Value)> {
-    let mut found: HashMap<usize, (WsClient, Value)> = HashMap::new();
-    for _ in 0..500 {
-        let (client, welcome) = WsClient::open_client_at(server.addr, path, "");
-        found.entry(shard_of(&welcome)).or_insert((client, welcome));
-        if found.len() == shards {
-            let mut clients: Vec<_> = found.into_iter().collect();
-            clients.sort_by_key(|(shard, _)| *shard);
-            return clients.into_iter().map(|(_, client)| client).collect();
-        }
-    }
-    panic!("the kernel never put a connection on some shard");
-}
 
 #[test]
 fn an_api_publication_reaches_subscribers_with_its_offset() {

@@ -571,6 +571,23 @@ impl Broker {
         }
     }
 
+    /// Channels with subscribers whose names start with `prefix`, with
+    /// their subscriber counts (on every shard), in no particular order.
+    pub fn subscribed_channels(&self, prefix: &str) -> Vec<(Arc<str>, u32)> {
+        let mut found = Vec::new();
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            found.extend(
+                stripe
+                    .channels
+                    .iter()
+                    .filter(|(name, state)| state.subscribers > 0 && name.starts_with(prefix))
+                    .map(|(name, state)| (name.clone(), state.subscribers)),
+            );
+        }
+        found
+    }
+
     /// Channels currently in the table (for tests and metrics).
     pub fn channel_count(&self) -> usize {
         self.stripes

@@ -43,7 +43,7 @@ impl Harness {
         work.into_iter()
             .filter_map(|item| match item {
                 Work::Deliver(delivery) => Some(delivery),
-                Work::Shutdown => None,
+                _ => None,
             })
             .collect()
     }

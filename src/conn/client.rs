@@ -69,6 +69,7 @@ impl ClientSession {
             Err(error) => protocol::error(&error),
         };
         out.push(websocket::encode_frame(Opcode::Text, &bytes));
+        ctx.metrics.messages_out.inc();
     }
 
     /// Runs a command. `Ok(None)`: the reply is already queued.
@@ -104,6 +105,7 @@ impl ClientSession {
                 let published = broker
                     .publish(&channel, data.as_bytes(), exclude)
                     .map_err(|e| broker_error(id, &e))?;
+                ctx.metrics.publications.inc();
                 Ok(Some(protocol::published(
                     id,
                     channel.as_str(),
@@ -192,17 +194,24 @@ impl ClientSession {
             recovery,
         );
         out.push(websocket::encode_frame(Opcode::Text, &reply));
+        let mut sent = 1;
         for frame in subscribed.recovery.into_iter().flat_map(|r| r.missed) {
             out.push(frame);
+            sent += 1;
         }
+        ctx.metrics.messages_out.add(sent);
         self.subscriptions.push(channel);
         Ok(())
     }
 
-    fn unsubscribe(&mut self, channel: &ChannelName, ctx: &mut Ctx) {
-        let Some(position) = self.subscriptions.iter().position(|c| c == channel) else { return };
+    /// Leaves `channel`; returns whether the connection was subscribed.
+    pub fn unsubscribe(&mut self, channel: &ChannelName, ctx: &mut Ctx) -> bool {
+        let Some(position) = self.subscriptions.iter().position(|c| c == channel) else {
+            return false;
+        };
         let channel = self.subscriptions.swap_remove(position);
         self.leave(&channel, ctx);
+        true
     }
 
     fn leave(&self, channel: &ChannelName, ctx: &mut Ctx) {
@@ -215,6 +224,7 @@ impl ClientSession {
     /// Leaves every channel: the connection is closing. Presence entries go
     /// and `leave` is pushed, on whichever shards the other subscribers are.
     pub fn release(&mut self, ctx: &mut Ctx) {
+        ctx.users.remove(&self.identity.user, self.me.key);
         for channel in std::mem::take(&mut self.subscriptions) {
             self.leave(&channel, ctx);
         }

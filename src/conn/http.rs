@@ -1,6 +1,7 @@
 //! HTTP/1.1 request heads: find the end scanning only new bytes, then parse once with httparse.
 
 use crate::error::HttpError;
+use std::borrow::Cow;
 
 /// Largest request head, request line and headers together (over it: 431).
 /// Browsers send 0.5-2 KiB; cookies for a big site stay under 8 KiB, which
@@ -118,6 +119,61 @@ fn describe(error: httparse::Error) -> &'static str {
     }
 }
 
+/// Every value of query parameter `name`, percent-decoded, in order. `+`
+/// stands for a space, as HTML forms and PHP's `http_build_query` write it.
+pub fn query_values<'q>(
+    query: Option<&'q str>,
+    name: &'q str,
+) -> impl Iterator<Item = Result<Cow<'q, str>, HttpError>> + 'q {
+    query.unwrap_or_default().split('&').filter_map(move |pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| {
+            percent_decode(value).ok_or_else(|| {
+                HttpError::InvalidRequest(format!(
+                    "query parameter {name} is not valid percent-encoded UTF-8"
+                ))
+            })
+        })
+    })
+}
+
+/// The value of a query parameter that may appear at most once.
+pub fn query_value<'q>(
+    query: Option<&'q str>,
+    name: &'q str,
+) -> Result<Option<Cow<'q, str>>, HttpError> {
+    let mut values = query_values(query, name);
+    let first = values.next().transpose()?;
+    if values.next().is_some() {
+        return Err(HttpError::InvalidRequest(format!(
+            "query parameter {name} given more than once"
+        )));
+    }
+    Ok(first)
+}
+
+/// Decodes `%XX` escapes and `+`; `None` for a broken escape or bytes that
+/// are not UTF-8.
+pub fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(text));
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let high = bytes.next().and_then(|b| (b as char).to_digit(16))?;
+                let low = bytes.next().and_then(|b| (b as char).to_digit(16))?;
+                out.push(u8::try_from(high * 16 + low).ok()?);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +227,21 @@ mod tests {
     fn garbage_is_400() {
         let error = parse(b"\x00\x01 nonsense\r\n\r\n", |_| ()).unwrap_err();
         assert_eq!(error.status(), 400);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let query = Some("channel=%23alice%2Cbob&limit=10&x&tag=a+b&tag=c");
+        assert_eq!(query_value(query, "channel").unwrap().as_deref(), Some("#alice,bob"));
+        assert_eq!(query_value(query, "limit").unwrap().as_deref(), Some("10"));
+        assert_eq!(query_value(query, "x").unwrap().as_deref(), Some(""));
+        assert_eq!(query_value(query, "missing").unwrap(), None);
+        assert!(query_value(query, "tag").is_err());
+        let tags: Vec<_> = query_values(query, "tag").map(Result::unwrap).collect();
+        assert_eq!(tags, ["a b", "c"]);
+        assert_eq!(query_value(None, "channel").unwrap(), None);
+        for broken in ["channel=%", "channel=%2", "channel=%zz", "channel=%ff"] {
+            assert!(query_value(Some(broken), "channel").is_err(), "{broken}");
+        }
     }
 }

@@ -79,6 +79,11 @@ pub trait Transport: Read + SendVectored {
 
     /// Half-closes the sending side (TCP FIN) while reading goes on.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// The peer's address, where there is one.
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 impl Transport for mio::net::TcpStream {
@@ -90,5 +95,9 @@ impl Transport for mio::net::TcpStream {
 
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().ok().map(|addr| addr.ip())
     }
 }

@@ -9,10 +9,13 @@ pub mod scanner;
 pub mod upgrade;
 pub mod websocket;
 
+use crate::broker::channel::ChannelName;
 use crate::config::Config;
 use crate::error::{CloseReason, HttpError};
+use crate::metrics::{Refusal, ShardMetrics, Transport as ConnKind};
 use crate::server::Shared;
 use crate::shard::subscribers::LocalSubscribers;
+use crate::shard::users::LocalUsers;
 use bytes::Bytes;
 use client::ClientSession;
 use io::{IoOutcome, Transport};
@@ -85,11 +88,16 @@ pub struct Ctx {
     pub locals: LocalSubscribers,
     /// tungstenite contexts kept for reuse.
     pub codecs: websocket::CodecPool,
+    /// This shard's counters.
+    pub metrics: Arc<ShardMetrics>,
+    /// This shard's authenticated `/ws` connections, by user.
+    pub users: LocalUsers,
 }
 
 impl Ctx {
     /// Context for shard `shard`.
     pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
+        let metrics = shared.metrics.get(shard).cloned().unwrap_or_default();
         Ctx {
             config: shared.config.clone(),
             node: shared.node.clone(),
@@ -99,6 +107,8 @@ impl Ctx {
             shard,
             locals: LocalSubscribers::default(),
             codecs: websocket::CodecPool::default(),
+            metrics,
+            users: LocalUsers::default(),
         }
     }
 
@@ -132,13 +142,18 @@ impl Handler for Dispatch<'_> {
     fn on_message(&mut self, message: Message, out: &mut OutQueue) -> Result<(), CloseReason> {
         match (&mut *self.endpoint, message) {
             (Endpoint::Echo, Message::Text(text)) => {
+                self.ctx.metrics.messages_in.inc();
+                self.ctx.metrics.messages_out.inc();
                 websocket::queue_frame(out, Opcode::Text, Bytes::from(text));
             }
             (Endpoint::Echo, Message::Binary(data)) => {
+                self.ctx.metrics.messages_in.inc();
+                self.ctx.metrics.messages_out.inc();
                 websocket::queue_frame(out, Opcode::Binary, data);
             }
             (Endpoint::Client(_), Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
             (Endpoint::Client(session), Message::Text(text)) => {
+                self.ctx.metrics.messages_in.inc();
                 session.on_text(&text, out, self.ctx);
             }
             _ => {}
@@ -207,12 +222,15 @@ pub struct Conn<S> {
     /// Whether it counts toward `max_connections` (a connection refused for
     /// being over it does not).
     pub counted: bool,
+    /// What it is, for the connection gauges.
+    transport: ConnKind,
 }
 
 impl<S: Transport> Conn<S> {
     /// A just-accepted connection, waiting for its request head.
     pub fn new(socket: S, ctx: &Ctx) -> Self {
         let deadline = ctx.now + millis(ctx.config.handshake_timeout);
+        ctx.metrics.connection(ConnKind::Http, 1);
         Conn {
             socket,
             out: OutQueue::default(),
@@ -226,7 +244,20 @@ impl<S: Transport> Conn<S> {
             dirty: false,
             armed: None,
             counted: true,
+            transport: ConnKind::Http,
         }
+    }
+
+    /// What the connection is now (HTTP, `/ws`, `/echo`).
+    pub fn transport(&self) -> ConnKind {
+        self.transport
+    }
+
+    /// Moves the connection to another transport's gauge.
+    fn set_transport(&mut self, transport: ConnKind, ctx: &Ctx) {
+        ctx.metrics.connection(self.transport, -1);
+        ctx.metrics.connection(transport, 1);
+        self.transport = transport;
     }
 
     /// The socket, for registering it with the poller.
@@ -289,7 +320,7 @@ impl<S: Transport> Conn<S> {
                     return Next::Close;
                 }
             }
-            if self.flush() == Next::Close {
+            if self.flush(ctx) == Next::Close {
                 return Next::Close;
             }
             // Writing may have lifted backpressure: read on if the budget allows.
@@ -306,7 +337,7 @@ impl<S: Transport> Conn<S> {
     /// its queue drains below `max_outbound_bytes`.
     fn accepts_input(&self, ctx: &Ctx) -> bool {
         match &self.phase {
-            Phase::Http(_) => true,
+            Phase::Http(http) => http.accepts_input(),
             Phase::WebSocket(_) => self.out.len() < ctx.read_pause_bytes(),
             // Input is discarded only once the answer is out and the write
             // side is shut: until then it waits in the kernel.
@@ -347,6 +378,7 @@ impl<S: Transport> Conn<S> {
             }
             IoOutcome::Closed | IoOutcome::Error(_) => return self.on_peer_gone(),
         };
+        ctx.metrics.bytes_in.add(n as u64);
         let input = buf.get(..n).unwrap_or_default();
         match &mut self.phase {
             Phase::Http(_) => {
@@ -410,6 +442,7 @@ impl<S: Transport> Conn<S> {
                     self.out.discard_unstarted();
                 }
                 self.out.push(websocket::close_frame(reason));
+                ctx.metrics.closed(reason);
             }
         }
         self.start_drain(ctx);
@@ -472,7 +505,34 @@ impl<S: Transport> Conn<S> {
         {
             ws.session.begin_close(reason, &mut self.out, &mut ctx.codecs);
             ws.close_deadline = NonZeroU64::new(ctx.now + millis(CLOSE_HANDSHAKE_TIMEOUT));
+            ctx.metrics.closed(reason);
         }
+    }
+
+    /// `/api/disconnect`: an open `/ws` connection is closed with 4000.
+    /// Returns whether it was.
+    pub fn disconnect(&mut self, ctx: &mut Ctx) -> bool {
+        let open_client = matches!(&self.phase, Phase::WebSocket(ws)
+            if ws.close_deadline.is_none() && matches!(ws.endpoint, Endpoint::Client(_)));
+        if open_client {
+            self.begin_close(CloseReason::DisconnectedByApi, ctx);
+        }
+        open_client
+    }
+
+    /// `/api/unsubscribe`: the connection leaves `channel` and is told so
+    /// with an `unsubscribed` push. Returns whether it was subscribed.
+    pub fn unsubscribe_by_server(&mut self, channel: &ChannelName, ctx: &mut Ctx) -> bool {
+        let Phase::WebSocket(ws) = &mut self.phase else { return false };
+        let Endpoint::Client(session) = &mut ws.endpoint else { return false };
+        if ws.close_deadline.is_some() || !session.unsubscribe(channel, ctx) {
+            return false;
+        }
+        let push = crate::protocol::unsubscribed(None, channel.as_str());
+        if self.push(websocket::encode_frame(Opcode::Text, &push), ctx) == Pushed::Queued {
+            ctx.metrics.messages_out.inc();
+        }
+        true
     }
 
     /// The server is shutting down: WebSockets get 1001 and a close
@@ -490,9 +550,12 @@ impl<S: Transport> Conn<S> {
 
     /// Writes what is queued; a draining connection half-closes once its
     /// queue is empty.
-    pub fn flush(&mut self) -> Next {
+    pub fn flush(&mut self, ctx: &Ctx) -> Next {
         if !self.out.is_empty() && self.writable {
-            match self.out.write_to(&mut self.socket) {
+            let before = self.out.len();
+            let flushed = self.out.write_to(&mut self.socket);
+            ctx.metrics.bytes_out.add((before - self.out.len()) as u64);
+            match flushed {
                 Flush::Drained => {}
                 Flush::WouldBlock => self.writable = false,
                 Flush::Closed => return Next::Close,
@@ -537,8 +600,14 @@ impl<S: Transport> Conn<S> {
         let now = ctx.now;
         let interval = ctx.ping_interval();
         match &mut self.phase {
+            Phase::Http(http) if now >= http.deadline && http.is_waiting() => {
+                self.api_answer_timed_out(ctx);
+            }
             Phase::Http(http) if now >= http.deadline => {
-                log::debug!("request head not complete within the handshake timeout");
+                if http.mid_request() {
+                    log::debug!("request not complete within the handshake timeout");
+                    ctx.metrics.refused(Refusal::HandshakeTimeout);
+                }
                 return Next::Close;
             }
             Phase::Http(_) => {}
@@ -562,7 +631,7 @@ impl<S: Transport> Conn<S> {
             Phase::Draining(drain) if now >= drain.deadline => return Next::Close,
             Phase::Draining(_) => {}
         }
-        self.flush()
+        self.flush(ctx)
     }
 }
 

@@ -2,14 +2,15 @@
 
 use super::client::ClientSession;
 use super::http::{self, MAX_HEAD_BYTES, Request};
-use super::io::Transport;
+use super::io::Transport as SocketTransport;
 use super::websocket::{self, Opcode, WsSession};
-use super::{Conn, Ctx, Endpoint, Millis, Phase, WsPhase, millis, upgrade};
-use crate::api;
+use super::{Conn, Ctx, Endpoint, Millis, Next, Phase, WsPhase, millis, upgrade};
+use crate::api::{self, Reply};
 use crate::auth::{self, Identity};
 use crate::broker::ConnRef;
 use crate::config::Config;
-use crate::error::{HttpError, json_response};
+use crate::error::{HttpError, http_response, json_response};
+use crate::metrics::{Refusal, Transport};
 use crate::protocol;
 use bytes::Bytes;
 use std::time::Duration;
@@ -31,12 +32,23 @@ pub(super) struct HttpPhase {
     /// A keep-alive connection between requests: the deadline shortens to
     /// `handshake_timeout` once the next request starts.
     idle: bool,
+    /// A server API request waits for its answer from other shards. Input
+    /// that follows (pipelined requests) waits in `buf`, unread, so answers
+    /// go out in request order.
+    waiting: Option<Waiting>,
+}
+
+/// A server API request whose answer comes later.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    endpoint: api::Endpoint,
+    keep_alive: bool,
 }
 
 impl HttpPhase {
     /// Waiting for a first request until `deadline`.
     pub(super) fn new(deadline: Millis) -> Self {
-        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false }
+        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false, waiting: None }
     }
 
     /// How much the next read may take: never past the head limit, never
@@ -47,12 +59,30 @@ impl HttpPhase {
             None => MAX_HEAD_BYTES.saturating_sub(self.buf.len()),
         }
     }
+
+    /// Whether input is read now: not while an answer is awaited and a
+    /// head's worth of what follows is already buffered.
+    pub(super) fn accepts_input(&self) -> bool {
+        self.waiting.is_none() || self.buf.len() < MAX_HEAD_BYTES
+    }
+
+    /// Whether the connection waits for a server API answer.
+    pub(super) fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// Whether a request is under way (not an idle keep-alive connection,
+    /// not one waiting for its answer): a deadline then refuses it.
+    pub(super) fn mid_request(&self) -> bool {
+        !self.idle && self.waiting.is_none()
+    }
 }
 
 /// A body still to come.
 #[derive(Debug)]
 struct BodyWait {
     endpoint: api::Endpoint,
+    query: Option<Box<str>>,
     length: usize,
     keep_alive: bool,
 }
@@ -67,7 +97,8 @@ enum Upgrade {
 enum Route {
     Upgrade { upgrade: Upgrade, accept: String },
     Health,
-    Api { endpoint: api::Endpoint, length: usize, expect_continue: bool },
+    Metrics,
+    Api { endpoint: api::Endpoint, query: Option<Box<str>>, length: usize, expect_continue: bool },
 }
 
 /// A routed head: where it goes, and whether the connection may carry
@@ -78,35 +109,46 @@ struct Decision {
     /// The request announced a body (answering before reading it means the
     /// connection cannot continue).
     has_body: bool,
+    /// `Some` for a path under `/api/`, with the endpoint when there is one
+    /// (for the API request counters).
+    api: Option<Option<api::Endpoint>>,
 }
 
 const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
+/// How long a server API request waits for the shards that carry it out.
+/// In-process shards answer within a loop turn; this bounds a stuck one.
+const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl<S: Transport> Conn<S> {
+impl<S: SocketTransport> Conn<S> {
     /// Bytes read in the HTTP phase: completes heads and bodies and answers
     /// every complete request in them, in order.
     pub(super) fn on_http_bytes(&mut self, input: &[u8], ctx: &mut Ctx) {
-        let buffered;
-        let (mut data, mut scan_from) = match &mut self.phase {
-            Phase::Http(http) => {
-                if http.idle {
-                    http.idle = false;
-                    http.deadline =
-                        http.deadline.min(ctx.now + millis(ctx.config.handshake_timeout));
-                }
-                if http.buf.is_empty() && http.body.is_none() {
-                    (input, 0)
-                } else {
-                    let from = http.buf.len();
-                    http.buf.extend_from_slice(input);
-                    buffered = std::mem::take(&mut http.buf);
-                    (buffered.as_slice(), from)
-                }
-            }
-            _ => return,
-        };
+        let Phase::Http(http) = &mut self.phase else { return };
+        if http.idle {
+            http.idle = false;
+            http.deadline = http.deadline.min(ctx.now + millis(ctx.config.handshake_timeout));
+        }
+        if http.waiting.is_some() {
+            http.buf.extend_from_slice(input);
+        } else if http.buf.is_empty() && http.body.is_none() {
+            self.process_http(input, 0, ctx);
+        } else {
+            let from = http.buf.len();
+            http.buf.extend_from_slice(input);
+            let buffered = std::mem::take(&mut http.buf);
+            self.process_http(&buffered, from, ctx);
+        }
+    }
+
+    /// Answers every complete request in `data`, in order; keeps the rest.
+    /// Bytes before `scan_from` were scanned for a head's end already.
+    fn process_http(&mut self, mut data: &[u8], mut scan_from: usize, ctx: &mut Ctx) {
         while !data.is_empty() {
             let Phase::Http(http) = &mut self.phase else { return };
+            if http.waiting.is_some() {
+                http.buf.extend_from_slice(data);
+                return;
+            }
             if let Some(wait) = http.body.take() {
                 if data.len() < wait.length {
                     http.buf.extend_from_slice(data);
@@ -114,7 +156,7 @@ impl<S: Transport> Conn<S> {
                     return;
                 }
                 let (body, rest) = data.split_at(wait.length);
-                self.answer_api(wait.endpoint, body, wait.keep_alive, ctx);
+                self.answer_api(wait.endpoint, wait.query.as_deref(), body, wait.keep_alive, ctx);
                 data = rest;
                 scan_from = 0;
                 continue;
@@ -138,18 +180,50 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// The answer to a server API request that waited for other shards:
+    /// sent, and the requests pipelined behind it taken up.
+    pub fn on_api_answer(&mut self, status: u16, body: &[u8], ctx: &mut Ctx) -> Next {
+        let Phase::Http(http) = &mut self.phase else { return Next::Keep };
+        let Some(waiting) = http.waiting.take() else { return Next::Keep };
+        let buffered = std::mem::take(&mut http.buf);
+        ctx.metrics.api_request(Some(waiting.endpoint), status);
+        let response = json_response(status, "", body, waiting.keep_alive);
+        self.answer(response, waiting.keep_alive, ctx);
+        if waiting.keep_alive && !buffered.is_empty() {
+            self.process_http(&buffered, 0, ctx);
+        }
+        self.drive(ctx)
+    }
+
+    /// The answer did not come within [`API_ANSWER_TIMEOUT`].
+    pub(super) fn api_answer_timed_out(&mut self, ctx: &mut Ctx) {
+        let Phase::Http(http) = &mut self.phase else { return };
+        let Some(waiting) = http.waiting.take() else { return };
+        let error = HttpError::Unavailable("the request was not carried out in time");
+        log::warn!("server API {} request: {error}", waiting.endpoint.label());
+        ctx.metrics.api_request(Some(waiting.endpoint), error.status());
+        self.respond(error.to_response(), ctx);
+    }
+
     /// A complete head: answer it, upgrade, or start reading its body. `rest`
     /// is what followed the head; returns how much of it was used.
     fn on_head(&mut self, head: &[u8], rest: &[u8], ctx: &mut Ctx) -> usize {
-        let decision = match http::parse(head, |request| decide(request, ctx)) {
+        let socket = &self.socket;
+        let decision = match http::parse(head, |request| decide(request, ctx, socket)) {
             Ok(decision) => decision,
-            Err(error) => Decision { route: Err(error), keep_alive: false, has_body: false },
+            Err(error) => {
+                Decision { route: Err(error), keep_alive: false, has_body: false, api: None }
+            }
         };
         let keep_alive = decision.keep_alive;
         match decision.route {
             Err(error) => {
                 log::debug!("refused request: {error}");
-                let keep = keep_alive && !decision.has_body && !error.breaks_framing();
+                match decision.api {
+                    Some(endpoint) => ctx.metrics.api_request(endpoint, error.status()),
+                    None => ctx.metrics.refused(Refusal::Status(error.status())),
+                }
+                let keep = keep_alive && !decision.has_body && !error.closes_connection();
                 self.answer(error.response(keep), keep, ctx);
                 0
             }
@@ -157,10 +231,22 @@ impl<S: Transport> Conn<S> {
                 self.answer(json_response(200, "", HEALTH_BODY, keep_alive), keep_alive, ctx);
                 0
             }
-            Ok(Route::Api { endpoint, length, expect_continue }) => {
+            Ok(Route::Metrics) => {
+                let text = ctx.shared.render_metrics();
+                let response = http_response(
+                    200,
+                    "",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.as_bytes(),
+                    keep_alive,
+                );
+                self.answer(response, keep_alive, ctx);
+                0
+            }
+            Ok(Route::Api { endpoint, query, length, expect_continue }) => {
                 if rest.len() >= length {
                     let body = rest.get(..length).unwrap_or_default();
-                    self.answer_api(endpoint, body, keep_alive, ctx);
+                    self.answer_api(endpoint, query.as_deref(), body, keep_alive, ctx);
                     return length;
                 }
                 if expect_continue {
@@ -169,7 +255,7 @@ impl<S: Transport> Conn<S> {
                 if let Phase::Http(http) = &mut self.phase {
                     http.buf = Vec::with_capacity(length);
                     http.buf.extend_from_slice(rest);
-                    http.body = Some(BodyWait { endpoint, length, keep_alive });
+                    http.body = Some(BodyWait { endpoint, query, length, keep_alive });
                     // The body gets its own handshake-timeout window.
                     http.deadline = ctx.now + millis(ctx.config.handshake_timeout);
                 }
@@ -185,16 +271,27 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    fn upgrade(&mut self, upgrade: Upgrade, accept: &str, ctx: &mut Ctx) {
-        self.out.push(Bytes::from(upgrade::switching_protocols(accept)));
-        let me = ConnRef {
+    /// This connection, as other shards name it.
+    fn conn_ref(&self, ctx: &Ctx) -> ConnRef {
+        ConnRef {
             shard: u16::try_from(ctx.shard).unwrap_or(u16::MAX),
             key: self.key,
             generation: self.generation,
+        }
+    }
+
+    fn upgrade(&mut self, upgrade: Upgrade, accept: &str, ctx: &mut Ctx) {
+        self.out.push(Bytes::from(upgrade::switching_protocols(accept)));
+        let me = self.conn_ref(ctx);
+        let transport = match upgrade {
+            Upgrade::Echo => Transport::Echo,
+            Upgrade::Client(_) => Transport::WebSocket,
         };
+        self.set_transport(transport, ctx);
         let (endpoint, max_message) = match upgrade {
             Upgrade::Echo => (Endpoint::Echo, ctx.config.max_echo_message_bytes),
             Upgrade::Client(identity) => {
+                ctx.users.add(&identity.user, me.key, me.generation);
                 let token_deadline = identity.expires_at.map(|exp| {
                     let left = exp
                         .saturating_add(auth::TOKEN_LEEWAY_SECS)
@@ -208,6 +305,7 @@ impl<S: Transport> Conn<S> {
                     ctx.config.ping_interval,
                 );
                 self.out.push(websocket::encode_frame(Opcode::Text, &welcome));
+                ctx.metrics.messages_out.inc();
                 (Endpoint::Client(Box::new(session)), ctx.config.max_message_bytes)
             }
         };
@@ -223,13 +321,30 @@ impl<S: Transport> Conn<S> {
     fn answer_api(
         &mut self,
         endpoint: api::Endpoint,
+        query: Option<&str>,
         body: &[u8],
         keep_alive: bool,
         ctx: &mut Ctx,
     ) {
-        let response = match api::handle(endpoint, body, ctx) {
-            Ok((status, body)) => json_response(status, "", &body, keep_alive),
-            Err(error) => error.response(keep_alive),
+        let call = api::Call { endpoint, query, body, reply_to: self.conn_ref(ctx) };
+        let (response, keep_alive) = match api::handle(&call, ctx) {
+            Ok(Reply::Now(status, body)) => {
+                ctx.metrics.api_request(Some(endpoint), status);
+                (json_response(status, "", &body, keep_alive), keep_alive)
+            }
+            Ok(Reply::Later) => {
+                if let Phase::Http(http) = &mut self.phase {
+                    http.waiting = Some(Waiting { endpoint, keep_alive });
+                    http.deadline = ctx.now + millis(API_ANSWER_TIMEOUT);
+                }
+                return;
+            }
+            Err(error) => {
+                log::debug!("server API {}: {error}", endpoint.label());
+                ctx.metrics.api_request(Some(endpoint), error.status());
+                let keep = keep_alive && !error.closes_connection();
+                (error.response(keep), keep)
+            }
         };
         self.answer(response, keep_alive, ctx);
     }
@@ -281,7 +396,7 @@ fn body_length(request: &Request<'_>) -> Result<usize, HttpError> {
     }
 }
 
-fn decide(request: &Request<'_>, ctx: &Ctx) -> Decision {
+fn decide<S: SocketTransport>(request: &Request<'_>, ctx: &Ctx, socket: &S) -> Decision {
     // A refused upgrade closes: the client will not send another request on
     // a connection it meant to turn into a WebSocket.
     let keep_alive = keeps_alive(request) && !request.has_token("connection", "upgrade");
@@ -290,10 +405,16 @@ fn decide(request: &Request<'_>, ctx: &Ctx) -> Decision {
             .headers_named("content-length")
             .next()
             .is_some_and(|value| value.trim_ascii() != b"0");
-    Decision { route: route(request, ctx), keep_alive, has_body: announced }
+    let path = request.path();
+    let api = path.starts_with("/api/").then(|| api::endpoint(path));
+    Decision { route: route(request, ctx, socket), keep_alive, has_body: announced, api }
 }
 
-fn route(request: &Request<'_>, ctx: &Ctx) -> Result<Route, HttpError> {
+fn route<S: SocketTransport>(
+    request: &Request<'_>,
+    ctx: &Ctx,
+    socket: &S,
+) -> Result<Route, HttpError> {
     let config = &ctx.config;
     let path = request.path();
     if path.starts_with("/api/") {
@@ -305,21 +426,21 @@ fn route(request: &Request<'_>, ctx: &Ctx) -> Result<Route, HttpError> {
         if length > config.max_api_body_bytes {
             return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
         }
-        api::authorize(request, &ctx.shared.api_key)?;
+        api::authorize(request, &ctx.shared, socket.peer_ip())?;
         let expect_continue = request.has_token("expect", "100-continue");
-        return Ok(Route::Api { endpoint, length, expect_continue });
+        let query = request.query().filter(|_| !endpoint.takes_body()).map(Box::from);
+        return Ok(Route::Api { endpoint, query, length, expect_continue });
     }
     let client = match path {
         "/ws" => true,
         "/echo" if config.echo => false,
-        "/health" if request.method == "GET" => {
-            return if body_length(request)? == 0 {
-                Ok(Route::Health)
-            } else {
-                Err(HttpError::Malformed("a GET request has no body"))
-            };
+        "/health" | "/metrics" if request.method == "GET" => {
+            if body_length(request)? != 0 {
+                return Err(HttpError::Malformed("a GET request has no body"));
+            }
+            return Ok(if path == "/health" { Route::Health } else { Route::Metrics });
         }
-        "/health" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
+        "/health" | "/metrics" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
         _ => return Err(HttpError::NotFound),
     };
     if request.method != "GET" {

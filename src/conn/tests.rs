@@ -519,7 +519,7 @@ fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
     // The socket takes half a frame and then nothing (a short write says so).
     io.write(WriteStep::Take(500));
     assert_eq!(conn.push(push.clone(), &ctx), Pushed::Queued);
-    conn.flush();
+    conn.flush(&ctx);
     let mut queued = 1;
     while conn.push(push.clone(), &ctx) == Pushed::Queued {
         queued += 1;

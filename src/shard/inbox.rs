@@ -5,7 +5,9 @@ use std::thread::ThreadId;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::broker::Delivery;
+use crate::api::UserTask;
+use crate::broker::{ConnRef, Delivery};
+use std::sync::Arc;
 
 /// Work another thread gives a shard.
 #[derive(Debug)]
@@ -14,6 +16,18 @@ pub enum Work {
     Deliver(Delivery),
     /// Stop accepting, close every connection gracefully, and exit.
     Shutdown,
+    /// A server API call on one user's connections (disconnect,
+    /// unsubscribe), carried out by every shard.
+    ForUser(Arc<UserTask>),
+    /// The answer to a server API request that waited for other shards.
+    Answer {
+        /// The connection that asked.
+        to: ConnRef,
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Vec<u8>,
+    },
 }
 
 /// Items for one shard, and the waker that interrupts its `poll`.

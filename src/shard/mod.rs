@@ -3,11 +3,14 @@
 pub mod inbox;
 pub mod subscribers;
 pub mod timers;
+pub mod users;
 
+use crate::api::{UserAction, UserTask};
 use crate::broker::{ConnRef, Delivery};
 use crate::conn::io::Transport;
 use crate::conn::{Conn, Ctx, Millis, Next, Pushed, millis};
 use crate::error::HttpError;
+use crate::metrics::Refusal;
 use crate::server::Shared;
 use inbox::{Inbox, Work};
 use mio::net::{TcpListener, TcpStream};
@@ -153,6 +156,7 @@ impl Shard {
                 log::error!("shard {}: poll failed: {error}", self.ctx.shard);
                 break;
             }
+            let turn_started = Instant::now();
             self.ctx.now = self.clock();
             for event in events.iter() {
                 match event.token() {
@@ -171,6 +175,7 @@ impl Shard {
             // connection for all of it.
             self.drain_inbox();
             self.fire_timers();
+            self.ctx.metrics.turn(turn_started.elapsed());
             if let Some(deadline) = self.stopping {
                 if self.conns.is_empty() {
                     break;
@@ -211,10 +216,51 @@ impl Shard {
             match item {
                 Work::Deliver(delivery) => self.deliver(&delivery),
                 Work::Shutdown => self.begin_shutdown(),
+                Work::ForUser(task) => {
+                    let count = self.for_user(&task);
+                    task.finish(count, &self.shared);
+                }
+                Work::Answer { to, status, body } => {
+                    let key = to.key as usize;
+                    let Some(conn) = self.conns.get_mut(key) else { continue };
+                    if conn.generation != to.generation {
+                        continue;
+                    }
+                    let next = conn.on_api_answer(status, &body, &mut self.ctx);
+                    self.after(key, next);
+                }
             }
         }
         self.work = work;
         self.flush_dirty();
+    }
+
+    /// Carries out a server API call on this shard's connections of one
+    /// user; returns how many it acted on. Their output goes out with the
+    /// turn's flush.
+    fn for_user(&mut self, task: &UserTask) -> usize {
+        let mut count = 0;
+        for (key, generation) in self.ctx.users.of(&task.user) {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            let acted = match &task.action {
+                UserAction::Disconnect => conn.disconnect(&mut self.ctx),
+                UserAction::Unsubscribe(channel) => {
+                    conn.unsubscribe_by_server(channel, &mut self.ctx)
+                }
+            };
+            if acted {
+                count += 1;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+            }
+        }
+        count
     }
 
     fn deliver(&mut self, delivery: &Delivery) {
@@ -226,7 +272,7 @@ impl Shard {
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             conn.dirty = false;
-            let next = conn.flush();
+            let next = conn.flush(&self.ctx);
             self.after(key, next);
         }
         let mut dirty = dirty;
@@ -390,6 +436,7 @@ impl Shard {
                         // socket buffer; the socket closes right after.
                         let _ = stream.write(NO_DESCRIPTORS_RESPONSE);
                         refused += 1;
+                        self.ctx.metrics.refused(Refusal::OutOfDescriptors);
                     }
                     Err(error) => {
                         emptied = error.kind() == io::ErrorKind::WouldBlock;
@@ -405,9 +452,11 @@ impl Shard {
 
     fn admit(&mut self, stream: TcpStream) {
         // TCP_NODELAY comes from the listener (see `bind_listeners`).
+        self.ctx.metrics.accepted.inc();
         let live = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let mut conn = if live > self.ctx.config.max_connections {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            self.ctx.metrics.refused(Refusal::AtCapacity);
             if self.refusing >= MAX_REFUSING {
                 return;
             }
@@ -445,6 +494,7 @@ impl Shard {
 
     /// Gives back what a connection held in the shared counts.
     fn uncount(&mut self, conn: &Conn<TcpStream>) {
+        self.ctx.metrics.connection(conn.transport(), -1);
         if conn.counted {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
         } else {
@@ -499,6 +549,7 @@ pub fn fan_out<S: Transport>(
     dirty: &mut Vec<usize>,
 ) {
     let mut locals = std::mem::take(&mut ctx.locals);
+    let mut delivered = 0;
     if let Some(subscribers) = locals.get_mut(&delivery.channel) {
         let shard = u16::try_from(ctx.shard).unwrap_or(u16::MAX);
         for (&key, subscriber) in subscribers.iter_mut() {
@@ -516,13 +567,20 @@ pub fn fan_out<S: Transport>(
             if conn.generation != subscriber.generation {
                 continue;
             }
-            if conn.push(delivery.frame.clone(), ctx) != Pushed::Dropped && !conn.dirty {
+            match conn.push(delivery.frame.clone(), ctx) {
+                Pushed::Dropped => continue,
+                Pushed::Queued => delivered += 1,
+                Pushed::SlowConsumer => {}
+            }
+            if !conn.dirty {
                 conn.dirty = true;
                 dirty.push(key as usize);
             }
         }
     }
     ctx.locals = locals;
+    ctx.metrics.deliveries.add(delivered);
+    ctx.metrics.messages_out.add(delivered);
 }
 
 fn is_out_of_descriptors(error: &io::Error) -> bool {

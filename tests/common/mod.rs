@@ -10,7 +10,7 @@
 use herald::config::{NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -428,4 +428,28 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::yield_now();
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The shard a client lives on, from its client id (`node-shard-key-generation`).
+pub fn shard_of(welcome: &Value) -> usize {
+    welcome["client"].as_str().unwrap().split('-').nth(1).unwrap().parse().unwrap()
+}
+
+/// Opens `/ws` clients until there is one on each of `shards` shards.
+pub fn one_client_per_shard(
+    server: &TestServer,
+    shards: usize,
+    path: &str,
+) -> Vec<(WsClient, Value)> {
+    let mut found: HashMap<usize, (WsClient, Value)> = HashMap::new();
+    for _ in 0..500 {
+        let (client, welcome) = WsClient::open_client_at(server.addr, path, "");
+        found.entry(shard_of(&welcome)).or_insert((client, welcome));
+        if found.len() == shards {
+            let mut clients: Vec<_> = found.into_iter().collect();
+            clients.sort_by_key(|(shard, _)| *shard);
+            return clients.into_iter().map(|(_, client)| client).collect();
+        }
+    }
+    panic!("the kernel never put a connection on some shard");
 }
