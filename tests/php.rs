@@ -1,0 +1,114 @@
+//! The PHP publisher in examples/php, run by a real `php` against a live herald.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+
+/// Runs `php` with `args` and herald's address and secrets in the
+/// environment; fails the test past the deadline.
+fn php(server: &TestServer, key: &str, args: &[&str]) -> Output {
+    let mut child = Command::new("php")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HERALD_URL", format!("http://{}", server.addr))
+        .env("HERALD_API_KEY", key)
+        .env("HERALD_TOKEN_SECRET", server.secret.expose())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("cannot run php ({error}): install php-cli and php-curl (./.ci/run does)")
+        });
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match finished.recv_timeout(DEADLINE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("php did not finish within {DEADLINE:?}");
+        }
+    }
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn the_php_example_publishes_and_a_subscriber_receives_it() {
+    let server = start_server(2, |_| {});
+    let (mut subscriber, _) = WsClient::open_client(server.addr);
+    subscriber.subscribe("news");
+    let output = php(
+        &server,
+        &server.api_key,
+        &["examples/php/publish.php", "news", r#"{"title":"from PHP","n":1}"#],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = lines(&output);
+    assert_eq!(lines[0]["published"]["offset"], 1);
+    let push = subscriber.next_push();
+    assert_eq!(push["data"], json!({"title": "from PHP", "n": 1}));
+    // The token PHP minted opens a connection as user 42 with its grant.
+    let token = lines[1]["token"].as_str().unwrap();
+    let (mut client, welcome) =
+        WsClient::open_client_at(server.addr, &format!("/ws?token={token}"), "");
+    assert_eq!(welcome["user"], "42");
+    assert_eq!(client.subscribe("private-42")["op"], "subscribed");
+
+    let refused = php(&server, "wrong-key-0000", &["examples/php/publish.php", "news", "1"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401 unauthorized"), "{stderr}");
+}
+
+#[test]
+fn every_call_of_the_php_class_works_against_herald() {
+    let server = start_server(2, |_| {});
+    let token = server.token("alice", &[]);
+    let (mut alice, _) = WsClient::open_client_at(server.addr, &format!("/ws?token={token}"), "");
+    alice.subscribe("chat:room");
+    let script = r#"
+        require 'examples/php/Herald.php';
+        $h = new Herald(getenv('HERALD_URL'), getenv('HERALD_API_KEY'));
+        $out = fn ($v) => print(json_encode($v) . "\n");
+        $out($h->broadcast(['news', 'chat:room'], ['n' => 1]));
+        $out($h->presence('chat:room'));
+        $out($h->history('chat:room'));
+        $first = $h->history('chat:room');
+        $out($h->history('chat:room', 0, $first['epoch'], 1));
+        $out($h->channels('chat:'));
+        $out($h->info()['version']);
+        $out($h->unsubscribe('alice', 'chat:room'));
+        $out($h->disconnect('alice'));
+        try { $h->publish('bad channel', 1); } catch (HeraldException $e) { $out([$e->status, $e->errorCode]); }
+    "#;
+    let output = php(&server, &server.api_key, &["-r", script]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = lines(&output);
+    assert_eq!(lines[0][1]["channel"], "chat:room");
+    assert_eq!(lines[1][0]["user"], "alice");
+    assert_eq!(lines[2]["publications"][0]["data"], json!({"n": 1}));
+    assert_eq!(lines[3]["publications"].as_array().unwrap().len(), 1);
+    assert_eq!(lines[4], json!([{"channel": "chat:room", "subscribers": 1}]));
+    assert_eq!(lines[5], env!("CARGO_PKG_VERSION"));
+    assert_eq!(lines[6], 1);
+    assert_eq!(lines[7], 1);
+    assert_eq!(lines[8], json!([400, "bad_request"]));
+    assert_eq!(alice.next_push()["op"], "message");
+    assert_eq!(alice.next_push()["op"], "unsubscribed");
+    assert_eq!(alice.expect_close(), 4000);
+}
