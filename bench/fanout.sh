@@ -3,6 +3,9 @@
 # RATE publications per second through the server API, PAYLOAD-byte data.
 # herald runs with THREADS shards pinned to CPU 0, the load generator on CPU 1.
 #   bench/fanout.sh [SUBSCRIBERS] [RATE] [PAYLOAD] [SECONDS] [THREADS]
+# With DEPTH=N the publisher runs closed loop instead (RATE ignored): N
+# requests in flight on one keep-alive connection, publishes per second and
+# server CPU per publish reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subscribers="${1:-10000}"
@@ -26,4 +29,4 @@ addr="$(sed -n 's/^herald listening on //p' "$out")"
 [ -n "$addr" ] || { echo "herald did not start" >&2; exit 1; }
 [ -n "${PERF_OUT:-}" ] && { perf record -F 999 -g -p "$pid" -o "$PERF_OUT" -- sleep "${PERF_SECONDS:-6}" >/dev/null 2>&1 & }
 "${pin_load[@]}" ./target/release/herald-load fanout --url "ws://$addr/ws" --api-key "$key" --pid "$pid" \
-  --subscribers "$subscribers" --rate "$rate" --payload "$payload" --seconds "$seconds"
+  --subscribers "$subscribers" --rate "$rate" --payload "$payload" --seconds "$seconds" ${DEPTH:+--depth "$DEPTH"}

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 /// Runs `php` with `args` and herald's address and secrets in the
 /// environment; fails the test past the deadline.
 fn php(server: &TestServer, key: &str, args: &[&str]) -> Output {
-    let mut child = Command::new("php")
+    let child = Command::new("php")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("HERALD_URL", format!("http://{}", server.addr))

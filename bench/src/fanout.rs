@@ -34,6 +34,11 @@ pub struct FanoutArgs {
     /// Publications per second.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
+    /// Publish closed loop instead, as fast as the server answers, with this
+    /// many requests in flight on the one keep-alive connection (1: each
+    /// request waits for the previous answer). `--rate` is then ignored.
+    #[arg(long)]
+    depth: Option<usize>,
     /// Bytes of each publication's data: a JSON string (quotes included)
     /// carrying the sequence number and the intended send time.
     #[arg(long, default_value_t = 32)]
@@ -209,19 +214,8 @@ fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, 
     let mut next = window.load_ns;
     while next < window.end_ns {
         sleep_until(next);
-        let body = format!(
-            r#"{{"channel":"{}","data":{}}}"#,
-            args.channel,
-            payload(seq, next, args.payload)
-        );
         let last = next + interval >= window.end_ns;
-        let request = format!(
-            "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\n{}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            args.api_key,
-            if last { "Connection: close\r\n" } else { "" },
-            body.len()
-        );
+        let request = publish_request(args, addr, seq, next, last);
         stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))?;
         if next >= window.start_ns {
             in_window += 1;
@@ -233,28 +227,102 @@ fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, 
     Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
+/// A `POST /api/publish` request for publication `seq` sent at `send_ns`.
+fn publish_request(
+    args: &FanoutArgs,
+    addr: SocketAddr,
+    seq: u64,
+    send_ns: u64,
+    last: bool,
+) -> String {
+    let body = format!(
+        r#"{{"channel":"{}","data":{}}}"#,
+        args.channel,
+        payload(seq, send_ns, args.payload)
+    );
+    format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\n{}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        args.api_key,
+        if last { "Connection: close\r\n" } else { "" },
+        body.len()
+    )
+}
+
+/// Publishes closed loop from `window.load_ns` to `window.end_ns`: `depth`
+/// requests in flight on one keep-alive connection, a new one sent for each
+/// answer. Returns (publications sent inside the window, all sent, all
+/// answered 200).
+fn publish_closed_loop(
+    args: &FanoutArgs,
+    addr: SocketAddr,
+    window: Window,
+    depth: usize,
+) -> Result<(u64, u64, u64), String> {
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    sleep_until(window.load_ns);
+    let (mut seq, mut in_window, mut answered) = (0u64, 0u64, 0u64);
+    let send = |stream: &mut std::net::TcpStream, seq: &mut u64, in_window: &mut u64| {
+        let now = now_ns();
+        let request = publish_request(args, addr, *seq, now, false);
+        *seq += 1;
+        if now >= window.start_ns && now < window.end_ns {
+            *in_window += 1;
+        }
+        stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))
+    };
+    for _ in 0..depth {
+        send(&mut stream, &mut seq, &mut in_window)?;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while answered < seq {
+        let n = stream.read(&mut chunk).map_err(|e| format!("API read: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the API connection".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(length) = complete_answer(&buf)? {
+            buf.drain(..length);
+            answered += 1;
+            if now_ns() < window.end_ns {
+                send(&mut stream, &mut seq, &mut in_window)?;
+            }
+        }
+    }
+    Ok((in_window, seq, answered))
+}
+
+/// The length of the first complete answer in `buf`, if it is complete;
+/// an error unless it is a 200.
+fn complete_answer(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    if buf.len() < end + 4 + length {
+        return Ok(None);
+    }
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!(
+            "publish failed: {}",
+            String::from_utf8_lossy(&buf[..end + 4 + length])
+        ));
+    }
+    Ok(Some(end + 4 + length))
+}
+
 /// Reads pipelined answers until the server closes; counts the 200s.
 fn read_answers(stream: &mut std::net::TcpStream, answered: &AtomicU64) -> Result<(), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|value| value.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() < end + 4 + length {
-                break;
-            }
-            if !head.starts_with("http/1.1 200") {
-                return Err(format!(
-                    "publish failed: {}",
-                    String::from_utf8_lossy(&buf[..end + 4 + length])
-                ));
-            }
-            buf.drain(..end + 4 + length);
+        while let Some(length) = complete_answer(&buf)? {
+            buf.drain(..length);
             answered.fetch_add(1, Ordering::Release);
         }
         match stream.read(&mut chunk) {
@@ -284,7 +352,10 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
     coordinator.command(&window.command())?;
     let publisher = {
         let args = args.clone();
-        std::thread::spawn(move || publish(&args, addr, window))
+        std::thread::spawn(move || match args.depth {
+            Some(depth) => publish_closed_loop(&args, addr, window, depth.max(1)),
+            None => publish(&args, addr, window),
+        })
     };
     let samples = window::sample(&window, args.common.pid)?;
     let (published, sent, answered) = publisher.join().map_err(|_| "the publisher panicked")??;
@@ -322,6 +393,7 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "mode": "fanout",
         "subscribers": subscribed["subscribed"],
         "rate": args.rate,
+        "depth": args.depth,
         "payload_bytes": args.payload,
         "seconds": seconds,
         "published": published,
@@ -333,6 +405,8 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "gaps": result["gaps"],
         "duplicates": result["duplicates"],
         "deliveries_per_s": round(received / seconds, 0),
+        "publishes_per_s": round(published as f64 / seconds, 0),
+        "server_cpu_us_per_publish": round(server_cpu * 1e6 / (published as f64).max(1.0), 3),
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_delivery": round(server_cpu * 1e6 / received.max(1.0), 3),
         "generator_cpu_percent": round(samples["generator_cpu_s"].as_f64().unwrap_or(0.0) / seconds * 100.0, 1),
@@ -341,6 +415,15 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "per_second": per_second_samples(&result["per_second"], &samples),
     });
     println!("{report}");
+    if args.depth.is_some() {
+        eprintln!(
+            "publish: {} subscribers, depth {:?}: {} publishes/s, {} us server CPU per publish",
+            report["subscribers"],
+            args.depth,
+            report["publishes_per_s"],
+            report["server_cpu_us_per_publish"]
+        );
+    }
     eprintln!(
         "fanout: {} subscribers, {} pub/s, {} B: {} deliveries/s, {} us server CPU per delivery, p99 {} us, lost {}",
         report["subscribers"],
