@@ -32,6 +32,8 @@ pub enum HttpError {
     OriginNotAllowed,
     /// No token where one is required, or a bad one (401).
     Unauthorized(&'static str),
+    /// The connection's identity may not use what it asked for (403).
+    Forbidden(&'static str),
     /// The node holds `max_connections` connections already (503).
     AtCapacity,
     /// The server is shutting down (503).
@@ -67,7 +69,7 @@ impl HttpError {
                 400
             }
             HttpError::Unauthorized(_) => 401,
-            HttpError::OriginNotAllowed => 403,
+            HttpError::OriginNotAllowed | HttpError::Forbidden(_) => 403,
             HttpError::NotFound | HttpError::Missing(_) => 404,
             HttpError::MethodNotAllowed { .. } => 405,
             HttpError::UpgradeRequired | HttpError::UnsupportedVersion => 426,
@@ -90,7 +92,7 @@ impl HttpError {
             | HttpError::LengthRequired
             | HttpError::InvalidRequest(_) => "bad_request",
             HttpError::Unauthorized(_) => "unauthorized",
-            HttpError::OriginNotAllowed => "forbidden",
+            HttpError::OriginNotAllowed | HttpError::Forbidden(_) => "forbidden",
             HttpError::NotFound | HttpError::Missing(_) => "not_found",
             HttpError::HeadTooLarge
             | HttpError::TooManyHeaders
@@ -122,7 +124,7 @@ impl HttpError {
             }
             HttpError::BadHandshake(what) => format!("bad WebSocket handshake: {what}"),
             HttpError::OriginNotAllowed => "origin not allowed".to_string(),
-            HttpError::Unauthorized(what) => what.to_string(),
+            HttpError::Unauthorized(what) | HttpError::Forbidden(what) => what.to_string(),
             HttpError::AtCapacity => "server at connection capacity, retry later".to_string(),
             HttpError::ShuttingDown => "server shutting down".to_string(),
             HttpError::LengthRequired => {
@@ -386,6 +388,7 @@ mod tests {
             HttpError::BadHandshake("x"),
             HttpError::OriginNotAllowed,
             HttpError::Unauthorized("x"),
+            HttpError::Forbidden("x"),
             HttpError::AtCapacity,
             HttpError::ShuttingDown,
             HttpError::LengthRequired,

@@ -61,16 +61,23 @@ pub enum Transport {
     WebSocket,
     /// `/echo`.
     Echo,
+    /// `/sse`.
+    Sse,
+    /// `/poll`, while a poll is held.
+    Poll,
 }
 
 impl Transport {
-    const ALL: [Transport; 3] = [Transport::Http, Transport::WebSocket, Transport::Echo];
+    const ALL: [Transport; 5] =
+        [Transport::Http, Transport::WebSocket, Transport::Echo, Transport::Sse, Transport::Poll];
 
     fn label(self) -> &'static str {
         match self {
             Transport::Http => "http",
             Transport::WebSocket => "websocket",
             Transport::Echo => "echo",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
         }
     }
 }

@@ -602,7 +602,11 @@ impl Broker {
 /// Replay for a subscribe with `since`.
 fn recover(state: &Channel, since: &Since, replay_limit: usize) -> Recovery {
     let unrecoverable = Recovery { recovered: false, missed: Vec::new() };
-    if since.epoch != state.epoch.as_str() || since.offset > state.top {
+    // A client at offset 0 had nothing of the channel, whatever its epoch
+    // (a quiet channel freed and made again has a new one): it missed
+    // exactly what history holds from offset 1 on.
+    let other_epoch = since.epoch != state.epoch.as_str() && since.offset != 0;
+    if other_epoch || since.offset > state.top {
         return unrecoverable;
     }
     if since.offset == state.top {

@@ -6,9 +6,11 @@ pub mod io;
 pub mod out_queue;
 mod request;
 pub mod scanner;
+pub mod stream;
 pub mod upgrade;
 pub mod websocket;
 
+use crate::broker::Delivery;
 use crate::broker::channel::ChannelName;
 use crate::config::Config;
 use crate::error::{CloseReason, HttpError};
@@ -24,6 +26,7 @@ use request::HttpPhase;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
+use stream::StreamSub;
 use tungstenite::Message;
 use websocket::{Handler, Input, Opcode, WsSession};
 
@@ -186,12 +189,37 @@ struct Drain {
     /// A `/ws` session whose subscriptions are released at teardown. It gets
     /// no more pushes (`Conn::push` refuses a draining connection).
     client: Option<Box<ClientSession>>,
+    /// The same for an `/sse` or `/poll` subscription.
+    stream: Option<Box<StreamSub>>,
+}
+
+/// An open `/sse` stream.
+#[derive(Debug)]
+struct SsePhase {
+    sub: StreamSub,
+    /// When the next `: ping` comment is due.
+    next_ping: Millis,
+}
+
+/// A long-poll held until a message arrives or its timeout passes.
+#[derive(Debug)]
+struct PollPhase {
+    sub: StreamSub,
+    deadline: Millis,
+    /// Message bodies (`{"channel":..,"offset":..,"data":..}`) for the answer.
+    messages: Vec<Vec<u8>>,
+    /// Some channel's cursor position could not be recovered.
+    unrecovered: bool,
+    keep_alive: bool,
+    allow_origin: Option<Box<str>>,
 }
 
 #[derive(Debug)]
 enum Phase {
     Http(HttpPhase),
     WebSocket(WsPhase),
+    Sse(Box<SsePhase>),
+    Poll(Box<PollPhase>),
     Draining(Drain),
 }
 
@@ -339,6 +367,11 @@ impl<S: Transport> Conn<S> {
         match &self.phase {
             Phase::Http(http) => http.accepts_input(),
             Phase::WebSocket(_) => self.out.len() < ctx.read_pause_bytes(),
+            // An SSE client sends nothing more: what it sends is discarded,
+            // and its end-of-file ends the stream.
+            Phase::Sse(_) => true,
+            // A held poll's next request waits in the kernel.
+            Phase::Poll(_) => false,
             // Input is discarded only once the answer is out and the write
             // side is shut: until then it waits in the kernel.
             Phase::Draining(drain) => drain.fin_sent && !drain.peer_done,
@@ -391,6 +424,7 @@ impl<S: Transport> Conn<S> {
                 self.on_ws_input(input, ctx);
                 Next::Keep
             }
+            Phase::Sse(_) | Phase::Poll(_) => Next::Keep,
             Phase::Draining(drain) => {
                 drain.discarded += n;
                 if drain.discarded > LINGER_MAX_BYTES { Next::Close } else { Next::Keep }
@@ -453,17 +487,26 @@ impl<S: Transport> Conn<S> {
             return;
         }
         let deadline = ctx.now + millis(LINGER);
-        let drain =
-            Drain { deadline, fin_sent: false, peer_done: false, discarded: 0, client: None };
+        let drain = Drain {
+            deadline,
+            fin_sent: false,
+            peer_done: false,
+            discarded: 0,
+            client: None,
+            stream: None,
+        };
         // The drain is built from the parts of the phase it replaces: a
-        // `/ws` session moves along, to be released at teardown.
+        // `/ws` session or a stream subscription moves along, to be
+        // released at teardown.
         let previous = std::mem::replace(&mut self.phase, Phase::Draining(drain));
-        if let (
-            Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }),
-            Phase::Draining(drain),
-        ) = (previous, &mut self.phase)
-        {
-            drain.client = Some(session);
+        let Phase::Draining(drain) = &mut self.phase else { return };
+        match previous {
+            Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
+                drain.client = Some(session);
+            }
+            Phase::Sse(sse) => drain.stream = Some(Box::new(sse.sub)),
+            Phase::Poll(poll) => drain.stream = Some(Box::new(poll.sub)),
+            _ => {}
         }
     }
 
@@ -475,8 +518,68 @@ impl<S: Transport> Conn<S> {
                 session.release(ctx);
             }
             Phase::Draining(Drain { client: Some(session), .. }) => session.release(ctx),
+            Phase::Sse(sse) => sse.sub.release(ctx),
+            Phase::Poll(poll) => poll.sub.release(ctx),
+            Phase::Draining(Drain { stream: Some(sub), .. }) => sub.release(ctx),
             _ => {}
         }
+    }
+
+    /// Queues a delivery for this connection, in its transport's form: the
+    /// shared frame on a WebSocket, an event on an SSE stream, a message in
+    /// a held poll's answer.
+    pub fn deliver(&mut self, delivery: &Delivery, ctx: &Ctx) -> Pushed {
+        match &mut self.phase {
+            Phase::WebSocket(_) => self.push(delivery.frame.clone(), ctx),
+            Phase::Sse(sse) => {
+                let Some(index) = sse.sub.index_of(&delivery.channel) else {
+                    return Pushed::Dropped;
+                };
+                let Some((op, body)) = stream::push_body(&delivery.frame) else {
+                    return Pushed::Dropped;
+                };
+                let id = delivery.offset.map(|offset| {
+                    sse.sub.advance(index, offset);
+                    sse.sub.cursor()
+                });
+                let event = stream::sse_event(op, id.as_deref(), &body);
+                if self.out.len() + event.len() > ctx.config.max_outbound_bytes {
+                    log::debug!("closing an SSE stream: slow consumer");
+                    ctx.metrics.slow_consumers.inc();
+                    self.out.discard_unstarted();
+                    self.start_drain(ctx);
+                    return Pushed::SlowConsumer;
+                }
+                self.out.push(event);
+                Pushed::Queued
+            }
+            Phase::Poll(poll) => {
+                let (Some(offset), Some(index)) =
+                    (delivery.offset, poll.sub.index_of(&delivery.channel))
+                else {
+                    return Pushed::Dropped;
+                };
+                let Some((_, body)) = stream::push_body(&delivery.frame) else {
+                    return Pushed::Dropped;
+                };
+                poll.sub.advance(index, offset);
+                poll.messages.push(body);
+                Pushed::Queued
+            }
+            _ => Pushed::Dropped,
+        }
+    }
+
+    /// Work due before the shard flushes this connection: a held poll that
+    /// got messages this turn is answered with all of them. Returns whether
+    /// that happened: the connection reads requests again, and one may be
+    /// waiting already (drive it rather than only flush it).
+    pub fn settle(&mut self, ctx: &mut Ctx) -> bool {
+        if matches!(&self.phase, Phase::Poll(poll) if !poll.messages.is_empty()) {
+            self.finish_poll(ctx);
+            return true;
+        }
+        false
     }
 
     /// Queues a frame the server originates (a publication, a presence
@@ -539,7 +642,7 @@ impl<S: Transport> Conn<S> {
     /// handshake; connections that have not upgraded are closed.
     pub fn shutdown(&mut self, ctx: &mut Ctx) -> Next {
         match &self.phase {
-            Phase::Http(_) => Next::Close,
+            Phase::Http(_) | Phase::Sse(_) | Phase::Poll(_) => Next::Close,
             Phase::WebSocket(_) => {
                 self.begin_close(CloseReason::ShuttingDown, ctx);
                 self.drive(ctx)
@@ -591,6 +694,8 @@ impl<S: Transport> Conn<S> {
                     Endpoint::Echo => heartbeat,
                 }
             }),
+            Phase::Sse(sse) => sse.next_ping,
+            Phase::Poll(poll) => poll.deadline,
             Phase::Draining(drain) => drain.deadline,
         }
     }
@@ -628,6 +733,18 @@ impl<S: Transport> Conn<S> {
                 }
                 None => {}
             },
+            Phase::Sse(sse) if now >= sse.next_ping => {
+                sse.next_ping = now + interval;
+                if self.out.len() < ctx.config.max_outbound_bytes {
+                    self.out.push(Bytes::from_static(b": ping\n\n"));
+                }
+            }
+            Phase::Sse(_) => {}
+            Phase::Poll(poll) if now >= poll.deadline => {
+                self.finish_poll(ctx);
+                return self.drive(ctx);
+            }
+            Phase::Poll(_) => {}
             Phase::Draining(drain) if now >= drain.deadline => return Next::Close,
             Phase::Draining(_) => {}
         }

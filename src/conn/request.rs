@@ -3,11 +3,19 @@
 use super::client::ClientSession;
 use super::http::{self, MAX_HEAD_BYTES, Request};
 use super::io::Transport as SocketTransport;
+use super::stream::{
+    self, DEFAULT_POLL_TIMEOUT_SECS, MAX_POLL_TIMEOUT_SECS, MAX_STREAM_CHANNELS, StreamSub,
+    parse_cursor,
+};
 use super::websocket::{self, Opcode, WsSession};
-use super::{Conn, Ctx, Endpoint, Millis, Next, Phase, WsPhase, millis, upgrade};
+use super::{
+    Conn, Ctx, Endpoint, Millis, Next, Phase, PollPhase, SsePhase, WsPhase, millis, upgrade,
+};
 use crate::api::{self, Reply};
-use crate::auth::{self, Identity};
+use crate::auth::{self, Denied, Identity};
 use crate::broker::ConnRef;
+use crate::broker::Since;
+use crate::broker::channel::ChannelName;
 use crate::config::Config;
 use crate::error::{HttpError, http_response, json_response};
 use crate::metrics::{Refusal, Transport};
@@ -98,7 +106,18 @@ enum Route {
     Upgrade { upgrade: Upgrade, accept: String },
     Health,
     Metrics,
+    Stream(Box<StreamRequest>),
     Api { endpoint: api::Endpoint, query: Option<Box<str>>, length: usize, expect_continue: bool },
+}
+
+/// An `/sse` or `/poll` request, checked.
+struct StreamRequest {
+    /// `None` for `/sse`; the timeout in seconds for `/poll`.
+    poll_timeout: Option<u64>,
+    channels: Vec<ChannelName>,
+    cursor: Option<Vec<Since>>,
+    /// A cross-origin browser's allowed `Origin`, for CORS.
+    allow_origin: Option<Box<str>>,
 }
 
 /// A routed head: where it goes, and whether the connection may carry
@@ -243,6 +262,10 @@ impl<S: SocketTransport> Conn<S> {
                 self.answer(response, keep_alive, ctx);
                 0
             }
+            Ok(Route::Stream(stream)) => {
+                self.open_stream(*stream, keep_alive, ctx);
+                0
+            }
             Ok(Route::Api { endpoint, query, length, expect_continue }) => {
                 if rest.len() >= length {
                     let body = rest.get(..length).unwrap_or_default();
@@ -269,6 +292,97 @@ impl<S: SocketTransport> Conn<S> {
                 rest.len()
             }
         }
+    }
+
+    /// Subscribes an `/sse` or `/poll` request and starts its answer.
+    fn open_stream(&mut self, request: StreamRequest, keep_alive: bool, ctx: &mut Ctx) {
+        let me = self.conn_ref(ctx);
+        let (mut sub, opened) =
+            match StreamSub::open(me, request.channels, request.cursor.as_deref(), ctx) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    ctx.metrics.refused(Refusal::Status(error.status()));
+                    self.answer(error.response(keep_alive), keep_alive, ctx);
+                    return;
+                }
+            };
+        let recovery = |index: usize| {
+            opened.recovery.iter().find(|(i, ..)| *i == index).map(|(_, ok, missed)| (*ok, *missed))
+        };
+        let unrecovered = opened.recovery.iter().any(|(_, recovered, _)| !recovered);
+        let Some(timeout) = request.poll_timeout else {
+            self.set_transport(Transport::Sse, ctx);
+            self.out.push(stream::sse_head(request.allow_origin.as_deref()));
+            for index in 0..sub.channel_count() {
+                let cursor = sub.cursor();
+                let body = sub.describe(index, recovery(index));
+                self.out.push(stream::sse_event("subscribed", Some(&cursor), body.as_bytes()));
+            }
+            for (index, frame) in &opened.missed {
+                if let Some((op, body)) = stream::push_body(frame) {
+                    sub.advance(index.to_owned(), sub.offset(*index) + 1);
+                    let cursor = sub.cursor();
+                    self.out.push(stream::sse_event(op, Some(&cursor), &body));
+                }
+            }
+            ctx.metrics.messages_out.add(opened.missed.len() as u64);
+            let next_ping = ctx.now + ctx.ping_interval();
+            self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping }));
+            return;
+        };
+        self.set_transport(Transport::Poll, ctx);
+        let mut messages = Vec::with_capacity(opened.missed.len());
+        for (index, frame) in &opened.missed {
+            if let Some((_, body)) = stream::push_body(frame) {
+                sub.advance(*index, sub.offset(*index) + 1);
+                messages.push(body);
+            }
+        }
+        let answer_now = !messages.is_empty() || unrecovered || timeout == 0;
+        self.phase = Phase::Poll(Box::new(PollPhase {
+            sub,
+            deadline: ctx.now + timeout.saturating_mul(1000),
+            messages,
+            unrecovered,
+            keep_alive,
+            allow_origin: request.allow_origin,
+        }));
+        if answer_now {
+            self.finish_poll(ctx);
+        }
+    }
+
+    /// Answers a held poll with the messages it has (maybe none), leaves
+    /// its channels, and goes back to reading requests.
+    pub(super) fn finish_poll(&mut self, ctx: &mut Ctx) {
+        let Phase::Poll(_) = &self.phase else { return };
+        let Phase::Poll(mut poll) =
+            std::mem::replace(&mut self.phase, Phase::Http(HttpPhase::new(ctx.now)))
+        else {
+            return;
+        };
+        poll.sub.release(ctx);
+        let size: usize = poll.messages.iter().map(|m| m.len() + 1).sum();
+        let mut body = Vec::with_capacity(size + 96);
+        body.extend_from_slice(br#"{"cursor":""#);
+        body.extend_from_slice(poll.sub.cursor().as_bytes());
+        body.extend_from_slice(br#"","#);
+        if poll.unrecovered {
+            body.extend_from_slice(br#""recovered":false,"#);
+        }
+        body.extend_from_slice(br#""messages":["#);
+        for (index, message) in poll.messages.iter().enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(message);
+        }
+        body.extend_from_slice(b"]}");
+        ctx.metrics.messages_out.add(poll.messages.len() as u64);
+        self.set_transport(Transport::Http, ctx);
+        let cors = stream::cors_headers(poll.allow_origin.as_deref());
+        let response = json_response(200, &cors, &body, poll.keep_alive);
+        self.answer(response, poll.keep_alive, ctx);
     }
 
     /// This connection, as other shards name it.
@@ -441,6 +555,7 @@ fn route<S: SocketTransport>(
             return Ok(if path == "/health" { Route::Health } else { Route::Metrics });
         }
         "/health" | "/metrics" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
+        "/sse" | "/poll" => return stream_request(request, ctx, path == "/poll"),
         _ => return Err(HttpError::NotFound),
     };
     if request.method != "GET" {
@@ -449,6 +564,80 @@ fn route<S: SocketTransport>(
     let accept = upgrade::validate(request, &config.allowed_origins)?;
     let upgrade = if client { Upgrade::Client(identify(request, config)?) } else { Upgrade::Echo };
     Ok(Route::Upgrade { upgrade, accept })
+}
+
+/// Checks an `/sse` or `/poll` request: method, origin, identity, channels
+/// and the rules for each, cursor, timeout.
+fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route, HttpError> {
+    let config = &ctx.config;
+    if request.method != "GET" {
+        return Err(HttpError::MethodNotAllowed { allow: "GET" });
+    }
+    if body_length(request)? != 0 {
+        return Err(HttpError::Malformed("a GET request has no body"));
+    }
+    let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
+    let identity = identify(request, config)?;
+    let query = request.query();
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in http::query_values(query, "channel") {
+        let name = name?;
+        let channel = ChannelName::parse(&name)
+            .map_err(|invalid| HttpError::InvalidRequest(format!("channel {name:?}: {invalid}")))?;
+        ctx.shared.broker.options(&channel).map_err(|e| HttpError::Missing(e.message()))?;
+        identity.may_access(&channel).map_err(|denied| match denied {
+            Denied::Anonymous => HttpError::Unauthorized(denied.message()),
+            Denied::OtherUser | Denied::NoGrant => HttpError::Forbidden(denied.message()),
+        })?;
+        if channels.contains(&channel) {
+            return Err(HttpError::InvalidRequest(format!("channel {name} is named twice")));
+        }
+        channels.push(channel);
+        if channels.len() > MAX_STREAM_CHANNELS {
+            return Err(HttpError::InvalidRequest(format!(
+                "at most {MAX_STREAM_CHANNELS} channels per request"
+            )));
+        }
+    }
+    if channels.is_empty() {
+        return Err(HttpError::InvalidRequest("name at least one channel=NAME".into()));
+    }
+    // A browser's EventSource resends its last event id on reconnect: it is
+    // newer than the cursor in the URL it reconnects to.
+    let last_event_id = if poll {
+        None
+    } else {
+        request
+            .unique_header("last-event-id")
+            .map_err(|_| HttpError::Malformed("more than one Last-Event-ID"))?
+            .map(|id| String::from_utf8_lossy(id.trim_ascii()).into_owned())
+    };
+    let cursor_text = match last_event_id.filter(|id| !id.is_empty()) {
+        Some(id) => Some(id),
+        None => http::query_value(query, "cursor")?.map(|c| c.into_owned()),
+    };
+    let cursor = cursor_text
+        .filter(|text| !text.is_empty())
+        .map(|text| parse_cursor(&text, channels.len()))
+        .transpose()?;
+    let poll_timeout = if poll {
+        let timeout = match http::query_value(query, "timeout")? {
+            None => DEFAULT_POLL_TIMEOUT_SECS,
+            Some(text) => {
+                text.parse::<u64>().ok().filter(|t| *t <= MAX_POLL_TIMEOUT_SECS).ok_or_else(
+                    || {
+                        HttpError::InvalidRequest(format!(
+                            "timeout must be 0 to {MAX_POLL_TIMEOUT_SECS} seconds"
+                        ))
+                    },
+                )?
+            }
+        };
+        Some(timeout)
+    } else {
+        None
+    };
+    Ok(Route::Stream(Box::new(StreamRequest { poll_timeout, channels, cursor, allow_origin })))
 }
 
 /// The identity of a `/ws` connection: from its token (query `token` or

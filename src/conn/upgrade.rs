@@ -24,11 +24,11 @@ pub fn validate(request: &Request<'_>, origins: &OriginPolicy) -> Result<String,
     if request.version < 1 {
         return Err(HttpError::BadHandshake("WebSocket needs HTTP/1.1"));
     }
-    let host = match request.unique_header("host") {
-        Ok(Some(host)) if !host.is_empty() => host,
+    match request.unique_header("host") {
+        Ok(Some(host)) if !host.is_empty() => {}
         Ok(_) => return Err(HttpError::BadHandshake("missing Host header")),
         Err(Repeated) => return Err(HttpError::BadHandshake("more than one Host header")),
-    };
+    }
     if !request.has_token("upgrade", "websocket") {
         return Err(HttpError::UpgradeRequired);
     }
@@ -53,19 +53,31 @@ pub fn validate(request: &Request<'_>, origins: &OriginPolicy) -> Result<String,
             "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)",
         ));
     }
+    check_origin(request, origins)?;
+    Ok(accept_key(key))
+}
+
+/// Checks a browser's `Origin` against `allowed_origins`; returns it when
+/// there is one (it is allowed). No `Origin`: not a browser, or a
+/// same-origin `GET`, so no cross-site request to refuse.
+pub fn check_origin<'h>(
+    request: &Request<'h>,
+    origins: &OriginPolicy,
+) -> Result<Option<&'h str>, HttpError> {
     match request.unique_header("origin") {
-        // No Origin: not a browser, so no cross-site request to refuse.
-        Ok(None) => {}
+        Ok(None) => Ok(None),
         Ok(Some(origin)) => {
             let origin = std::str::from_utf8(origin).unwrap_or_default();
-            let host = std::str::from_utf8(host).ok();
-            if !origins.allows(origin, host) {
-                return Err(HttpError::OriginNotAllowed);
+            let host = request.unique_header("host").ok().flatten();
+            let host = host.and_then(|host| std::str::from_utf8(host).ok());
+            if origins.allows(origin, host) {
+                Ok(Some(origin))
+            } else {
+                Err(HttpError::OriginNotAllowed)
             }
         }
-        Err(Repeated) => return Err(HttpError::BadHandshake("more than one Origin header")),
+        Err(Repeated) => Err(HttpError::BadHandshake("more than one Origin header")),
     }
-    Ok(accept_key(key))
 }
 
 /// The `101 Switching Protocols` answer.

@@ -272,7 +272,11 @@ impl Shard {
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else { continue };
             conn.dirty = false;
-            let next = conn.flush(&self.ctx);
+            let next = if conn.settle(&mut self.ctx) {
+                conn.drive(&mut self.ctx)
+            } else {
+                conn.flush(&self.ctx)
+            };
             self.after(key, next);
         }
         let mut dirty = dirty;
@@ -567,7 +571,7 @@ pub fn fan_out<S: Transport>(
             if conn.generation != subscriber.generation {
                 continue;
             }
-            match conn.push(delivery.frame.clone(), ctx) {
+            match conn.deliver(delivery, ctx) {
                 Pushed::Dropped => continue,
                 Pushed::Queued => delivered += 1,
                 Pushed::SlowConsumer => {}
