@@ -195,7 +195,7 @@ fn sse_and_poll_refuse_what_ws_refuses() {
             (format!("{path}?channel=%2343&token={token}"), 403),
             (format!("{path}?channel=news&token=not.a.token"), 401),
             (format!("{path}?channel=nosuch:x"), 404),
-            (format!("{path}"), 400),
+            (path.to_string(), 400),
             (format!("{path}?channel=bad%20name"), 400),
             (format!("{path}?channel=news&channel=news"), 400),
             (format!("{path}?channel=news&cursor=zz"), 400),
