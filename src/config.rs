@@ -187,6 +187,11 @@ impl OriginPolicy {
     }
 }
 
+/// The namespace `--dev` adds (unless the config file defines it) for the
+/// demo page at `/`: `demo:...` channels with history, presence, join/leave
+/// and client publish.
+pub const DEV_DEMO_NAMESPACE: &str = "demo";
+
 /// Options of one channel namespace (`[channels]` or `[namespaces.NAME]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -734,6 +739,18 @@ impl Layers {
             }
         }
 
+        let mut namespaces = self.namespaces;
+        if dev {
+            // The demo page's channels: clients may publish, see each other,
+            // and recover what they missed.
+            namespaces.entry(DEV_DEMO_NAMESPACE.to_string()).or_insert(NamespaceOptions {
+                history_size: 100,
+                history_ttl_secs: 600,
+                presence: true,
+                join_leave: true,
+                client_publish: true,
+            });
+        }
         Ok(Config {
             listen,
             threads,
@@ -754,7 +771,7 @@ impl Layers {
             max_echo_message_bytes,
             max_api_body_bytes,
             channels: self.channels.unwrap_or_default(),
-            namespaces: self.namespaces,
+            namespaces,
             generated,
         })
     }

@@ -103,11 +103,21 @@ enum Upgrade {
 
 /// What a request head asks for.
 enum Route {
-    Upgrade { upgrade: Upgrade, accept: String },
+    Upgrade {
+        upgrade: Upgrade,
+        accept: String,
+    },
     Health,
     Metrics,
+    /// A file built into the binary: content type and bytes.
+    Static(&'static str, &'static [u8]),
     Stream(Box<StreamRequest>),
-    Api { endpoint: api::Endpoint, query: Option<Box<str>>, length: usize, expect_continue: bool },
+    Api {
+        endpoint: api::Endpoint,
+        query: Option<Box<str>>,
+        length: usize,
+        expect_continue: bool,
+    },
 }
 
 /// An `/sse` or `/poll` request, checked.
@@ -115,7 +125,7 @@ struct StreamRequest {
     /// `None` for `/sse`; the timeout in seconds for `/poll`.
     poll_timeout: Option<u64>,
     channels: Vec<ChannelName>,
-    cursor: Option<Vec<Since>>,
+    cursor: Option<Vec<Option<Since>>>,
     /// A cross-origin browser's allowed `Origin`, for CORS.
     allow_origin: Option<Box<str>>,
 }
@@ -134,6 +144,12 @@ struct Decision {
 }
 
 const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
+/// The browser client, served at `/herald.js`.
+pub const HERALD_JS: &[u8] = include_bytes!("../../web/herald.js");
+/// Its TypeScript declarations, at `/herald.d.ts`.
+pub const HERALD_DTS: &[u8] = include_bytes!("../../web/herald.d.ts");
+/// The demo page, at `/` in `--dev`.
+pub const DEMO_PAGE: &[u8] = include_bytes!("../../web/index.html");
 /// How long a server API request waits for the shards that carry it out.
 /// In-process shards answer within a loop turn; this bounds a stuck one.
 const API_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -257,6 +273,17 @@ impl<S: SocketTransport> Conn<S> {
                     "",
                     "text/plain; version=0.0.4; charset=utf-8",
                     text.as_bytes(),
+                    keep_alive,
+                );
+                self.answer(response, keep_alive, ctx);
+                0
+            }
+            Ok(Route::Static(content_type, body)) => {
+                let response = http_response(
+                    200,
+                    "Cache-Control: no-cache\r\n",
+                    content_type,
+                    body,
                     keep_alive,
                 );
                 self.answer(response, keep_alive, ctx);
@@ -556,6 +583,20 @@ fn route<S: SocketTransport>(
         }
         "/health" | "/metrics" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
         "/sse" | "/poll" => return stream_request(request, ctx, path == "/poll"),
+        "/herald.js" | "/herald.d.ts" | "/" if request.method == "GET" => {
+            if body_length(request)? != 0 {
+                return Err(HttpError::Malformed("a GET request has no body"));
+            }
+            return match path {
+                "/herald.js" => Ok(Route::Static("text/javascript; charset=utf-8", HERALD_JS)),
+                "/herald.d.ts" => {
+                    Ok(Route::Static("application/typescript; charset=utf-8", HERALD_DTS))
+                }
+                _ if config.dev => Ok(Route::Static("text/html; charset=utf-8", DEMO_PAGE)),
+                _ => Err(HttpError::NotFound),
+            };
+        }
+        "/herald.js" | "/herald.d.ts" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
         _ => return Err(HttpError::NotFound),
     };
     if request.method != "GET" {

@@ -17,18 +17,22 @@ pub const MAX_POLL_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_POLL_TIMEOUT_SECS: u64 = 25;
 
 /// Parses a cursor: one `EPOCH-OFFSET` per channel of the request, in the
-/// request's order, joined by `.`.
-pub fn parse_cursor(text: &str, channels: usize) -> Result<Vec<Since>, HttpError> {
+/// request's order, joined by `.`; an empty entry is a channel without a
+/// position (it starts from now).
+pub fn parse_cursor(text: &str, channels: usize) -> Result<Vec<Option<Since>>, HttpError> {
     let bad = || HttpError::InvalidRequest("the cursor does not match the channels".into());
-    let positions: Vec<Since> = text
+    let positions: Vec<Option<Since>> = text
         .split('.')
         .map(|part| {
+            if part.is_empty() {
+                return Some(None);
+            }
             let (epoch, offset) = part.split_once('-')?;
             let epoch_ok = !epoch.is_empty()
                 && epoch.len() <= 16
                 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
             let offset = offset.parse().ok()?;
-            epoch_ok.then(|| Since { epoch: epoch.to_string(), offset })
+            epoch_ok.then(|| Some(Since { epoch: epoch.to_string(), offset }))
         })
         .collect::<Option<_>>()
         .ok_or_else(bad)?;
@@ -61,14 +65,14 @@ impl StreamSub {
     pub fn open(
         me: ConnRef,
         channels: Vec<ChannelName>,
-        since: Option<&[Since]>,
+        since: Option<&[Option<Since>]>,
         ctx: &mut Ctx,
     ) -> Result<(StreamSub, Opened), HttpError> {
         let mut sub = StreamSub { me, channels: Vec::new(), positions: Vec::new() };
         let mut opened = Opened::default();
         let replay_limit = ctx.config.max_outbound_bytes / 4;
         for (index, channel) in channels.into_iter().enumerate() {
-            let position = since.and_then(|since| since.get(index));
+            let position = since.and_then(|since| since.get(index)).and_then(Option::as_ref);
             let subscribed =
                 match ctx.shared.broker.subscribe(&channel, me, None, position, replay_limit) {
                     Ok(subscribed) => subscribed,
@@ -245,8 +249,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_bad_ones_are_refused() {
         let parsed = parse_cursor("5e0c1a2b-46.00000001-0", 2).unwrap();
-        assert_eq!(parsed[0], Since { epoch: "5e0c1a2b".into(), offset: 46 });
-        assert_eq!(parsed[1].offset, 0);
+        assert_eq!(parsed[0], Some(Since { epoch: "5e0c1a2b".into(), offset: 46 }));
+        assert_eq!(parsed[1].as_ref().unwrap().offset, 0);
+        let partial = parse_cursor("5e0c1a2b-46.", 2).unwrap();
+        assert_eq!(partial[1], None);
         for bad in ["", "5e0c1a2b-46", "x-1.y-2", "5e0c1a2b-.1-1", "5e0c1a2b-1.-2", "a-1.b-2.c-3"] {
             assert!(parse_cursor(bad, 2).is_err(), "{bad:?}");
         }
