@@ -27,6 +27,8 @@ struct Proxy {
     refused: Arc<AtomicUsize>,
     /// The first bytes the browser sent on each connection.
     requests: Arc<Mutex<Vec<String>>>,
+    /// Refuse WebSocket upgrades with 403, as some corporate proxies do.
+    block_websocket: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -38,12 +40,14 @@ impl Proxy {
             refusing: Arc::default(),
             refused: Arc::default(),
             requests: Arc::default(),
+            block_websocket: Arc::default(),
         };
-        let (sockets, refusing, refused, requests) = (
+        let (sockets, refusing, refused, requests, block_websocket) = (
             proxy.sockets.clone(),
             proxy.refusing.clone(),
             proxy.refused.clone(),
             proxy.requests.clone(),
+            proxy.block_websocket.clone(),
         );
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -61,7 +65,11 @@ impl Proxy {
                 let requests = requests.clone();
                 let (client_read, server_write) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(client_read, server_write, Some(requests)));
+                let block = block_websocket.load(Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let inspect = Inspect { requests, block_websocket: block };
+                    pipe(client_read, server_write, Some(inspect));
+                });
                 std::thread::spawn(move || pipe(server, client, None));
             }
         });
@@ -81,7 +89,13 @@ impl Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<String>>>>) {
+/// What the proxy does with the first bytes a browser sends.
+struct Inspect {
+    requests: Arc<Mutex<Vec<String>>>,
+    block_websocket: bool,
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, inspect: Option<Inspect>) {
     let mut buf = [0u8; 16 * 1024];
     let mut first = true;
     loop {
@@ -89,8 +103,16 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<Str
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if first && let Some(record) = &record {
-            record.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+        if first && let Some(inspect) = &inspect {
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            let upgrade = head.starts_with("get /ws");
+            inspect.requests.lock().unwrap().push(head);
+            if upgrade && inspect.block_websocket {
+                let _ = from.write_all(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                break;
+            }
         }
         first = false;
         if to.write_all(&buf[..n]).is_err() {
@@ -266,6 +288,20 @@ fn an_event_source_page_recovers_with_last_event_id() {
         requests.iter().any(|r| r.starts_with("get /sse?") && r.contains("\r\nlast-event-id: ")),
         "{requests:?}"
     );
+}
+
+#[test]
+fn herald_js_falls_back_to_sse_where_websockets_are_blocked() {
+    let (server, proxy) = dev_server();
+    proxy.block_websocket.store(true, Ordering::SeqCst);
+    let mut page =
+        Page::open(&format!("http://{}/?channel=demo:f&minDelay=100&maxDelay=400", proxy.addr));
+    assert_eq!(page.ask("state connected")["transport"], "sse");
+    wait_subscribed(&server, "demo:f", 1);
+    server.publish("demo:f", json!("via sse"));
+    assert_eq!(data_of(&page.ask("received 1")["received"]), [json!("via sse")]);
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert!(requests.iter().filter(|r| r.starts_with("get /ws")).count() >= 2, "{requests:?}");
 }
 
 #[test]
