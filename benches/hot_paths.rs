@@ -160,6 +160,7 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
                         offset: Some(offset),
                         frame,
                         exclude: None,
+                        restart: None,
                     }
                 },
                 |delivery| {

@@ -1,6 +1,7 @@
 //! The server API for backends: `/api/...` requests, authenticated with the API key, answered with JSON.
 
 use crate::broker::channel::ChannelName;
+use crate::broker::redis::{Job, PublishReply};
 use crate::broker::{BrokerError, ConnRef, Since};
 use crate::conn::Ctx;
 use crate::conn::client::parse_client_id;
@@ -9,6 +10,7 @@ use crate::error::HttpError;
 use crate::protocol::MAX_HISTORY_LIMIT;
 use crate::server::Shared;
 use crate::shard::inbox::Work;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -160,8 +162,8 @@ pub enum Reply {
 /// Handles a call.
 pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     match call.endpoint {
-        Endpoint::Publish => publish(call.body, ctx),
-        Endpoint::Broadcast => broadcast(call.body, ctx),
+        Endpoint::Publish => publish(call.body, call.reply_to, ctx),
+        Endpoint::Broadcast => broadcast(call.body, call.reply_to, ctx),
         Endpoint::Disconnect => {
             let body: UserBody<'_> = parse_body(call.body)?;
             let user = user(&body)?;
@@ -177,7 +179,7 @@ pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
             Ok(Reply::Later)
         }
         Endpoint::Presence => presence(call.query, ctx),
-        Endpoint::History => history(call.query, ctx),
+        Endpoint::History => history(call.query, call.reply_to, ctx),
         Endpoint::Channels => channels(call.query, ctx),
         Endpoint::Info => Ok(Reply::Now(200, info(&ctx.shared).into_bytes())),
     }
@@ -247,19 +249,35 @@ fn data<'a>(body: &PublishBody<'a>) -> Result<&'a RawValue, HttpError> {
     body.data.ok_or_else(|| HttpError::InvalidRequest("missing data".into()))
 }
 
-fn exclude(body: &PublishBody<'_>, ctx: &Ctx) -> Result<Option<ConnRef>, HttpError> {
-    let Some(raw) = body.exclude_client else { return Ok(None) };
+/// `exclude_client`: the client id as given (the Redis engine hands it to
+/// every node), and the connection it names on this node.
+fn exclude<'a>(
+    body: &PublishBody<'a>,
+    ctx: &Ctx,
+) -> Result<(Option<&'a str>, Option<ConnRef>), HttpError> {
+    let Some(raw) = body.exclude_client else { return Ok((None, None)) };
     let id = plain_string(raw)
         .ok_or_else(|| HttpError::InvalidRequest("exclude_client must be a client id".into()))?;
     // A client of another node (or of an earlier run) is simply not here.
-    Ok(parse_client_id(&ctx.node, id))
+    Ok((Some(id), parse_client_id(&ctx.node, id)))
 }
 
-fn publish(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
+fn publish(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     let request: PublishBody<'_> = parse_body(body)?;
     let channel = channel(request.channel)?;
     let data = data(&request)?;
-    let exclude = exclude(&request, ctx)?;
+    let (exclude_id, exclude) = exclude(&request, ctx)?;
+    if let Some(engine) = ctx.shared.broker.redis() {
+        ctx.shared.broker.options(&channel).map_err(broker_error)?;
+        engine.submit(Job::Publish {
+            channels: vec![channel],
+            data: Bytes::copy_from_slice(data.get().as_bytes()),
+            exclude: exclude_id.map(str::to_string),
+            reply: PublishReply::Api(reply_to),
+        });
+        ctx.metrics.publications.inc();
+        return Ok(Reply::Later);
+    }
     let published = ctx
         .shared
         .broker
@@ -274,7 +292,7 @@ fn publish(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
 /// Publishes the same data to several channels. Every channel is checked
 /// before the first is published to: a bad one refuses the whole request
 /// and nothing is published.
-fn broadcast(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
+fn broadcast(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     let request: PublishBody<'_> = parse_body(body)?;
     let raw_channels = request.channels.as_deref().unwrap_or_default();
     if raw_channels.is_empty() {
@@ -295,7 +313,17 @@ fn broadcast(body: &[u8], ctx: &mut Ctx) -> Result<Reply, HttpError> {
         channels.push(channel);
     }
     let data = data(&request)?;
-    let exclude = exclude(&request, ctx)?;
+    let (exclude_id, exclude) = exclude(&request, ctx)?;
+    if let Some(engine) = ctx.shared.broker.redis() {
+        ctx.metrics.publications.add(channels.len() as u64);
+        engine.submit(Job::Publish {
+            channels,
+            data: Bytes::copy_from_slice(data.get().as_bytes()),
+            exclude: exclude_id.map(str::to_string),
+            reply: PublishReply::Api(reply_to),
+        });
+        return Ok(Reply::Later);
+    }
     let mut answer = String::from(r#"{"results":["#);
     for (index, channel) in channels.iter().enumerate() {
         let published = ctx
@@ -346,7 +374,7 @@ fn presence(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     Ok(Reply::Now(200, answer.to_string().into_bytes()))
 }
 
-fn history(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+fn history(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     let channel = query_channel(query)?;
     let since_offset = query_number(query, "since_offset")?;
     let epoch = query_value(query, "epoch")?.filter(|epoch| !epoch.is_empty());
@@ -364,6 +392,13 @@ fn history(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
         None => MAX_HISTORY_LIMIT,
         Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_HISTORY_LIMIT),
     };
+    if let Some(engine) = ctx.shared.broker.redis() {
+        if ctx.shared.broker.options(&channel).map_err(broker_error)?.history_size == 0 {
+            return Err(broker_error(BrokerError::HistoryOff));
+        }
+        engine.submit(Job::History { channel, since, limit, to: reply_to });
+        return Ok(Reply::Later);
+    }
     let page = ctx.shared.broker.history(&channel, since.as_ref(), limit).map_err(broker_error)?;
     let size: usize = page.publications.iter().map(|(_, data)| data.len() + 32).sum();
     let mut answer = Vec::with_capacity(size + 96);
@@ -423,7 +458,11 @@ pub fn info(shared: &Shared) -> String {
         "connections": shared.connections.load(Ordering::Relaxed),
         "shards": shared.config.threads,
         "channels": shared.broker.channel_count(),
-        "engine": "memory",
+        "engine": match shared.broker.redis() {
+            None => "memory",
+            Some(engine) if engine.is_up() => "redis",
+            Some(_) => "redis (unavailable)",
+        },
     });
     let mut answer = node.clone();
     if let Value::Object(fields) = &mut answer {

@@ -260,6 +260,9 @@ pub struct Config {
     pub engine: Engine,
     /// Redis address for the redis engine.
     pub redis_url: String,
+    /// Prefix of every Redis key and channel herald uses, so that several
+    /// deployments can share one Redis.
+    pub redis_prefix: String,
     /// Open connections per node (over it: 503).
     pub max_connections: usize,
     /// Serve the `/echo` endpoint.
@@ -335,6 +338,7 @@ pub const KEYS: &[&str] = &[
     "allow_anonymous",
     "engine",
     "redis_url",
+    "redis_prefix",
     "max_connections",
     "no_echo",
     "ping_interval_secs",
@@ -671,13 +675,7 @@ impl Layers {
             None => Engine::Memory,
             Some((name, source)) => match name.trim() {
                 "memory" => Engine::Memory,
-                "redis" => {
-                    return Err(ConfigError::setting(
-                        "engine",
-                        &source,
-                        "the redis engine is not available in this version yet; use memory",
-                    ));
-                }
+                "redis" => Engine::Redis,
                 other => {
                     return Err(ConfigError::setting(
                         "engine",
@@ -694,6 +692,23 @@ impl Layers {
                 validate_redis_url(&url)
                     .map_err(|problem| ConfigError::setting("redis_url", &source, problem))?;
                 url
+            }
+        };
+
+        let redis_prefix = match self.string("redis_prefix")? {
+            None => "herald".to_string(),
+            Some((prefix, source)) => {
+                let ok = !prefix.is_empty()
+                    && prefix.len() <= 64
+                    && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                if !ok {
+                    return Err(ConfigError::setting(
+                        "redis_prefix",
+                        &source,
+                        format_args!("1 to 64 of A-Z a-z 0-9 _ - . expected, got {prefix:?}"),
+                    ));
+                }
+                prefix
             }
         };
 
@@ -761,6 +776,7 @@ impl Layers {
             allow_anonymous,
             engine,
             redis_url,
+            redis_prefix,
             max_connections,
             echo,
             ping_interval,
@@ -1019,9 +1035,11 @@ mod tests {
     }
 
     #[test]
-    fn redis_engine_is_refused_until_it_exists() {
-        let error = Config::load(None, vec![flag("engine", "redis")], true).unwrap_err();
-        assert!(error.to_string().contains("not available"), "{error}");
+    fn redis_settings_are_checked() {
+        let config = Config::load(None, vec![flag("engine", "redis")], true).unwrap();
+        assert_eq!((config.engine, config.redis_prefix.as_str()), (Engine::Redis, "herald"));
+        let error = Config::load(None, vec![flag("redis_prefix", "a b")], true).unwrap_err();
+        assert!(error.to_string().contains("redis_prefix"), "{error}");
         let error =
             Config::load(None, vec![flag("redis_url", "localhost:6379")], true).unwrap_err();
         assert!(error.to_string().contains("redis://HOST:PORT"), "{error}");

@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Redis address for the redis engine.
     #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
     redis_url: Option<String>,
+    /// Prefix of herald's Redis keys and channels (several deployments can share one Redis).
+    #[arg(long, env = "HERALD_REDIS_PREFIX", value_name = "PREFIX")]
+    redis_prefix: Option<String>,
     /// Open connections per node (over it: 503).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<String>,

@@ -1,6 +1,6 @@
 //! The `/ws` client protocol: commands parsed from JSON text frames; replies and pushes written as JSON.
 
-use crate::broker::{Epoch, HistoryPage, Member, Since};
+use crate::broker::{HistoryPage, Member, Since};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -235,12 +235,12 @@ pub fn pong(id: Option<u64>) -> Vec<u8> {
 pub fn subscribed(
     id: Option<u64>,
     channel: &str,
-    epoch: Epoch,
+    epoch: &str,
     offset: u64,
     recovery: Option<(bool, usize)>,
 ) -> Vec<u8> {
     let mut out = reply_head("subscribed", id);
-    let _ = write!(out, r#","channel":"{channel}","epoch":"{}","offset":{offset}"#, epoch.as_str());
+    let _ = write!(out, r#","channel":"{channel}","epoch":"{epoch}","offset":{offset}"#);
     if let Some((recovered, missed)) = recovery {
         let _ = write!(out, r#","recovered":{recovered},"missed":{missed}"#);
     }
@@ -256,11 +256,15 @@ pub fn unsubscribed(id: Option<u64>, channel: &str) -> Vec<u8> {
 }
 
 /// `{"op":"published",...}`.
-pub fn published(id: Option<u64>, channel: &str, epoch: Epoch, offset: u64) -> Vec<u8> {
+pub fn published(id: Option<u64>, channel: &str, epoch: &str, offset: u64) -> Vec<u8> {
+    published_text(id, channel, epoch, offset).into_bytes()
+}
+
+/// `{"op":"published",...}` as text.
+pub fn published_text(id: Option<u64>, channel: &str, epoch: &str, offset: u64) -> String {
     let mut out = reply_head("published", id);
-    let _ =
-        write!(out, r#","channel":"{channel}","epoch":"{}","offset":{offset}}}"#, epoch.as_str());
-    out.into_bytes()
+    let _ = write!(out, r#","channel":"{channel}","epoch":"{epoch}","offset":{offset}}}"#);
+    out
 }
 
 /// `{"op":"presence",...,"clients":[{"client":..,"user":..}]}`.
@@ -391,15 +395,15 @@ mod tests {
 
     #[test]
     fn replies_are_json_with_the_command_id() {
-        let epoch = Epoch::from_u32(0xf3a9);
+        let epoch = crate::broker::Epoch::from_u32(0xf3a9);
         assert_eq!(json(&pong(Some(6))), serde_json::json!({"op":"pong","id":6}));
         assert_eq!(json(&pong(None)), serde_json::json!({"op":"pong"}));
         assert_eq!(
-            json(&subscribed(Some(1), "news", epoch, 45, Some((true, 4)))),
+            json(&subscribed(Some(1), "news", epoch.as_str(), 45, Some((true, 4)))),
             serde_json::json!({"op":"subscribed","id":1,"channel":"news","epoch":"0000f3a9","offset":45,"recovered":true,"missed":4})
         );
         assert_eq!(
-            json(&subscribed(None, "news", epoch, 0, None)),
+            json(&subscribed(None, "news", epoch.as_str(), 0, None)),
             serde_json::json!({"op":"subscribed","channel":"news","epoch":"0000f3a9","offset":0})
         );
         assert_eq!(
@@ -407,7 +411,7 @@ mod tests {
             serde_json::json!({"op":"unsubscribed","id":2,"channel":"n"})
         );
         assert_eq!(
-            json(&published(Some(3), "c", epoch, 12)),
+            json(&published(Some(3), "c", epoch.as_str(), 12)),
             serde_json::json!({"op":"published","id":3,"channel":"c","epoch":"0000f3a9","offset":12})
         );
         let members = [Member { client: "c1".into(), user: "4\"2".into() }];

@@ -2,7 +2,8 @@
 
 use crate::auth::{ApiKey, KeyFailures};
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::broker::redis::RedisEngine;
+use crate::config::{Config, Engine};
 use crate::metrics::{self, NodeFigures, ShardMetrics};
 use crate::shard::inbox::{Inbox, Work};
 use crate::shard::{Shard, WAKER};
@@ -112,6 +113,10 @@ impl Server {
             metrics,
             started: Instant::now(),
         });
+        if shared.config.engine == Engine::Redis {
+            let engine = RedisEngine::start(&shared).map_err(io::Error::other)?;
+            shared.broker.use_redis(engine);
+        }
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
@@ -163,6 +168,9 @@ impl ServerHandle {
     /// Asks every shard to stop accepting, send 1001 to every WebSocket and
     /// close once flushed (or at `shutdown_timeout`). Returns at once.
     pub fn shutdown(&self) {
+        if let Some(engine) = self.shared.broker.redis() {
+            engine.stop();
+        }
         for inbox in &self.inboxes {
             inbox.send(Work::Shutdown);
         }

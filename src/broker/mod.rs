@@ -8,6 +8,7 @@
 //! their publishers run on. Lock order is always stripe, then inbox.
 
 pub mod channel;
+pub mod redis;
 
 use crate::config::{Config, NamespaceOptions};
 use crate::conn::Millis;
@@ -20,7 +21,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// Stripes of the channel table. More stripes, less contention between
@@ -53,6 +54,11 @@ pub struct Delivery {
     /// A connection that must not get it (`skip_self`, `exclude_client`, the
     /// joiner of its own join).
     pub exclude: Option<ConnRef>,
+    /// The channel's epoch changed before this publication (the Redis engine
+    /// lost it: Redis restarted or the channel expired there): every
+    /// subscriber first gets this `subscribed` push with `recovered:false`
+    /// and starts over from this publication's offset.
+    pub restart: Option<Bytes>,
 }
 
 /// A position a client saw: `since` in `subscribe` and `history`.
@@ -77,6 +83,12 @@ impl Epoch {
             *digit = b"0123456789abcdef".get(nibble as usize).copied().unwrap_or(b'0');
         }
         Epoch(digits)
+    }
+
+    /// An epoch from its text: 8 hex digits.
+    pub fn parse(text: &str) -> Option<Epoch> {
+        let bytes: [u8; 8] = text.as_bytes().try_into().ok()?;
+        bytes.iter().all(u8::is_ascii_hexdigit).then_some(Epoch(bytes))
     }
 
     /// The epoch as text.
@@ -188,6 +200,9 @@ struct Channel {
     presence: HashMap<Arc<str>, Arc<str>>,
     /// An entry for this channel is in its stripe's expiry heap.
     expiry_pending: bool,
+    /// With the Redis engine: `epoch` and `top` are Redis's (learnt from a
+    /// subscribe), so a different epoch from Redis is a real change.
+    remote_position: bool,
 }
 
 impl Channel {
@@ -279,6 +294,10 @@ pub struct Broker {
     skew: AtomicU64,
     epoch_seed: u64,
     epochs: AtomicU64,
+    /// The Redis engine, when `engine = redis`: offsets, history and
+    /// delivery between nodes go through it, and this table only tracks the
+    /// node's own subscribers.
+    redis: OnceLock<Arc<redis::RedisEngine>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -302,6 +321,117 @@ impl Broker {
             skew: AtomicU64::new(0),
             epoch_seed: u64::from_le_bytes(seed_bytes),
             epochs: AtomicU64::new(0),
+            redis: OnceLock::new(),
+        }
+    }
+
+    /// Puts the broker on the Redis engine (once, at start-up).
+    pub fn use_redis(&self, engine: Arc<redis::RedisEngine>) {
+        let _ = self.redis.set(engine);
+    }
+
+    /// The Redis engine, when the node runs on it.
+    pub fn redis(&self) -> Option<&Arc<redis::RedisEngine>> {
+        self.redis.get()
+    }
+
+    /// With the Redis engine: adds a subscriber of this node (its shard
+    /// will be sent the channel's publications as they come from Redis) and,
+    /// for the node's first, subscribes the node in Redis. The position and
+    /// what the client missed come from Redis separately.
+    pub fn subscribe_node(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>) {
+        let Ok(options) = self.options(channel) else { return };
+        let mut options = options.clone();
+        // History lives in Redis.
+        options.history_size = 0;
+        let now = self.now();
+        let name = channel.shared();
+        let mut stripe = self.stripe(name);
+        let state = stripe.open(name, || self.new_channel(&options), now);
+        let first = state.subscribers == 0;
+        if let Some(count) = state.per_shard.get_mut(usize::from(who.shard)) {
+            *count += 1;
+            state.subscribers += 1;
+        }
+        if let Some(member) = member
+            && state.options.presence
+        {
+            state.presence.insert(member.client.clone(), member.user.clone());
+        }
+        drop(stripe);
+        if first && let Some(engine) = self.redis() {
+            engine.subscribe(channel.as_str());
+        }
+    }
+
+    /// With the Redis engine: a publication of `channel` from Redis, for this
+    /// node's subscribers. Arrives in offset order (one Redis connection, one
+    /// reader); repeats and older ones are dropped.
+    pub fn deliver_remote(
+        &self,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        exclude: Option<ConnRef>,
+        data: &[u8],
+    ) {
+        let mut stripe = self.stripe(channel);
+        let Some(name) = stripe.channels.get_key_value(channel).map(|(name, _)| name.clone())
+        else {
+            return;
+        };
+        let Some(state) = stripe.channels.get_mut(channel) else { return };
+        let mut restart = None;
+        match Epoch::parse(epoch) {
+            Some(epoch) if epoch != state.epoch => {
+                if state.remote_position {
+                    log::info!("channel {channel}: epoch changed in Redis; subscribers start over");
+                    let notice = crate::protocol::subscribed(
+                        None,
+                        channel,
+                        epoch.as_str(),
+                        offset.saturating_sub(1),
+                        Some((false, 0)),
+                    );
+                    restart = Some(websocket::encode_frame(Opcode::Text, &notice));
+                }
+                state.epoch = epoch;
+                state.top = offset.saturating_sub(1);
+                state.remote_position = true;
+            }
+            _ => {}
+        }
+        if offset <= state.top {
+            return;
+        }
+        state.top = offset;
+        let (frame, _) = encode_message(channel, offset, data);
+        for shard in state.interested_shards() {
+            self.send(
+                shard,
+                Delivery {
+                    channel: name.clone(),
+                    offset: Some(offset),
+                    frame: frame.clone(),
+                    exclude,
+                    restart: restart.clone(),
+                },
+            );
+        }
+    }
+
+    /// With the Redis engine: a subscribe read the channel's epoch in Redis.
+    /// From now on another epoch from Redis means the channel was lost
+    /// there. (Its offset is not taken: publications below it may still be
+    /// on their way to other subscribers of this node.)
+    pub fn note_remote_epoch(&self, channel: &str, epoch: &str) {
+        let Some(epoch) = Epoch::parse(epoch) else { return };
+        let mut stripe = self.stripe(channel);
+        let Some(state) = stripe.channels.get_mut(channel) else { return };
+        if !state.remote_position {
+            state.epoch = epoch;
+            state.top = 0;
+            state.remote_position = true;
         }
     }
 
@@ -359,6 +489,7 @@ impl Broker {
             subscribers: 0,
             presence: HashMap::new(),
             expiry_pending: false,
+            remote_position: false,
         }
     }
 
@@ -405,6 +536,7 @@ impl Broker {
                     offset: Some(offset),
                     frame: frame.clone(),
                     exclude,
+                    restart: None,
                 },
             );
         }
@@ -451,6 +583,7 @@ impl Broker {
                             offset: None,
                             frame: frame.clone(),
                             exclude: Some(who),
+                            restart: None,
                         },
                     );
                 }
@@ -483,12 +616,18 @@ impl Broker {
                         offset: None,
                         frame: frame.clone(),
                         exclude: Some(who),
+                        restart: None,
                     },
                 );
             }
         }
-        if state.subscribers == 0 {
+        let last = state.subscribers == 0;
+        if last {
             stripe.settle(name);
+        }
+        drop(stripe);
+        if last && let Some(engine) = self.redis() {
+            engine.unsubscribe(channel.as_str());
         }
     }
 

@@ -6,15 +6,24 @@ use super::out_queue::OutQueue;
 use super::websocket::{self, Opcode};
 use crate::auth::{Denied, Identity};
 use crate::broker::channel::ChannelName;
+use crate::broker::redis::{Job, PublishReply, SubscribeOutcome};
 use crate::broker::{BrokerError, ConnRef, Member, Since};
 use crate::protocol::{self, Command, CommandError, ErrorCode};
 use crate::shard::subscribers::Subscriber;
+use bytes::Bytes;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// Most channels one connection may be subscribed to at once (over it:
 /// `limit_exceeded`). Bounds what one connection can make the broker hold.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// A local subscriber's `last_offset` while its subscribe waits for the
+/// Redis engine: its deliveries are held back (in `Ctx::pending`) until the
+/// position is known.
+pub const PENDING: u64 = u64::MAX;
+/// Deliveries held back per waiting subscription; past it, the oldest go
+/// (the client then recovers them from history on its next subscribe).
+pub const MAX_PENDING_DELIVERIES: usize = 4096;
 
 /// State of one `/ws` connection beyond its framing.
 #[derive(Debug)]
@@ -102,6 +111,16 @@ impl ClientSession {
                     ));
                 }
                 let exclude = skip_self.then_some(self.me);
+                if let Some(engine) = broker.redis() {
+                    engine.submit(Job::Publish {
+                        channels: vec![channel],
+                        data: Bytes::copy_from_slice(data.as_bytes()),
+                        exclude: exclude.map(|who| client_id(&ctx.node, who)),
+                        reply: PublishReply::Client { to: self.me, id },
+                    });
+                    ctx.metrics.publications.inc();
+                    return Ok(None);
+                }
                 let published = broker
                     .publish(&channel, data.as_bytes(), exclude)
                     .map_err(|e| broker_error(id, &e))?;
@@ -109,7 +128,7 @@ impl ClientSession {
                 Ok(Some(protocol::published(
                     id,
                     channel.as_str(),
-                    published.epoch,
+                    published.epoch.as_str(),
                     published.offset,
                 )))
             }
@@ -121,6 +140,13 @@ impl ClientSession {
             }
             Command::History { id, channel, since, limit } => {
                 let channel = self.accessible(id, channel, ctx)?;
+                if ctx.shared.broker.redis().is_some() {
+                    return Err(CommandError::new(
+                        id,
+                        ErrorCode::Unavailable,
+                        "history over /ws is not available with the redis engine yet; use GET /api/history",
+                    ));
+                }
                 let page = ctx
                     .shared
                     .broker
@@ -175,6 +201,24 @@ impl ClientSession {
         // Missed publications are replies, not pushes: they may take a
         // quarter of the outbound bound, leaving room for live ones.
         let replay_limit = ctx.config.max_outbound_bytes / 4;
+        if let Some(engine) = broker.redis() {
+            // The position comes from Redis; deliveries wait until it does.
+            broker.subscribe_node(&channel, self.me, member.as_ref());
+            ctx.locals.add(
+                channel.shared().clone(),
+                self.me.key,
+                Subscriber { generation: self.me.generation, last_offset: PENDING },
+            );
+            engine.submit(Job::Subscribe {
+                channel: channel.clone(),
+                who: self.me,
+                id,
+                since,
+                replay_limit,
+            });
+            self.subscriptions.push(channel);
+            return Ok(());
+        }
         let subscribed = broker
             .subscribe(&channel, self.me, member.as_ref(), since.as_ref(), replay_limit)
             .map_err(|e| broker_error(id, &e))?;
@@ -189,7 +233,7 @@ impl ClientSession {
         let reply = protocol::subscribed(
             id,
             channel.as_str(),
-            subscribed.epoch,
+            subscribed.epoch.as_str(),
             subscribed.offset,
             recovery,
         );
@@ -204,6 +248,59 @@ impl ClientSession {
         Ok(())
     }
 
+    /// The Redis engine answered a subscribe: the reply, what the client
+    /// missed, then what arrived meanwhile, each publication once and in
+    /// order. Returns the frames queued.
+    pub fn complete_subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &ChannelName,
+        outcome: Result<SubscribeOutcome, String>,
+        out: &mut OutQueue,
+        ctx: &mut Ctx,
+    ) -> u64 {
+        let held = ctx.pending.remove(&(self.me.key, channel.shared().clone())).unwrap_or_default();
+        if !self.subscriptions.contains(channel) {
+            return 0; // unsubscribed meanwhile
+        }
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                self.unsubscribe(channel, ctx);
+                let error = CommandError::new(id, ErrorCode::Unavailable, message);
+                out.push(websocket::encode_frame(Opcode::Text, &protocol::error(&error)));
+                return 1;
+            }
+        };
+        let recovery = outcome.recovery.as_ref().map(|(ok, missed)| (*ok, missed.len()));
+        let reply =
+            protocol::subscribed(id, channel.as_str(), &outcome.epoch, outcome.top, recovery);
+        out.push(websocket::encode_frame(Opcode::Text, &reply));
+        let mut sent = 1;
+        // History's publications are all at or below the top; those that
+        // arrived meanwhile and are above it follow.
+        for (_, frame) in outcome.recovery.map(|(_, missed)| missed).unwrap_or_default() {
+            out.push(frame);
+            sent += 1;
+        }
+        let mut last = outcome.top;
+        for (offset, frame) in held {
+            if offset > last {
+                out.push(frame);
+                sent += 1;
+                last = offset;
+            }
+        }
+        if let Some(subscriber) = ctx
+            .locals
+            .get_mut(channel.as_str())
+            .and_then(|subscribers| subscribers.get_mut(&self.me.key))
+        {
+            subscriber.last_offset = last;
+        }
+        sent
+    }
+
     /// Leaves `channel`; returns whether the connection was subscribed.
     pub fn unsubscribe(&mut self, channel: &ChannelName, ctx: &mut Ctx) -> bool {
         let Some(position) = self.subscriptions.iter().position(|c| c == channel) else {
@@ -216,6 +313,7 @@ impl ClientSession {
 
     fn leave(&self, channel: &ChannelName, ctx: &mut Ctx) {
         ctx.locals.remove(channel.as_str(), self.me.key);
+        ctx.pending.remove(&(self.me.key, channel.shared().clone()));
         let presence = ctx.shared.broker.options(channel).is_ok_and(|options| options.presence);
         let member = presence.then(|| self.member(ctx));
         ctx.shared.broker.unsubscribe(channel, self.me, member.as_ref());

@@ -23,6 +23,7 @@ use client::ClientSession;
 use io::{IoOutcome, Transport};
 use out_queue::{Flush, OutQueue};
 use request::HttpPhase;
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// How long herald waits for the peer's close frame after sending its own.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deliveries held back for one waiting subscription: `(offset, frame)`.
+pub type Held = Vec<(u64, Bytes)>;
 
 /// Milliseconds on a shard's monotonic clock.
 pub type Millis = u64;
@@ -95,6 +99,9 @@ pub struct Ctx {
     pub metrics: Arc<ShardMetrics>,
     /// This shard's authenticated `/ws` connections, by user.
     pub users: LocalUsers,
+    /// Deliveries held back for subscriptions waiting for the Redis engine,
+    /// by (slab key, channel): `(offset, frame)` in arrival order.
+    pub pending: HashMap<(u32, Arc<str>), Held>,
 }
 
 impl Ctx {
@@ -112,6 +119,7 @@ impl Ctx {
             codecs: websocket::CodecPool::default(),
             metrics,
             users: LocalUsers::default(),
+            pending: HashMap::new(),
         }
     }
 
@@ -568,6 +576,29 @@ impl<S: Transport> Conn<S> {
             }
             _ => Pushed::Dropped,
         }
+    }
+
+    /// A reply to a command carried out by the Redis engine.
+    pub fn push_reply(&mut self, text: &str, ctx: &Ctx) -> Pushed {
+        let pushed = self.push(websocket::encode_frame(Opcode::Text, text.as_bytes()), ctx);
+        if pushed == Pushed::Queued {
+            ctx.metrics.messages_out.inc();
+        }
+        pushed
+    }
+
+    /// The Redis engine's answer to a subscribe of this `/ws` connection.
+    pub fn on_subscribed(
+        &mut self,
+        id: Option<u64>,
+        channel: &ChannelName,
+        outcome: Result<crate::broker::redis::SubscribeOutcome, String>,
+        ctx: &mut Ctx,
+    ) {
+        let Phase::WebSocket(ws) = &mut self.phase else { return };
+        let Endpoint::Client(session) = &mut ws.endpoint else { return };
+        let sent = session.complete_subscribe(id, channel, outcome, &mut self.out, ctx);
+        ctx.metrics.messages_out.add(sent);
     }
 
     /// Work due before the shard flushes this connection: a held poll that

@@ -263,7 +263,15 @@ impl<S: SocketTransport> Conn<S> {
                 0
             }
             Ok(Route::Health) => {
-                self.answer(json_response(200, "", HEALTH_BODY, keep_alive), keep_alive, ctx);
+                let body = match ctx.shared.broker.redis() {
+                    None => HEALTH_BODY.to_vec(),
+                    Some(engine) if engine.is_up() => {
+                        br#"{"status":"ok","engine":{"name":"redis","state":"up"}}"#.to_vec()
+                    }
+                    Some(_) => br#"{"status":"degraded","engine":{"name":"redis","state":"down"}}"#
+                        .to_vec(),
+                };
+                self.answer(json_response(200, "", &body, keep_alive), keep_alive, ctx);
                 0
             }
             Ok(Route::Metrics) => {
@@ -616,6 +624,11 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
     }
     if body_length(request)? != 0 {
         return Err(HttpError::Malformed("a GET request has no body"));
+    }
+    if ctx.shared.broker.redis().is_some() {
+        return Err(HttpError::Unavailable(
+            "SSE and long-poll are not available with the redis engine yet; use /ws",
+        ));
     }
     let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
     let identity = identify(request, config)?;

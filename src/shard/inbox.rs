@@ -6,6 +6,8 @@ use std::thread::ThreadId;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::UserTask;
+use crate::broker::channel::ChannelName;
+use crate::broker::redis::SubscribeOutcome;
 use crate::broker::{ConnRef, Delivery};
 use std::sync::Arc;
 
@@ -19,6 +21,25 @@ pub enum Work {
     /// A server API call on one user's connections (disconnect,
     /// unsubscribe), carried out by every shard.
     ForUser(Arc<UserTask>),
+    /// A reply to a `/ws` client's command, carried out elsewhere (the
+    /// Redis engine): one text frame.
+    ClientReply {
+        /// The client.
+        to: ConnRef,
+        /// The reply's JSON.
+        text: String,
+    },
+    /// The Redis engine's answer to a `/ws` subscribe.
+    Subscribed {
+        /// The client.
+        to: ConnRef,
+        /// The command's id.
+        id: Option<u64>,
+        /// The channel.
+        channel: ChannelName,
+        /// The position and recovery, or why it failed.
+        outcome: Result<SubscribeOutcome, String>,
+    },
     /// The answer to a server API request that waited for other shards.
     Answer {
         /// The connection that asked.

@@ -7,6 +7,7 @@ pub mod users;
 
 use crate::api::{UserAction, UserTask};
 use crate::broker::{ConnRef, Delivery};
+use crate::conn::client::{MAX_PENDING_DELIVERIES, PENDING};
 use crate::conn::io::Transport;
 use crate::conn::{Conn, Ctx, Millis, Next, Pushed, millis};
 use crate::error::HttpError;
@@ -220,6 +221,24 @@ impl Shard {
                     let count = self.for_user(&task);
                     task.finish(count, &self.shared);
                 }
+                Work::ClientReply { to, text } => {
+                    if let Some(conn) = self.conns.get_mut(to.key as usize)
+                        && conn.generation == to.generation
+                    {
+                        conn.push_reply(&text, &self.ctx);
+                        self.mark_dirty(to.key as usize);
+                    }
+                }
+                Work::Subscribed { to, id, channel, outcome } => {
+                    if let Some(conn) = self.conns.get_mut(to.key as usize)
+                        && conn.generation == to.generation
+                    {
+                        conn.on_subscribed(id, &channel, outcome, &mut self.ctx);
+                        self.mark_dirty(to.key as usize);
+                    } else {
+                        self.ctx.pending.remove(&(to.key, channel.shared().clone()));
+                    }
+                }
                 Work::Answer { to, status, body } => {
                     let key = to.key as usize;
                     let Some(conn) = self.conns.get_mut(key) else { continue };
@@ -261,6 +280,16 @@ impl Shard {
             }
         }
         count
+    }
+
+    /// Lists a connection for the end-of-turn flush.
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
     }
 
     fn deliver(&mut self, delivery: &Delivery) {
@@ -557,13 +586,35 @@ pub fn fan_out<S: Transport>(
     if let Some(subscribers) = locals.get_mut(&delivery.channel) {
         let shard = u16::try_from(ctx.shard).unwrap_or(u16::MAX);
         for (&key, subscriber) in subscribers.iter_mut() {
+            if subscriber.last_offset == PENDING {
+                // Its subscribe waits for the Redis engine: hold it back.
+                if let Some(offset) = delivery.offset
+                    && delivery.exclude
+                        != Some(ConnRef { shard, key, generation: subscriber.generation })
+                {
+                    let held = ctx.pending.entry((key, delivery.channel.clone())).or_default();
+                    if held.len() >= MAX_PENDING_DELIVERIES {
+                        held.remove(0);
+                    }
+                    held.push((offset, delivery.frame.clone()));
+                }
+                continue;
+            }
+            let who = ConnRef { shard, key, generation: subscriber.generation };
+            if let (Some(notice), Some(offset)) = (&delivery.restart, delivery.offset)
+                && let Some(conn) = conns.get_mut(key as usize)
+                && conn.generation == subscriber.generation
+            {
+                // The channel's epoch changed: start over, and say so.
+                subscriber.last_offset = offset.saturating_sub(1);
+                conn.push(notice.clone(), ctx);
+            }
             if let Some(offset) = delivery.offset {
                 if offset <= subscriber.last_offset {
                     continue; // a duplicate: had it already (recovery)
                 }
                 subscriber.last_offset = offset;
             }
-            let who = ConnRef { shard, key, generation: subscriber.generation };
             if delivery.exclude == Some(who) {
                 continue;
             }

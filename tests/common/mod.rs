@@ -367,6 +367,36 @@ impl WsClient {
         }
     }
 
+    /// The next frame if one comes within `timeout`.
+    pub fn frame_within(&mut self, timeout: Duration) -> Option<Frame> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = vec![0u8; 64 * 1024];
+            let read = self.stream.read(&mut chunk);
+            self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            match read {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(e) => panic!("reading a frame: {e}"),
+            }
+        }
+    }
+
     fn read_wire_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {

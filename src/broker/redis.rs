@@ -1,0 +1,755 @@
+//! The Redis engine: offsets, history and fan-out between nodes kept in Redis, reached only from engine threads, with results handed back through shard inboxes.
+//!
+//! Two threads per node. The command thread owns one Redis connection and
+//! runs jobs (a publication is one Lua script: next offset, history,
+//! `PUBLISH`, atomically); the pub/sub thread owns one subscriber connection
+//! and hands every publication of a channel this node has subscribers for
+//! to the broker, which fans it out to its shards in offset order. Both
+//! reconnect with backoff. No shard ever waits for either.
+
+use super::channel::ChannelName;
+use super::{ConnRef, Since};
+use crate::conn::client::parse_client_id;
+use crate::server::Shared;
+use crate::shard::inbox::Work;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+/// First wait before reconnecting to Redis; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long one Redis call may take before the connection counts as lost.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a subscribe waits for the node's Redis subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long a channel without history keeps its epoch and offset in Redis
+/// after its last publication or subscription.
+const IDLE_CHANNEL_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// A publication: next offset, history, and `PUBLISH` to the nodes.
+/// KEYS: meta hash, history stream. ARGV: data, history size, history TTL
+/// in ms, epoch for a new channel, pub/sub channel, exclude, idle TTL in ms.
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
+local size = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+if size > 0 then
+  redis.call('XADD', KEYS[2], '*', 'o', offset, 'd', ARGV[1])
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', size)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('XTRIM', KEYS[2], 'MINID', now_ms - ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
+end
+redis.call('PUBLISH', ARGV[5], epoch .. ':' .. offset .. ':' .. ARGV[6] .. ':' .. ARGV[1])
+return {epoch, offset}
+";
+
+/// A channel's position, and what history holds after a client's position.
+/// KEYS: meta hash, history stream. ARGV: epoch for a new channel, since
+/// epoch (empty: none), since offset, TTL in ms to keep the channel for.
+/// Returns `{epoch, top}` without a position; with one,
+/// `{epoch, top, recovered, offset1, data1, ...}`.
+const POSITION_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local top = 0
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
+else
+  top = tonumber(redis.call('HGET', KEYS[1], 'top'))
+end
+local keep = tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < keep then
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
+if ARGV[2] == '' then
+  return {epoch, top}
+end
+local since = tonumber(ARGV[3])
+if (ARGV[2] ~= epoch and since ~= 0) or since > top then
+  return {epoch, top, 0}
+end
+if since == top then
+  return {epoch, top, 1}
+end
+local out = {epoch, top, 1}
+local first = true
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  local offset = tonumber(entry[2][2])
+  if offset > since then
+    if first and offset > since + 1 then
+      return {epoch, top, 0}
+    end
+    first = false
+    table.insert(out, entry[2][2])
+    table.insert(out, entry[2][4])
+  end
+end
+if first then
+  return {epoch, top, 0}
+end
+return out
+";
+
+/// Where the outcome of a publication goes.
+#[derive(Debug, Clone, Copy)]
+pub enum PublishReply {
+    /// A server API request on this connection: `Work::Answer`.
+    Api(ConnRef),
+    /// A `/ws` client's `publish` command with this id: `Work::ClientReply`.
+    Client {
+        /// The client.
+        to: ConnRef,
+        /// The command's id.
+        id: Option<u64>,
+    },
+}
+
+/// Work for the command thread.
+#[derive(Debug)]
+pub enum Job {
+    /// Publish `data` to each of `channels` (one for `publish`, several for
+    /// `broadcast`: all are answered together).
+    Publish {
+        /// The channels.
+        channels: Vec<ChannelName>,
+        /// Raw JSON.
+        data: Bytes,
+        /// The client id of a connection that must not get it (on any node).
+        exclude: Option<String>,
+        /// Where the answer goes.
+        reply: PublishReply,
+    },
+    /// A `/ws` subscribe: the channel's position in Redis (after this node's
+    /// subscription is confirmed) and what the client missed.
+    Subscribe {
+        /// The channel.
+        channel: ChannelName,
+        /// The client.
+        who: ConnRef,
+        /// The command's id.
+        id: Option<u64>,
+        /// The client's position, if it has one.
+        since: Option<Since>,
+        /// Most bytes to replay.
+        replay_limit: usize,
+    },
+    /// History for the server API (`Work::Answer`).
+    History {
+        /// The channel.
+        channel: ChannelName,
+        /// After this position.
+        since: Option<Since>,
+        /// At most this many.
+        limit: usize,
+        /// The API connection.
+        to: ConnRef,
+    },
+}
+
+/// The outcome of a subscribe, for the client's shard.
+#[derive(Debug)]
+pub struct SubscribeOutcome {
+    /// The channel's epoch in Redis.
+    pub epoch: String,
+    /// Its newest offset.
+    pub top: u64,
+    /// With a position: whether everything after it is replayed, and the
+    /// `(offset, message frame)` to replay, oldest first.
+    pub recovery: Option<(bool, Vec<(u64, Bytes)>)>,
+}
+
+/// The node's connection to Redis.
+#[derive(Debug)]
+pub struct RedisEngine {
+    client: redis::Client,
+    prefix: String,
+    jobs: Mutex<Sender<Job>>,
+    up: AtomicBool,
+    subscriptions: Arc<Subscriptions>,
+    stop: AtomicBool,
+}
+
+/// The Redis channels this node wants, and those Redis confirmed.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    state: Mutex<SubscriptionState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SubscriptionState {
+    wanted: HashSet<String>,
+    confirmed: HashSet<String>,
+    /// Where SUBSCRIBE and UNSUBSCRIBE are written (the pub/sub thread reads).
+    writer: Option<TcpStream>,
+}
+
+impl RedisEngine {
+    /// Connects lazily: threads start now, and reconnect until Redis answers.
+    pub fn start(shared: &Arc<Shared>) -> Result<Arc<RedisEngine>, String> {
+        let client = redis::Client::open(shared.config.redis_url.as_str())
+            .map_err(|error| format!("redis_url: {error}"))?;
+        let (send, receive) = mpsc::channel();
+        let engine = Arc::new(RedisEngine {
+            client,
+            prefix: shared.config.redis_prefix.clone(),
+            jobs: Mutex::new(send),
+            up: AtomicBool::new(false),
+            subscriptions: Arc::default(),
+            stop: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(shared);
+        let commands = engine.clone();
+        std::thread::Builder::new()
+            .name("herald-redis-commands".into())
+            .spawn(move || run_commands(&commands, &weak, &receive))
+            .map_err(|e| e.to_string())?;
+        let weak = Arc::downgrade(shared);
+        let pubsub = engine.clone();
+        std::thread::Builder::new()
+            .name("herald-redis-pubsub".into())
+            .spawn(move || run_pubsub(&pubsub, &weak))
+            .map_err(|e| e.to_string())?;
+        Ok(engine)
+    }
+
+    /// Whether the command connection is up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Stops the threads (at server shutdown).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let mut state = self.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(writer) = state.writer.take() {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Hands a job to the command thread.
+    pub fn submit(&self, job: Job) {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = jobs.send(job);
+    }
+
+    /// The node has its first local subscriber of `channel`: subscribe in Redis.
+    pub fn subscribe(&self, channel: &str) {
+        let name = self.pubsub_channel(channel);
+        let mut state = self.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.wanted.insert(name.clone())
+            && let Some(writer) = &mut state.writer
+        {
+            let _ = writer.write_all(&redis::cmd("SUBSCRIBE").arg(&name).get_packed_command());
+        }
+    }
+
+    /// The node's last local subscriber of `channel` left.
+    pub fn unsubscribe(&self, channel: &str) {
+        let name = self.pubsub_channel(channel);
+        let mut state = self.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.wanted.remove(&name) {
+            state.confirmed.remove(&name);
+            if let Some(writer) = &mut state.writer {
+                let _ =
+                    writer.write_all(&redis::cmd("UNSUBSCRIBE").arg(&name).get_packed_command());
+            }
+        }
+    }
+
+    fn pubsub_channel(&self, channel: &str) -> String {
+        format!("{}:pub:{channel}", self.prefix)
+    }
+
+    fn keys(&self, channel: &str) -> (String, String) {
+        (format!("{}:ch:{channel}:m", self.prefix), format!("{}:ch:{channel}:h", self.prefix))
+    }
+
+    /// Waits until Redis confirmed the node's subscription to `channel`.
+    fn wait_subscribed(&self, channel: &str) -> bool {
+        let name = self.pubsub_channel(channel);
+        let deadline = Instant::now() + SUBSCRIBE_WAIT;
+        let mut state = self.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while !state.confirmed.contains(&name) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !state.wanted.contains(&name) {
+                return false;
+            }
+            state = self
+                .subscriptions
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+/// Waits `backoff` (or less if the engine stops) and doubles it.
+fn back_off(engine: &RedisEngine, backoff: &mut Duration) {
+    let until = Instant::now() + *backoff;
+    while Instant::now() < until && !engine.stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20).min(*backoff));
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+fn connect(engine: &RedisEngine) -> redis::RedisResult<redis::Connection> {
+    let connection = engine.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+    connection.set_read_timeout(Some(CALL_TIMEOUT))?;
+    connection.set_write_timeout(Some(CALL_TIMEOUT))?;
+    Ok(connection)
+}
+
+fn run_commands(engine: &Arc<RedisEngine>, shared: &Weak<Shared>, jobs: &Receiver<Job>) {
+    let publish = redis::Script::new(PUBLISH_SCRIPT);
+    let position = redis::Script::new(POSITION_SCRIPT);
+    let mut connection: Option<redis::Connection> = None;
+    let mut backoff = MIN_BACKOFF;
+    let mut next_attempt = Instant::now();
+    while !engine.stop.load(Ordering::Acquire) {
+        if connection.is_none() && Instant::now() >= next_attempt {
+            match connect(engine) {
+                Ok(connected) => {
+                    log::info!("redis engine: connected");
+                    connection = Some(connected);
+                    engine.up.store(true, Ordering::Release);
+                    backoff = MIN_BACKOFF;
+                }
+                Err(error) => {
+                    if engine.up.swap(false, Ordering::AcqRel) || backoff == MIN_BACKOFF {
+                        log::warn!("redis engine: cannot connect: {error}");
+                    }
+                    next_attempt = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let job = match jobs.recv_timeout(Duration::from_millis(50)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(shared) = shared.upgrade() else { return };
+        let outcome = match &mut connection {
+            Some(con) => run_job(engine, &shared, con, &job, &publish, &position),
+            None => Err(JobError::Down),
+        };
+        if let Err(error) = outcome {
+            if let JobError::Lost(cause) = &error {
+                log::warn!("redis engine: connection lost: {cause}");
+                connection = None;
+                engine.up.store(false, Ordering::Release);
+                next_attempt = Instant::now();
+            }
+            fail_job(&shared, job, &error);
+        }
+    }
+}
+
+#[derive(Debug)]
+enum JobError {
+    /// No connection to Redis.
+    Down,
+    /// The connection failed during the job.
+    Lost(redis::RedisError),
+    /// Redis answered with an error, or the node is not subscribed in time.
+    Failed(String),
+}
+
+impl From<redis::RedisError> for JobError {
+    fn from(error: redis::RedisError) -> Self {
+        if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+            JobError::Lost(error)
+        } else {
+            JobError::Failed(error.to_string())
+        }
+    }
+}
+
+fn run_job(
+    engine: &RedisEngine,
+    shared: &Shared,
+    con: &mut redis::Connection,
+    job: &Job,
+    publish: &redis::Script,
+    position: &redis::Script,
+) -> Result<(), JobError> {
+    match job {
+        Job::Publish { channels, data, exclude, reply } => {
+            let exclude = exclude.as_deref().unwrap_or_default();
+            let mut results = Vec::with_capacity(channels.len());
+            for channel in channels {
+                let options = shared.broker.options(channel).cloned().unwrap_or_default();
+                let (meta, history) = engine.keys(channel.as_str());
+                let ttl_ms = options.history_ttl_secs.saturating_mul(1000).max(1);
+                let (epoch, offset): (String, u64) = publish
+                    .key(meta)
+                    .key(history)
+                    .arg(data.as_ref())
+                    .arg(options.history_size)
+                    .arg(ttl_ms)
+                    .arg(shared.broker.next_epoch().as_str())
+                    .arg(engine.pubsub_channel(channel.as_str()))
+                    .arg(exclude)
+                    .arg(IDLE_CHANNEL_TTL_MS)
+                    .invoke(con)?;
+                results.push((channel, epoch, offset));
+            }
+            match *reply {
+                PublishReply::Api(to) => {
+                    let body = if let [(_, epoch, offset)] = results.as_slice() {
+                        format!(r#"{{"epoch":"{epoch}","offset":{offset}}}"#)
+                    } else {
+                        let items: Vec<String> = results
+                            .iter()
+                            .map(|(channel, epoch, offset)| {
+                                format!(
+                                    r#"{{"channel":"{}","epoch":"{epoch}","offset":{offset}}}"#,
+                                    channel.as_str()
+                                )
+                            })
+                            .collect();
+                        format!(r#"{{"results":[{}]}}"#, items.join(","))
+                    };
+                    shared.send(
+                        usize::from(to.shard),
+                        Work::Answer { to, status: 200, body: body.into_bytes() },
+                    );
+                }
+                PublishReply::Client { to, id } => {
+                    if let Some((channel, epoch, offset)) = results.first() {
+                        let reply =
+                            crate::protocol::published_text(id, channel.as_str(), epoch, *offset);
+                        shared.send(usize::from(to.shard), Work::ClientReply { to, text: reply });
+                    }
+                }
+            }
+            Ok(())
+        }
+        Job::Subscribe { channel, who, id, since, replay_limit } => {
+            if !engine.wait_subscribed(channel.as_str()) {
+                return Err(JobError::Failed(
+                    "the node's Redis subscription was not confirmed".into(),
+                ));
+            }
+            let options = shared.broker.options(channel).cloned().unwrap_or_default();
+            let keep_ms = if options.history_size > 0 {
+                options.history_ttl_secs.saturating_mul(1000)
+            } else {
+                IDLE_CHANNEL_TTL_MS
+            };
+            let (meta, history) = engine.keys(channel.as_str());
+            let values: Vec<redis::Value> = position
+                .key(meta)
+                .key(history)
+                .arg(shared.broker.next_epoch().as_str())
+                .arg(since.as_ref().map_or("", |s| s.epoch.as_str()))
+                .arg(since.as_ref().map_or(0, |s| s.offset))
+                .arg(keep_ms.max(1))
+                .invoke(con)?;
+            let outcome = parse_position(channel.as_str(), &values, since.is_some(), *replay_limit)
+                .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
+            shared.broker.note_remote_epoch(channel.as_str(), &outcome.epoch);
+            shared.send(
+                usize::from(who.shard),
+                Work::Subscribed {
+                    to: *who,
+                    id: *id,
+                    channel: channel.clone(),
+                    outcome: Ok(outcome),
+                },
+            );
+            Ok(())
+        }
+        Job::History { channel, since, limit, to } => {
+            let (meta, history) = engine.keys(channel.as_str());
+            let (position, entries): ((Option<String>, Option<u64>), Vec<redis::Value>) =
+                redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(&meta)
+                    .arg("epoch")
+                    .arg("top")
+                    .cmd("XRANGE")
+                    .arg(&history)
+                    .arg("-")
+                    .arg("+")
+                    .query(con)?;
+            let epoch =
+                position.0.unwrap_or_else(|| shared.broker.next_epoch().as_str().to_string());
+            // With the channel's epoch, only what follows the position;
+            // otherwise all of history.
+            let after = match since {
+                Some(since) if since.epoch == epoch => since.offset,
+                _ => 0,
+            };
+            let body = history_answer(
+                channel.as_str(),
+                &epoch,
+                position.1.unwrap_or(0),
+                &entries,
+                after,
+                *limit,
+            )
+            .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
+            shared.send(usize::from(to.shard), Work::Answer { to: *to, status: 200, body });
+            Ok(())
+        }
+    }
+}
+
+/// Tells whoever waits for `job` that it failed.
+fn fail_job(shared: &Shared, job: Job, error: &JobError) {
+    let message = match error {
+        JobError::Down | JobError::Lost(_) => {
+            "the engine (Redis) is unavailable, retry".to_string()
+        }
+        JobError::Failed(what) => format!("the engine failed: {what}"),
+    };
+    match job {
+        Job::Publish { reply: PublishReply::Api(to), .. } | Job::History { to, .. } => {
+            let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
+            shared.send(
+                usize::from(to.shard),
+                Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
+            );
+        }
+        Job::Publish { reply: PublishReply::Client { to, id }, .. } => {
+            let error = crate::protocol::CommandError::new(
+                id,
+                crate::protocol::ErrorCode::Unavailable,
+                message,
+            );
+            let text = String::from_utf8(crate::protocol::error(&error)).unwrap_or_default();
+            shared.send(usize::from(to.shard), Work::ClientReply { to, text });
+        }
+        Job::Subscribe { channel, who, id, .. } => {
+            shared.send(
+                usize::from(who.shard),
+                Work::Subscribed { to: who, id, channel, outcome: Err(message) },
+            );
+        }
+    }
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        redis::Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(value: &redis::Value) -> Option<u64> {
+    match value {
+        redis::Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn bytes_of(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+fn parse_position(
+    channel: &str,
+    values: &[redis::Value],
+    with_since: bool,
+    replay_limit: usize,
+) -> Option<SubscribeOutcome> {
+    let epoch = text(values.first()?)?;
+    let top = number(values.get(1)?)?;
+    if !with_since {
+        return Some(SubscribeOutcome { epoch, top, recovery: None });
+    }
+    let mut recovered = number(values.get(2)?)? == 1;
+    let mut missed = Vec::new();
+    let mut size = 0usize;
+    for pair in values.get(3..)?.chunks(2) {
+        let [offset, data] = pair else { return None };
+        let offset = number(offset)?;
+        let (frame, _) = super::encode_message(channel, offset, bytes_of(data)?);
+        size += frame.len();
+        if size > replay_limit {
+            recovered = false;
+            missed.clear();
+            break;
+        }
+        missed.push((offset, frame));
+    }
+    Some(SubscribeOutcome { epoch, top, recovery: Some((recovered, missed)) })
+}
+
+/// The `GET /api/history` answer from a stream's entries (`[id, [o, N, d, DATA]]`).
+fn history_answer(
+    channel: &str,
+    epoch: &str,
+    top: u64,
+    entries: &[redis::Value],
+    after: u64,
+    limit: usize,
+) -> Option<Vec<u8>> {
+    let mut out =
+        format!(r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{top},"publications":["#)
+            .into_bytes();
+    let mut written = 0;
+    for entry in entries {
+        let redis::Value::Array(parts) = entry else { return None };
+        let Some(redis::Value::Array(fields)) = parts.get(1) else { return None };
+        let offset = number(fields.get(1)?)?;
+        if offset <= after || written >= limit {
+            continue;
+        }
+        if written > 0 {
+            out.push(b',');
+        }
+        written += 1;
+        out.extend_from_slice(format!(r#"{{"offset":{offset},"data":"#).as_bytes());
+        out.extend_from_slice(bytes_of(fields.get(3)?)?);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    Some(out)
+}
+
+fn run_pubsub(engine: &Arc<RedisEngine>, shared: &Weak<Shared>) {
+    let mut backoff = MIN_BACKOFF;
+    while !engine.stop.load(Ordering::Acquire) {
+        let Some(alive) = shared.upgrade() else { return };
+        let node = alive.node.clone();
+        drop(alive);
+        match open_pubsub(engine) {
+            Ok(reader) => {
+                backoff = MIN_BACKOFF;
+                read_pubsub(engine, shared, &node, reader);
+            }
+            Err(error) => log::debug!("redis engine: pub/sub connection failed: {error}"),
+        }
+        let mut state = engine.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.writer = None;
+        state.confirmed.clear();
+        drop(state);
+        back_off(engine, &mut backoff);
+    }
+}
+
+/// Opens the subscriber connection, authenticates, and subscribes to every
+/// channel the node wants.
+fn open_pubsub(engine: &RedisEngine) -> std::io::Result<TcpStream> {
+    let info = engine.client.get_connection_info();
+    let addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => return Err(std::io::Error::other(format!("unsupported Redis address {other}"))),
+    };
+    let mut stream = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+        .next()
+        .map(|addr| TcpStream::connect_timeout(&addr, CALL_TIMEOUT))
+        .ok_or_else(|| std::io::Error::other("Redis address resolves to nothing"))??;
+    stream.set_nodelay(true)?;
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = settings.username() {
+            auth.arg(user);
+        }
+        stream.write_all(&auth.arg(password).get_packed_command())?;
+    }
+    let mut state = engine.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+    for name in &state.wanted {
+        stream.write_all(&redis::cmd("SUBSCRIBE").arg(name).get_packed_command())?;
+    }
+    state.writer = Some(stream.try_clone()?);
+    Ok(stream)
+}
+
+/// Reads until the connection fails: subscription confirmations, and
+/// publications handed to the broker.
+fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: TcpStream) {
+    let mut reader = BufReader::new(stream);
+    let mut parser = redis::Parser::new();
+    let prefix = format!("{}:pub:", engine.prefix);
+    loop {
+        let value = match parser.parse_value(&mut reader) {
+            Ok(value) => value,
+            Err(error) => {
+                if !engine.stop.load(Ordering::Acquire) {
+                    log::warn!("redis engine: pub/sub connection lost: {error}");
+                }
+                return;
+            }
+        };
+        let redis::Value::Array(items) = value else { continue };
+        let kind = items.first().and_then(text).unwrap_or_default();
+        let name = items.get(1).and_then(text).unwrap_or_default();
+        match kind.as_str() {
+            "subscribe" => {
+                let mut state =
+                    engine.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.wanted.contains(&name) {
+                    state.confirmed.insert(name);
+                }
+                engine.subscriptions.changed.notify_all();
+            }
+            "message" => {
+                let (Some(channel), Some(payload)) =
+                    (name.strip_prefix(&prefix), items.get(2).and_then(bytes_of))
+                else {
+                    continue;
+                };
+                let Some(shared) = shared.upgrade() else { return };
+                if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
+                    let exclude = parse_client_id(node, exclude);
+                    shared.broker.deliver_remote(channel, epoch, offset, exclude, data);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `EPOCH:OFFSET:EXCLUDE:DATA`.
+fn split_payload(payload: &[u8]) -> Option<(&str, u64, &str, &[u8])> {
+    let mut parts = payload.splitn(4, |b| *b == b':');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let exclude = std::str::from_utf8(parts.next()?).ok()?;
+    Some((epoch, offset, exclude, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_at_the_first_three_colons() {
+        assert_eq!(
+            split_payload(br#"5e0c1a2b:46:n1-0-3-9:{"a":"b:c"}"#),
+            Some(("5e0c1a2b", 46, "n1-0-3-9", &br#"{"a":"b:c"}"#[..]))
+        );
+        assert_eq!(split_payload(b"5e0c1a2b:46::1"), Some(("5e0c1a2b", 46, "", &b"1"[..])));
+        assert_eq!(split_payload(b"5e0c1a2b:x::1"), None);
+    }
+}
