@@ -257,3 +257,132 @@ fn redis_down_means_503_while_connections_stay_and_delivery_resumes_after() {
     });
     assert!(told, "the subscriber learnt that it missed publications");
 }
+
+/// Sends one command to Redis and returns its raw answer.
+fn redis_command(redis: &Redis, args: &[&str]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[test]
+fn publications_missed_by_a_dropped_subscriber_connection_come_from_history() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t5"), node(&redis, "t5"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    let (mut client, _) = WsClient::open_client(a.addr);
+    client.subscribe("news");
+    b.publish("news", json!(0));
+    assert_eq!(client.next_push()["offset"], 1);
+    let mut api = ApiClient::new(b.addr, &b.api_key);
+    // Redis drops node A's pub/sub connection; what is published until A
+    // is subscribed again reaches A only through history.
+    for round in 0..3 {
+        assert!(redis_command(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).starts_with(':'));
+        for n in 0..20 {
+            assert_eq!(api.publish("news", json!(format!("{round}-{n}"))).status, 200);
+        }
+    }
+    let last = api.publish("news", json!("last")).json()["offset"].as_u64().unwrap();
+    let received: Vec<u64> =
+        (2..=last).map(|_| client.next_push()["offset"].as_u64().unwrap()).collect();
+    assert_eq!(received, (2..=last).collect::<Vec<u64>>(), "in order, once, none missing");
+}
+
+/// A `herald serve` process on the Redis engine, killed with SIGKILL when dropped.
+struct NodeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl NodeProcess {
+    fn start(redis: &Redis, prefix: &str, api_key: &str) -> NodeProcess {
+        let config =
+            std::env::temp_dir().join(format!("herald-test-{}-{prefix}.toml", std::process::id()));
+        std::fs::write(&config, "[channels]\nhistory_size = 1000\nhistory_ttl_secs = 300\n")
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--threads", "2"])
+            .args(["--engine", "redis", "--redis-url", &redis.url(), "--redis-prefix", prefix])
+            .args(["--api-key", api_key, "--config", config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("herald runs");
+        let stdout = child.stdout.take().unwrap();
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("herald listening on ") {
+                    let _ = send.send(addr.parse().unwrap());
+                }
+            }
+        });
+        let addr = receive.recv_timeout(DEADLINE).expect("the node starts");
+        NodeProcess { child, addr }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn after_kill_9_of_a_node_its_clients_recover_everything_acknowledged_on_the_other() {
+    let redis = Redis::start();
+    let a = node(&redis, "t6");
+    wait_engine_up(&a);
+    let key = "process-node-api-key-0123";
+    let mut b = NodeProcess::start(&redis, "t6", key);
+    wait_until("node B reaches Redis", || {
+        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+    let (mut client, _) = WsClient::open_client(b.addr);
+    let subscribed = client.subscribe("news");
+    // Publishing goes on through node A the whole time.
+    let (a_addr, a_key) = (a.addr, a.api_key.clone());
+    let publisher = std::thread::spawn(move || {
+        let mut api = ApiClient::new(a_addr, &a_key);
+        (1..=300u64)
+            .map(|n| {
+                let answer = api.publish("news", json!(n));
+                assert_eq!(answer.status, 200, "{}", answer.body);
+                answer.json()["offset"].as_u64().unwrap()
+            })
+            .collect::<Vec<u64>>()
+    });
+    let mut seen: Vec<u64> =
+        (0..50).map(|_| client.next_push()["offset"].as_u64().unwrap()).collect();
+    b.child.kill().unwrap(); // SIGKILL: no goodbye to Redis or to clients
+    b.child.wait().unwrap();
+    // The client reconnects to node A from the last offset it saw.
+    let (mut client, _) = WsClient::open_client(a.addr);
+    let last = *seen.last().unwrap();
+    let reply = client.ok(json!({
+        "op": "subscribe", "channel": "news",
+        "since": {"epoch": subscribed["epoch"], "offset": last}
+    }));
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let acknowledged = publisher.join().unwrap();
+    let newest = *acknowledged.iter().max().unwrap();
+    while seen.last() != Some(&newest) {
+        seen.push(client.next_push()["offset"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (1..=newest).collect::<Vec<u64>>(),
+        "every acknowledged publication, once, in order"
+    );
+}

@@ -203,6 +203,9 @@ struct Channel {
     /// With the Redis engine: `epoch` and `top` are Redis's (learnt from a
     /// subscribe), so a different epoch from Redis is a real change.
     remote_position: bool,
+    /// With the Redis engine: publications were missed that history no
+    /// longer holds; the next delivery tells subscribers they start over.
+    restart_pending: bool,
 }
 
 impl Channel {
@@ -375,25 +378,48 @@ impl Broker {
         exclude: Option<ConnRef>,
         data: &[u8],
     ) {
+        self.deliver_from_redis(channel, epoch, offset, exclude, data, false);
+    }
+
+    /// With the Redis engine: where the node is in `channel` (epoch and
+    /// newest offset delivered), once a publication from Redis set it.
+    pub fn remote_top(&self, channel: &str) -> Option<(Epoch, u64)> {
+        let stripe = self.stripe(channel);
+        let state = stripe.channels.get(channel)?;
+        (state.remote_position && state.top > 0).then_some((state.epoch, state.top))
+    }
+
+    /// [`Broker::deliver_remote`]; with `restart`, every subscriber is
+    /// first told that it missed publications history no longer holds.
+    pub fn deliver_from_redis(
+        &self,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        exclude: Option<ConnRef>,
+        data: &[u8],
+        restart: bool,
+    ) {
         let mut stripe = self.stripe(channel);
         let Some(name) = stripe.channels.get_key_value(channel).map(|(name, _)| name.clone())
         else {
             return;
         };
         let Some(state) = stripe.channels.get_mut(channel) else { return };
-        let mut restart = None;
+        let restart = restart || std::mem::take(&mut state.restart_pending);
+        let mut notice = None;
         match Epoch::parse(epoch) {
-            Some(epoch) if epoch != state.epoch => {
-                if state.remote_position {
+            Some(epoch) if epoch != state.epoch || restart => {
+                if state.remote_position || restart {
                     log::info!("channel {channel}: epoch changed in Redis; subscribers start over");
-                    let notice = crate::protocol::subscribed(
+                    let text = crate::protocol::subscribed(
                         None,
                         channel,
                         epoch.as_str(),
                         offset.saturating_sub(1),
                         Some((false, 0)),
                     );
-                    restart = Some(websocket::encode_frame(Opcode::Text, &notice));
+                    notice = Some(websocket::encode_frame(Opcode::Text, &text));
                 }
                 state.epoch = epoch;
                 state.top = offset.saturating_sub(1);
@@ -414,9 +440,18 @@ impl Broker {
                     offset: Some(offset),
                     frame: frame.clone(),
                     exclude,
-                    restart: restart.clone(),
+                    restart: notice.clone(),
                 },
             );
+        }
+    }
+
+    /// With the Redis engine: publications of `channel` were missed and
+    /// cannot be read back; its next delivery says so to every subscriber.
+    pub fn mark_remote_restart(&self, channel: &str) {
+        let mut stripe = self.stripe(channel);
+        if let Some(state) = stripe.channels.get_mut(channel) {
+            state.restart_pending = true;
         }
     }
 
@@ -490,6 +525,7 @@ impl Broker {
             presence: HashMap::new(),
             expiry_pending: false,
             remote_position: false,
+            restart_pending: false,
         }
     }
 

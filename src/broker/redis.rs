@@ -46,7 +46,7 @@ local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 if size > 0 then
-  redis.call('XADD', KEYS[2], '*', 'o', offset, 'd', ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'o', offset, 'd', ARGV[1], 'x', ARGV[6])
   redis.call('XTRIM', KEYS[2], 'MAXLEN', size)
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -643,6 +643,7 @@ fn run_pubsub(engine: &Arc<RedisEngine>, shared: &Weak<Shared>) {
         drop(alive);
         match open_pubsub(engine) {
             Ok(reader) => {
+                log::debug!("redis engine: pub/sub connected");
                 backoff = MIN_BACKOFF;
                 read_pubsub(engine, shared, &node, reader);
             }
@@ -690,6 +691,9 @@ fn open_pubsub(engine: &RedisEngine) -> std::io::Result<TcpStream> {
 fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: TcpStream) {
     let mut reader = BufReader::new(stream);
     let mut parser = redis::Parser::new();
+    // A command connection for reading history when publications were
+    // missed (the pub/sub connection itself can only listen).
+    let mut catch_up: Option<redis::Connection> = None;
     let prefix = format!("{}:pub:", engine.prefix);
     loop {
         let value = match parser.parse_value(&mut reader) {
@@ -706,12 +710,24 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
         let name = items.get(1).and_then(text).unwrap_or_default();
         match kind.as_str() {
             "subscribe" => {
+                log::debug!("redis engine: subscribed to {name}");
                 let mut state =
                     engine.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if state.wanted.contains(&name) {
-                    state.confirmed.insert(name);
+                    state.confirmed.insert(name.clone());
                 }
                 engine.subscriptions.changed.notify_all();
+                drop(state);
+                // Subscribed again after a lost connection: what was
+                // published meanwhile comes from history, before anything
+                // newer is read from this connection.
+                if let (Some(channel), Some(shared)) =
+                    (name.strip_prefix(&prefix), shared.upgrade())
+                    && shared.broker.remote_top(channel).is_some()
+                    && !catch_up_to_redis(engine, &shared, &mut catch_up, node, channel)
+                {
+                    shared.broker.mark_remote_restart(channel);
+                }
             }
             "message" => {
                 let (Some(channel), Some(payload)) =
@@ -721,11 +737,110 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
                 };
                 let Some(shared) = shared.upgrade() else { return };
                 if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
+                    let filled =
+                        fill_gap(engine, &shared, &mut catch_up, node, channel, epoch, offset);
                     let exclude = parse_client_id(node, exclude);
-                    shared.broker.deliver_remote(channel, epoch, offset, exclude, data);
+                    shared
+                        .broker
+                        .deliver_from_redis(channel, epoch, offset, exclude, data, !filled);
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Before publication `offset` of `channel` is delivered: if the node
+/// delivered an earlier one of the same epoch and some between were missed
+/// (the pub/sub connection was down), delivers them from history, in
+/// order. Returns false when history no longer holds them all: subscribers
+/// are then told they start over.
+fn fill_gap(
+    engine: &RedisEngine,
+    shared: &Shared,
+    catch_up: &mut Option<redis::Connection>,
+    node: &str,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+) -> bool {
+    let Some((known, top)) = shared.broker.remote_top(channel) else { return true };
+    if known.as_str() != epoch || offset <= top + 1 {
+        return true;
+    }
+    log::info!(
+        "channel {channel}: publications {} to {} came not through pub/sub; reading history",
+        top + 1,
+        offset - 1
+    );
+    if catch_up.is_none() {
+        *catch_up = connect(engine).ok();
+    }
+    let Some(con) = catch_up else { return false };
+    let history = engine.keys(channel).1;
+    let entries: Vec<redis::Value> =
+        match redis::cmd("XRANGE").arg(&history).arg("-").arg("+").query(con) {
+            Ok(entries) => entries,
+            Err(_) => {
+                *catch_up = None;
+                return false;
+            }
+        };
+    let mut missed = Vec::new();
+    let mut next = top + 1;
+    for entry in &entries {
+        let redis::Value::Array(parts) = entry else { continue };
+        let Some(redis::Value::Array(fields)) = parts.get(1) else { continue };
+        let (Some(entry_offset), Some(data)) =
+            (fields.get(1).and_then(number), fields.get(3).and_then(bytes_of))
+        else {
+            continue;
+        };
+        if entry_offset < next || entry_offset >= offset {
+            continue;
+        }
+        if entry_offset != next {
+            break;
+        }
+        let exclude = fields.get(5).and_then(text).unwrap_or_default();
+        missed.push((entry_offset, exclude, data));
+        next += 1;
+    }
+    if next != offset {
+        return false;
+    }
+    for (entry_offset, exclude, data) in missed {
+        let exclude = parse_client_id(node, &exclude);
+        shared.broker.deliver_remote(channel, epoch, entry_offset, exclude, data);
+    }
+    true
+}
+
+/// After a re-subscription: delivers whatever the node missed of `channel`
+/// up to its newest offset in Redis. False when history no longer holds it.
+fn catch_up_to_redis(
+    engine: &RedisEngine,
+    shared: &Shared,
+    catch_up: &mut Option<redis::Connection>,
+    node: &str,
+    channel: &str,
+) -> bool {
+    if catch_up.is_none() {
+        *catch_up = connect(engine).ok();
+    }
+    let Some(con) = catch_up else { return false };
+    let meta = engine.keys(channel).0;
+    let position: redis::RedisResult<(Option<String>, Option<u64>)> =
+        redis::cmd("HMGET").arg(&meta).arg("epoch").arg("top").query(con);
+    match position {
+        Ok((Some(epoch), Some(top))) => {
+            fill_gap(engine, shared, catch_up, node, channel, &epoch, top + 1)
+        }
+        // The channel is gone from Redis: its next publication has a new epoch.
+        Ok(_) => true,
+        Err(_) => {
+            *catch_up = None;
+            false
         }
     }
 }
