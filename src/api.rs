@@ -1,7 +1,7 @@
 //! The server API for backends: `/api/...` requests, authenticated with the API key, answered with JSON.
 
 use crate::broker::channel::ChannelName;
-use crate::broker::redis::{Job, PublishReply};
+use crate::broker::redis::{Job, ReplyTo};
 use crate::broker::{BrokerError, ConnRef, Since};
 use crate::conn::Ctx;
 use crate::conn::client::parse_client_id;
@@ -167,7 +167,7 @@ pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
         Endpoint::Disconnect => {
             let body: UserBody<'_> = parse_body(call.body)?;
             let user = user(&body)?;
-            fan_out_to_shards(user, UserAction::Disconnect, call.reply_to, ctx);
+            user_call(user, UserAction::Disconnect, call.reply_to, ctx);
             Ok(Reply::Later)
         }
         Endpoint::Unsubscribe => {
@@ -175,10 +175,10 @@ pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
             let user = user(&body)?;
             let channel = channel(body.channel)?;
             ctx.shared.broker.options(&channel).map_err(broker_error)?;
-            fan_out_to_shards(user, UserAction::Unsubscribe(channel), call.reply_to, ctx);
+            user_call(user, UserAction::Unsubscribe(channel), call.reply_to, ctx);
             Ok(Reply::Later)
         }
-        Endpoint::Presence => presence(call.query, ctx),
+        Endpoint::Presence => presence(call.query, call.reply_to, ctx),
         Endpoint::History => history(call.query, call.reply_to, ctx),
         Endpoint::Channels => channels(call.query, ctx),
         Endpoint::Info => Ok(Reply::Now(200, info(&ctx.shared).into_bytes())),
@@ -273,7 +273,7 @@ fn publish(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpE
             channels: vec![channel],
             data: Bytes::copy_from_slice(data.get().as_bytes()),
             exclude: exclude_id.map(str::to_string),
-            reply: PublishReply::Api(reply_to),
+            reply: ReplyTo::Api(reply_to),
         });
         ctx.metrics.publications.inc();
         return Ok(Reply::Later);
@@ -320,7 +320,7 @@ fn broadcast(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, Htt
             channels,
             data: Bytes::copy_from_slice(data.get().as_bytes()),
             exclude: exclude_id.map(str::to_string),
-            reply: PublishReply::Api(reply_to),
+            reply: ReplyTo::Api(reply_to),
         });
         return Ok(Reply::Later);
     }
@@ -363,9 +363,13 @@ fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, HttpErro
     }
 }
 
-fn presence(query: Option<&str>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
+fn presence(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     let channel = query_channel(query)?;
     let members = ctx.shared.broker.presence(&channel).map_err(broker_error)?;
+    if let Some(engine) = ctx.shared.broker.redis() {
+        engine.submit(Job::Presence { channel, reply: ReplyTo::Api(reply_to) });
+        return Ok(Reply::Later);
+    }
     let clients: Vec<Value> = members
         .iter()
         .map(|member| serde_json::json!({"client": &*member.client, "user": &*member.user}))
@@ -497,7 +501,7 @@ pub struct UserTask {
     pub user: Arc<str>,
     /// What to do.
     pub action: UserAction,
-    reply_to: ConnRef,
+    reply_to: TaskReply,
     /// Shards still working on it.
     remaining: AtomicUsize,
     /// Connections acted on so far.
@@ -513,19 +517,53 @@ impl UserTask {
             return;
         }
         let total = self.count.load(Ordering::Acquire);
-        let body = match self.action {
-            UserAction::Disconnect => format!(r#"{{"disconnected":{total}}}"#),
-            UserAction::Unsubscribe(_) => format!(r#"{{"unsubscribed":{total}}}"#),
-        };
-        shared.send(
-            usize::from(self.reply_to.shard),
-            Work::Answer { to: self.reply_to, status: 200, body: body.into_bytes() },
-        );
+        match &self.reply_to {
+            TaskReply::Local(to) => {
+                let body = user_answer(&self.action, total);
+                shared.send(
+                    usize::from(to.shard),
+                    Work::Answer { to: *to, status: 200, body: body.into_bytes() },
+                );
+            }
+            TaskReply::Node { origin, id } => {
+                if let Some(engine) = shared.broker.redis() {
+                    engine.submit(Job::ControlReply {
+                        origin: origin.clone(),
+                        id: *id,
+                        count: total,
+                    });
+                }
+            }
+        }
     }
 }
 
-fn fan_out_to_shards(user: Arc<str>, action: UserAction, reply_to: ConnRef, ctx: &Ctx) {
-    let shards = ctx.shared.shard_count();
+/// Where a [`UserTask`]'s count goes.
+#[derive(Debug)]
+pub enum TaskReply {
+    /// Answer this API request.
+    Local(ConnRef),
+    /// Report to the node that asked through Redis (the Redis engine).
+    Node {
+        /// That node's id.
+        origin: String,
+        /// Its request id.
+        id: u64,
+    },
+}
+
+/// `{"disconnected":N}` or `{"unsubscribed":N}`.
+pub fn user_answer(action: &UserAction, count: usize) -> String {
+    match action {
+        UserAction::Disconnect => format!(r#"{{"disconnected":{count}}}"#),
+        UserAction::Unsubscribe(_) => format!(r#"{{"unsubscribed":{count}}}"#),
+    }
+}
+
+/// Has every shard of this node carry out `action` on `user`'s connections;
+/// the count goes to `reply_to`.
+pub fn fan_out_to_shards(user: Arc<str>, action: UserAction, reply_to: TaskReply, shared: &Shared) {
+    let shards = shared.shard_count();
     let task = Arc::new(UserTask {
         user,
         action,
@@ -534,7 +572,16 @@ fn fan_out_to_shards(user: Arc<str>, action: UserAction, reply_to: ConnRef, ctx:
         count: AtomicUsize::new(0),
     });
     for shard in 0..shards {
-        ctx.shared.send(shard, Work::ForUser(task.clone()));
+        shared.send(shard, Work::ForUser(task.clone()));
+    }
+}
+
+/// A call on a user's connections: on every node (Redis engine) or on
+/// every shard of this one.
+fn user_call(user: Arc<str>, action: UserAction, reply_to: ConnRef, ctx: &Ctx) {
+    match ctx.shared.broker.redis() {
+        Some(engine) => engine.submit(Job::UserCall { user, action, to: reply_to }),
+        None => fan_out_to_shards(user, action, TaskReply::Local(reply_to), &ctx.shared),
     }
 }
 

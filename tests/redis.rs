@@ -386,3 +386,76 @@ fn after_kill_9_of_a_node_its_clients_recover_everything_acknowledged_on_the_oth
         "every acknowledged publication, once, in order"
     );
 }
+
+#[test]
+fn presence_and_join_leave_span_the_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t7"), node(&redis, "t7"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    let token = |server: &TestServer, user: &str| server.token(user, &[]);
+    let (mut alice, alice_welcome) =
+        WsClient::open_client_at(a.addr, &format!("/ws?token={}", token(&a, "alice")), "");
+    alice.subscribe("chat:room");
+    let (mut bob, bob_welcome) =
+        WsClient::open_client_at(b.addr, &format!("/ws?token={}", token(&b, "bob")), "");
+    bob.subscribe("chat:room");
+    // Alice, on node A, hears Bob join on node B.
+    let join = alice.next_push();
+    assert_eq!((join["op"].as_str(), join["user"].as_str()), (Some("join"), Some("bob")), "{join}");
+    assert_eq!(join["client"], bob_welcome["client"]);
+    // Presence lists both, asked on either node, over /ws or the API.
+    let reply = bob.ok(json!({"op": "presence", "channel": "chat:room"}));
+    let mut users: Vec<String> = reply["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["user"].as_str().unwrap().to_string())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"], "{reply}");
+    let answer =
+        ApiClient::new(a.addr, &a.api_key).send("GET", "/api/presence?channel=chat:room", "");
+    assert_eq!(answer.json()["clients"].as_array().unwrap().len(), 2, "{}", answer.body);
+    // Bob leaves: Alice hears it, and presence shrinks.
+    drop(bob);
+    let leave = alice.next_push();
+    assert_eq!(
+        (leave["op"].as_str(), leave["user"].as_str()),
+        (Some("leave"), Some("bob")),
+        "{leave}"
+    );
+    let reply = alice.ok(json!({"op": "presence", "channel": "chat:room"}));
+    assert_eq!(reply["clients"], json!([{"client": alice_welcome["client"], "user": "alice"}]));
+}
+
+#[test]
+fn disconnect_and_unsubscribe_reach_every_node() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t8"), node(&redis, "t8"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    let open = |server: &TestServer, user: &str| {
+        let token = server.token(user, &[]);
+        WsClient::open_client_at(server.addr, &format!("/ws?token={token}"), "").0
+    };
+    let (mut on_a, mut on_b, mut bystander) = (open(&a, "42"), open(&b, "42"), open(&b, "7"));
+    for client in [&mut on_a, &mut on_b, &mut bystander] {
+        client.subscribe("news");
+    }
+    let mut api = ApiClient::new(a.addr, &a.api_key);
+    let answer = api.send("POST", "/api/unsubscribe", r#"{"user":"42","channel":"news"}"#);
+    assert_eq!(answer.json(), json!({"unsubscribed": 2}), "{}", answer.body);
+    for client in [&mut on_a, &mut on_b] {
+        let push = client.next_push();
+        assert_eq!(
+            (push["op"].as_str(), push["channel"].as_str()),
+            (Some("unsubscribed"), Some("news"))
+        );
+    }
+    let answer = api.send("POST", "/api/disconnect", r#"{"user":"42"}"#);
+    assert_eq!(answer.json(), json!({"disconnected": 2}), "{}", answer.body);
+    assert_eq!(on_a.expect_close(), 4000);
+    assert_eq!(on_b.expect_close(), 4000);
+    assert_eq!(bystander.ok(json!({"op": "ping"}))["op"], "pong");
+}

@@ -381,6 +381,46 @@ impl Broker {
         self.deliver_from_redis(channel, epoch, offset, exclude, data, false);
     }
 
+    /// With the Redis engine: a `join` or `leave` (JSON text) from any node,
+    /// for this node's subscribers of `channel` (but `exclude`).
+    pub fn deliver_presence_remote(&self, channel: &str, exclude: Option<ConnRef>, event: &[u8]) {
+        let stripe = self.stripe(channel);
+        let Some((name, state)) = stripe.channels.get_key_value(channel) else { return };
+        let frame = websocket::encode_frame(Opcode::Text, event);
+        for shard in state.interested_shards() {
+            self.send(
+                shard,
+                Delivery {
+                    channel: name.clone(),
+                    offset: None,
+                    frame: frame.clone(),
+                    exclude,
+                    restart: None,
+                },
+            );
+        }
+    }
+
+    /// With the Redis engine: this node's presence entries, by channel (to
+    /// refresh them in Redis).
+    pub fn local_presence(&self) -> Vec<(Arc<str>, Vec<Member>)> {
+        let mut entries = Vec::new();
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, state) in &stripe.channels {
+                if !state.presence.is_empty() {
+                    let members = state
+                        .presence
+                        .iter()
+                        .map(|(client, user)| Member { client: client.clone(), user: user.clone() })
+                        .collect();
+                    entries.push((name.clone(), members));
+                }
+            }
+        }
+        entries
+    }
+
     /// With the Redis engine: where the node is in `channel` (epoch and
     /// newest offset delivered), once a publication from Redis set it.
     pub fn remote_top(&self, channel: &str) -> Option<(Epoch, u64)> {
@@ -639,9 +679,20 @@ impl Broker {
             *count -= 1;
             state.subscribers -= 1;
         }
-        if let Some(member) = member
-            && state.presence.remove(&member.client).is_some()
-            && state.options.join_leave
+        let removed = member.is_some_and(|member| state.presence.remove(&member.client).is_some());
+        let announce = removed && state.options.join_leave;
+        if let (Some(engine), Some(member)) = (self.redis(), member)
+            && removed
+        {
+            // Every node's subscribers hear it through Redis.
+            engine.submit(redis::Job::PresenceLeave {
+                channel: channel.clone(),
+                client: member.client.clone(),
+                user: member.user.clone(),
+                announce,
+            });
+        } else if let Some(member) = member
+            && announce
         {
             let frame = encode_presence_event("leave", channel.as_str(), member);
             for shard in state.interested_shards() {

@@ -9,11 +9,12 @@
 
 use super::channel::ChannelName;
 use super::{ConnRef, Since};
+use crate::api::{TaskReply, UserAction};
 use crate::conn::client::parse_client_id;
 use crate::server::Shared;
 use crate::shard::inbox::Work;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,14 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 /// How long a channel without history keeps its epoch and offset in Redis
 /// after its last publication or subscription.
 const IDLE_CHANNEL_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long a presence entry lives in Redis without being refreshed: a node
+/// that dies without cleaning up leaves entries that go after this.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// How often each node refreshes its clients' presence entries.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+/// How long a disconnect or unsubscribe waits for every node's count; past
+/// it, the answer counts the nodes that reported.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A publication: next offset, history, and `PUBLISH` to the nodes.
 /// KEYS: meta hash, history stream. ARGV: data, history size, history TTL
@@ -107,12 +116,12 @@ end
 return out
 ";
 
-/// Where the outcome of a publication goes.
+/// Where an answer goes.
 #[derive(Debug, Clone, Copy)]
-pub enum PublishReply {
+pub enum ReplyTo {
     /// A server API request on this connection: `Work::Answer`.
     Api(ConnRef),
-    /// A `/ws` client's `publish` command with this id: `Work::ClientReply`.
+    /// A `/ws` client's command with this id: `Work::ClientReply`.
     Client {
         /// The client.
         to: ConnRef,
@@ -134,7 +143,7 @@ pub enum Job {
         /// The client id of a connection that must not get it (on any node).
         exclude: Option<String>,
         /// Where the answer goes.
-        reply: PublishReply,
+        reply: ReplyTo,
     },
     /// A `/ws` subscribe: the channel's position in Redis (after this node's
     /// subscription is confirmed) and what the client missed.
@@ -149,6 +158,54 @@ pub enum Job {
         since: Option<Since>,
         /// Most bytes to replay.
         replay_limit: usize,
+    },
+    /// A client entered a channel's presence (and `join` goes to the others).
+    PresenceJoin {
+        /// The channel.
+        channel: ChannelName,
+        /// The client id.
+        client: Arc<str>,
+        /// The user.
+        user: Arc<str>,
+        /// Push `join` to the channel's other subscribers.
+        announce: bool,
+    },
+    /// A client left a channel's presence (and `leave` goes to the others).
+    PresenceLeave {
+        /// The channel.
+        channel: ChannelName,
+        /// The client id.
+        client: Arc<str>,
+        /// The user.
+        user: Arc<str>,
+        /// Push `leave` to the channel's other subscribers.
+        announce: bool,
+    },
+    /// The channel's presence on every node.
+    Presence {
+        /// The channel.
+        channel: ChannelName,
+        /// Where the answer goes.
+        reply: ReplyTo,
+    },
+    /// `disconnect` or `unsubscribe` on every node: published on the control
+    /// channel; the answer goes to `to` when every node reported its count.
+    UserCall {
+        /// The user.
+        user: Arc<str>,
+        /// What to do.
+        action: UserAction,
+        /// The API request.
+        to: ConnRef,
+    },
+    /// This node's count for another node's `UserCall`.
+    ControlReply {
+        /// The node that asked.
+        origin: String,
+        /// Its request id.
+        id: u64,
+        /// Connections acted on here.
+        count: usize,
     },
     /// History for the server API (`Work::Answer`).
     History {
@@ -175,11 +232,26 @@ pub struct SubscribeOutcome {
     pub recovery: Option<(bool, Vec<(u64, Bytes)>)>,
 }
 
+/// A `UserCall` waiting for the nodes' counts.
+#[derive(Debug)]
+struct PendingCall {
+    to: ConnRef,
+    action: UserAction,
+    /// Nodes that received the call (known once `PUBLISH` answered).
+    expected: Option<u64>,
+    reported: u64,
+    total: usize,
+    deadline: Instant,
+}
+
 /// The node's connection to Redis.
 #[derive(Debug)]
 pub struct RedisEngine {
     client: redis::Client,
     prefix: String,
+    node: Arc<str>,
+    calls: Mutex<HashMap<u64, PendingCall>>,
+    next_call: std::sync::atomic::AtomicU64,
     jobs: Mutex<Sender<Job>>,
     up: AtomicBool,
     subscriptions: Arc<Subscriptions>,
@@ -210,11 +282,22 @@ impl RedisEngine {
         let engine = Arc::new(RedisEngine {
             client,
             prefix: shared.config.redis_prefix.clone(),
+            node: shared.node.clone(),
+            calls: Mutex::default(),
+            next_call: std::sync::atomic::AtomicU64::new(1),
             jobs: Mutex::new(send),
             up: AtomicBool::new(false),
             subscriptions: Arc::default(),
             stop: AtomicBool::new(false),
         });
+        {
+            // Every node listens for calls on users' connections, and for
+            // the counts answering its own.
+            let mut state =
+                engine.subscriptions.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.wanted.insert(engine.control_channel());
+            state.wanted.insert(engine.reply_channel(&engine.node));
+        }
         let weak = Arc::downgrade(shared);
         let commands = engine.clone();
         std::thread::Builder::new()
@@ -278,6 +361,49 @@ impl RedisEngine {
         format!("{}:pub:{channel}", self.prefix)
     }
 
+    fn control_channel(&self) -> String {
+        format!("{}:ctl", self.prefix)
+    }
+
+    fn reply_channel(&self, node: &str) -> String {
+        format!("{}:ctl:{node}", self.prefix)
+    }
+
+    /// A node's count for call `id` arrived; answers when all did.
+    fn count_reply(&self, shared: &Shared, id: u64, count: usize) {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(call) = calls.get_mut(&id) else { return };
+        call.reported += 1;
+        call.total += count;
+        if call.expected.is_some_and(|expected| call.reported >= expected)
+            && let Some(call) = calls.remove(&id)
+        {
+            answer_call(shared, &call);
+        }
+    }
+
+    /// Answers calls whose nodes did not all report in time.
+    fn expire_calls(&self, shared: &Shared) {
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let late: Vec<u64> =
+            calls.iter().filter(|(_, call)| call.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            if let Some(call) = calls.remove(&id) {
+                log::warn!(
+                    "redis engine: {} of {:?} nodes reported in time",
+                    call.reported,
+                    call.expected
+                );
+                answer_call(shared, &call);
+            }
+        }
+    }
+
+    fn presence_keys(&self, channel: &str) -> (String, String) {
+        (format!("{}:pr:{channel}", self.prefix), format!("{}:prz:{channel}", self.prefix))
+    }
+
     fn keys(&self, channel: &str) -> (String, String) {
         (format!("{}:ch:{channel}:m", self.prefix), format!("{}:ch:{channel}:h", self.prefix))
     }
@@ -325,7 +451,16 @@ fn run_commands(engine: &Arc<RedisEngine>, shared: &Weak<Shared>, jobs: &Receive
     let mut connection: Option<redis::Connection> = None;
     let mut backoff = MIN_BACKOFF;
     let mut next_attempt = Instant::now();
+    let mut next_refresh = Instant::now() + PRESENCE_REFRESH;
     while !engine.stop.load(Ordering::Acquire) {
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + PRESENCE_REFRESH;
+            if let (Some(con), Some(shared)) = (&mut connection, shared.upgrade())
+                && let Err(error) = refresh_presence(engine, &shared, con)
+            {
+                log::warn!("redis engine: presence refresh failed: {error}");
+            }
+        }
         if connection.is_none() && Instant::now() >= next_attempt {
             match connect(engine) {
                 Ok(connected) => {
@@ -342,6 +477,9 @@ fn run_commands(engine: &Arc<RedisEngine>, shared: &Weak<Shared>, jobs: &Receive
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+        if let Some(shared) = shared.upgrade() {
+            engine.expire_calls(&shared);
         }
         let job = match jobs.recv_timeout(Duration::from_millis(50)) {
             Ok(job) => job,
@@ -415,7 +553,7 @@ fn run_job(
                 results.push((channel, epoch, offset));
             }
             match *reply {
-                PublishReply::Api(to) => {
+                ReplyTo::Api(to) => {
                     let body = if let [(_, epoch, offset)] = results.as_slice() {
                         format!(r#"{{"epoch":"{epoch}","offset":{offset}}}"#)
                     } else {
@@ -435,7 +573,7 @@ fn run_job(
                         Work::Answer { to, status: 200, body: body.into_bytes() },
                     );
                 }
-                PublishReply::Client { to, id } => {
+                ReplyTo::Client { to, id } => {
                     if let Some((channel, epoch, offset)) = results.first() {
                         let reply =
                             crate::protocol::published_text(id, channel.as_str(), epoch, *offset);
@@ -478,6 +616,167 @@ fn run_job(
                     outcome: Ok(outcome),
                 },
             );
+            Ok(())
+        }
+        Job::PresenceJoin { channel, client, user, announce } => {
+            let (hash, scores) = engine.presence_keys(channel.as_str());
+            let ttl_ms = millis(PRESENCE_TTL);
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&hash)
+                .arg(client.as_ref())
+                .arg(user.as_ref())
+                .ignore()
+                .cmd("ZADD")
+                .arg(&scores)
+                .arg(now_ms() + ttl_ms)
+                .arg(client.as_ref())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&hash)
+                .arg(2 * ttl_ms)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&scores)
+                .arg(2 * ttl_ms)
+                .ignore();
+            if *announce {
+                let event = presence_event("join", channel.as_str(), client, user);
+                pipe.cmd("PUBLISH")
+                    .arg(engine.pubsub_channel(channel.as_str()))
+                    .arg(format!("J:{client}:{event}"))
+                    .ignore();
+            }
+            pipe.query::<()>(con)?;
+            Ok(())
+        }
+        Job::PresenceLeave { channel, client, user, announce } => {
+            let (hash, scores) = engine.presence_keys(channel.as_str());
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HDEL")
+                .arg(&hash)
+                .arg(client.as_ref())
+                .ignore()
+                .cmd("ZREM")
+                .arg(&scores)
+                .arg(client.as_ref())
+                .ignore();
+            if *announce {
+                let event = presence_event("leave", channel.as_str(), client, user);
+                pipe.cmd("PUBLISH")
+                    .arg(engine.pubsub_channel(channel.as_str()))
+                    .arg(format!("J:{client}:{event}"))
+                    .ignore();
+            }
+            pipe.query::<()>(con)?;
+            Ok(())
+        }
+        Job::Presence { channel, reply } => {
+            let (hash, scores) = engine.presence_keys(channel.as_str());
+            let now = now_ms();
+            // Entries of nodes that died without cleaning up have expired.
+            let expired: Vec<String> =
+                redis::cmd("ZRANGEBYSCORE").arg(&scores).arg("-inf").arg(now).query(con)?;
+            if !expired.is_empty() {
+                redis::pipe()
+                    .cmd("ZREM")
+                    .arg(&scores)
+                    .arg(&expired)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(&hash)
+                    .arg(&expired)
+                    .ignore()
+                    .query::<()>(con)?;
+            }
+            let clients: Vec<String> =
+                redis::cmd("ZRANGEBYSCORE").arg(&scores).arg(now).arg("+inf").query(con)?;
+            let users: Vec<Option<String>> = if clients.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("HMGET").arg(&hash).arg(&clients).query(con)?
+            };
+            let members: Vec<super::Member> = clients
+                .iter()
+                .zip(users)
+                .filter_map(|(client, user)| {
+                    Some(super::Member {
+                        client: Arc::from(client.as_str()),
+                        user: Arc::from(user?.as_str()),
+                    })
+                })
+                .collect();
+            match *reply {
+                ReplyTo::Api(to) => {
+                    let list: Vec<serde_json::Value> = members
+                        .iter()
+                        .map(|m| serde_json::json!({"client": &*m.client, "user": &*m.user}))
+                        .collect();
+                    let body = serde_json::json!({"channel": channel.as_str(), "clients": list});
+                    shared.send(
+                        usize::from(to.shard),
+                        Work::Answer { to, status: 200, body: body.to_string().into_bytes() },
+                    );
+                }
+                ReplyTo::Client { to, id } => {
+                    let text = crate::protocol::presence(id, channel.as_str(), &members);
+                    let text = String::from_utf8(text).unwrap_or_default();
+                    shared.send(usize::from(to.shard), Work::ClientReply { to, text });
+                }
+            }
+            Ok(())
+        }
+        Job::UserCall { user, action, to } => {
+            let id = engine.next_call.fetch_add(1, Ordering::Relaxed);
+            let (action_name, channel) = match action {
+                UserAction::Disconnect => ("disconnect", None),
+                UserAction::Unsubscribe(channel) => ("unsubscribe", Some(channel.as_str())),
+            };
+            let message = serde_json::json!({
+                "origin": &*engine.node, "id": id, "user": &**user,
+                "action": action_name, "channel": channel,
+            });
+            engine.calls.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                id,
+                PendingCall {
+                    to: *to,
+                    action: action.clone(),
+                    expected: None,
+                    reported: 0,
+                    total: 0,
+                    deadline: Instant::now() + CONTROL_TIMEOUT,
+                },
+            );
+            let receivers: u64 = match redis::cmd("PUBLISH")
+                .arg(engine.control_channel())
+                .arg(message.to_string())
+                .query(con)
+            {
+                Ok(receivers) => receivers,
+                Err(error) => {
+                    engine.calls.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                    return Err(error.into());
+                }
+            };
+            let mut calls = engine.calls.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(call) = calls.get_mut(&id) {
+                call.expected = Some(receivers);
+                if call.reported >= receivers
+                    && let Some(call) = calls.remove(&id)
+                {
+                    answer_call(shared, &call);
+                }
+            }
+            Ok(())
+        }
+        Job::ControlReply { origin, id, count } => {
+            let message = serde_json::json!({"id": id, "count": count});
+            redis::cmd("PUBLISH")
+                .arg(engine.reply_channel(origin))
+                .arg(message.to_string())
+                .query::<u64>(con)?;
             Ok(())
         }
         Job::History { channel, since, limit, to } => {
@@ -526,14 +825,16 @@ fn fail_job(shared: &Shared, job: Job, error: &JobError) {
         JobError::Failed(what) => format!("the engine failed: {what}"),
     };
     match job {
-        Job::Publish { reply: PublishReply::Api(to), .. } | Job::History { to, .. } => {
+        Job::Publish { reply: ReplyTo::Api(to), .. }
+        | Job::History { to, .. }
+        | Job::UserCall { to, .. } => {
             let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
             shared.send(
                 usize::from(to.shard),
                 Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
             );
         }
-        Job::Publish { reply: PublishReply::Client { to, id }, .. } => {
+        Job::Publish { reply: ReplyTo::Client { to, id }, .. } => {
             let error = crate::protocol::CommandError::new(
                 id,
                 crate::protocol::ErrorCode::Unavailable,
@@ -548,7 +849,107 @@ fn fail_job(shared: &Shared, job: Job, error: &JobError) {
                 Work::Subscribed { to: who, id, channel, outcome: Err(message) },
             );
         }
+        Job::Presence { reply: ReplyTo::Api(to), .. } => {
+            let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
+            shared.send(
+                usize::from(to.shard),
+                Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
+            );
+        }
+        Job::Presence { reply: ReplyTo::Client { to, id }, .. } => {
+            let error = crate::protocol::CommandError::new(
+                id,
+                crate::protocol::ErrorCode::Unavailable,
+                message,
+            );
+            let text = String::from_utf8(crate::protocol::error(&error)).unwrap_or_default();
+            shared.send(usize::from(to.shard), Work::ClientReply { to, text });
+        }
+        // Presence entries are refreshed from the node's own table every
+        // PRESENCE_REFRESH: a join lost now is written then; a leave lost
+        // now expires with PRESENCE_TTL.
+        Job::PresenceJoin { .. } | Job::PresenceLeave { .. } => {}
+        // The asking node answers with the counts it got at its timeout.
+        Job::ControlReply { .. } => {}
     }
+}
+
+fn answer_call(shared: &Shared, call: &PendingCall) {
+    let body = crate::api::user_answer(&call.action, call.total);
+    shared.send(
+        usize::from(call.to.shard),
+        Work::Answer { to: call.to, status: 200, body: body.into_bytes() },
+    );
+}
+
+/// A call from the control channel: carried out on this node's shards,
+/// the count reported back to the node that asked.
+fn on_control(shared: &Shared, payload: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Call {
+        origin: String,
+        id: u64,
+        user: String,
+        action: String,
+        channel: Option<String>,
+    }
+    let Ok(call) = serde_json::from_slice::<Call>(payload) else { return };
+    let action = match (call.action.as_str(), call.channel) {
+        ("disconnect", _) => UserAction::Disconnect,
+        ("unsubscribe", Some(channel)) => match ChannelName::parse(&channel) {
+            Ok(channel) => UserAction::Unsubscribe(channel),
+            Err(_) => return,
+        },
+        _ => return,
+    };
+    crate::api::fan_out_to_shards(
+        Arc::from(call.user),
+        action,
+        TaskReply::Node { origin: call.origin, id: call.id },
+        shared,
+    );
+}
+
+/// Writes this node's presence entries again with a fresh expiry.
+fn refresh_presence(
+    engine: &RedisEngine,
+    shared: &Shared,
+    con: &mut redis::Connection,
+) -> redis::RedisResult<()> {
+    let entries = shared.broker.local_presence();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let ttl_ms = millis(PRESENCE_TTL);
+    let expires = now_ms() + ttl_ms;
+    let mut pipe = redis::pipe();
+    for (channel, members) in &entries {
+        let (hash, scores) = engine.presence_keys(channel);
+        for member in members {
+            pipe.cmd("HSET")
+                .arg(&hash)
+                .arg(member.client.as_ref())
+                .arg(member.user.as_ref())
+                .ignore();
+            pipe.cmd("ZADD").arg(&scores).arg(expires).arg(member.client.as_ref()).ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&hash).arg(2 * ttl_ms).ignore();
+        pipe.cmd("PEXPIRE").arg(&scores).arg(2 * ttl_ms).ignore();
+    }
+    pipe.query(con)
+}
+
+fn presence_event(op: &str, channel: &str, client: &str, user: &str) -> String {
+    serde_json::json!({"op": op, "channel": channel, "client": client, "user": user}).to_string()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, millis)
 }
 
 fn text(value: &redis::Value) -> Option<String> {
@@ -695,6 +1096,8 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
     // missed (the pub/sub connection itself can only listen).
     let mut catch_up: Option<redis::Connection> = None;
     let prefix = format!("{}:pub:", engine.prefix);
+    let control = engine.control_channel();
+    let replies = engine.reply_channel(node);
     loop {
         let value = match parser.parse_value(&mut reader) {
             Ok(value) => value,
@@ -729,6 +1132,23 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
                     shared.broker.mark_remote_restart(channel);
                 }
             }
+            "message" if name == control || name == replies => {
+                let (Some(shared), Some(payload)) =
+                    (shared.upgrade(), items.get(2).and_then(bytes_of))
+                else {
+                    continue;
+                };
+                if name == control {
+                    on_control(&shared, payload);
+                } else if let Ok(reply) = serde_json::from_slice::<serde_json::Value>(payload)
+                    && let (Some(id), Some(count)) = (
+                        reply.get("id").and_then(serde_json::Value::as_u64),
+                        reply.get("count").and_then(serde_json::Value::as_u64),
+                    )
+                {
+                    engine.count_reply(&shared, id, usize::try_from(count).unwrap_or(0));
+                }
+            }
             "message" => {
                 let (Some(channel), Some(payload)) =
                     (name.strip_prefix(&prefix), items.get(2).and_then(bytes_of))
@@ -736,6 +1156,14 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
                     continue;
                 };
                 let Some(shared) = shared.upgrade() else { return };
+                if let Some(event) = payload.strip_prefix(b"J:") {
+                    // `J:CLIENT:JSON`: a join or leave, for everyone but that client.
+                    let Some(colon) = event.iter().position(|b| *b == b':') else { continue };
+                    let client = std::str::from_utf8(&event[..colon]).unwrap_or_default();
+                    let exclude = parse_client_id(node, client);
+                    shared.broker.deliver_presence_remote(channel, exclude, &event[colon + 1..]);
+                    continue;
+                }
                 if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
                     let filled =
                         fill_gap(engine, &shared, &mut catch_up, node, channel, epoch, offset);

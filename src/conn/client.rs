@@ -6,7 +6,7 @@ use super::out_queue::OutQueue;
 use super::websocket::{self, Opcode};
 use crate::auth::{Denied, Identity};
 use crate::broker::channel::ChannelName;
-use crate::broker::redis::{Job, PublishReply, SubscribeOutcome};
+use crate::broker::redis::{Job, ReplyTo, SubscribeOutcome};
 use crate::broker::{BrokerError, ConnRef, Member, Since};
 use crate::protocol::{self, Command, CommandError, ErrorCode};
 use crate::shard::subscribers::Subscriber;
@@ -116,7 +116,7 @@ impl ClientSession {
                         channels: vec![channel],
                         data: Bytes::copy_from_slice(data.as_bytes()),
                         exclude: exclude.map(|who| client_id(&ctx.node, who)),
-                        reply: PublishReply::Client { to: self.me, id },
+                        reply: ReplyTo::Client { to: self.me, id },
                     });
                     ctx.metrics.publications.inc();
                     return Ok(None);
@@ -134,6 +134,14 @@ impl ClientSession {
             }
             Command::Presence { id, channel } => {
                 let channel = self.accessible(id, channel, ctx)?;
+                if let Some(engine) = ctx.shared.broker.redis() {
+                    ctx.shared.broker.presence(&channel).map_err(|e| broker_error(id, &e))?;
+                    engine.submit(Job::Presence {
+                        channel,
+                        reply: ReplyTo::Client { to: self.me, id },
+                    });
+                    return Ok(None);
+                }
                 let members =
                     ctx.shared.broker.presence(&channel).map_err(|e| broker_error(id, &e))?;
                 Ok(Some(protocol::presence(id, channel.as_str(), &members)))
@@ -204,6 +212,15 @@ impl ClientSession {
         if let Some(engine) = broker.redis() {
             // The position comes from Redis; deliveries wait until it does.
             broker.subscribe_node(&channel, self.me, member.as_ref());
+            if let Some(member) = &member {
+                let announce = broker.options(&channel).is_ok_and(|options| options.join_leave);
+                engine.submit(Job::PresenceJoin {
+                    channel: channel.clone(),
+                    client: member.client.clone(),
+                    user: member.user.clone(),
+                    announce,
+                });
+            }
             ctx.locals.add(
                 channel.shared().clone(),
                 self.me.key,
