@@ -1159,9 +1159,11 @@ fn read_pubsub(engine: &RedisEngine, shared: &Weak<Shared>, node: &str, stream: 
                 if let Some(event) = payload.strip_prefix(b"J:") {
                     // `J:CLIENT:JSON`: a join or leave, for everyone but that client.
                     let Some(colon) = event.iter().position(|b| *b == b':') else { continue };
-                    let client = std::str::from_utf8(&event[..colon]).unwrap_or_default();
+                    let (client, json) = event.split_at(colon);
+                    let client = std::str::from_utf8(client).unwrap_or_default();
                     let exclude = parse_client_id(node, client);
-                    shared.broker.deliver_presence_remote(channel, exclude, &event[colon + 1..]);
+                    let json = json.get(1..).unwrap_or_default();
+                    shared.broker.deliver_presence_remote(channel, exclude, json);
                     continue;
                 }
                 if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
