@@ -2,7 +2,7 @@
 
 use crate::broker::channel::ChannelName;
 use crate::broker::redis::{Job, ReplyTo};
-use crate::broker::{BrokerError, ConnRef, Since};
+use crate::broker::{BrokerError, ConnRef, HistoryPage, Since};
 use crate::conn::Ctx;
 use crate::conn::client::parse_client_id;
 use crate::conn::http::{Request, query_value};
@@ -400,16 +400,21 @@ fn history(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Repl
         if ctx.shared.broker.options(&channel).map_err(broker_error)?.history_size == 0 {
             return Err(broker_error(BrokerError::HistoryOff));
         }
-        engine.submit(Job::History { channel, since, limit, to: reply_to });
+        engine.submit(Job::History { channel, since, limit, reply: ReplyTo::Api(reply_to) });
         return Ok(Reply::Later);
     }
     let page = ctx.shared.broker.history(&channel, since.as_ref(), limit).map_err(broker_error)?;
+    Ok(Reply::Now(200, history_body(channel.as_str(), &page)))
+}
+
+/// The `GET /api/history` answer for a page of history.
+pub fn history_body(channel: &str, page: &HistoryPage) -> Vec<u8> {
     let size: usize = page.publications.iter().map(|(_, data)| data.len() + 32).sum();
     let mut answer = Vec::with_capacity(size + 96);
     let _ = write!(
         VecWriter(&mut answer),
         r#"{{"channel":"{}","epoch":"{}","offset":{},"publications":["#,
-        channel.as_str(),
+        channel,
         page.epoch.as_str(),
         page.offset
     );
@@ -422,7 +427,7 @@ fn history(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Repl
         answer.push(b'}');
     }
     answer.extend_from_slice(b"]}");
-    Ok(Reply::Now(200, answer))
+    answer
 }
 
 /// `fmt::Write` into a byte vector.

@@ -207,7 +207,7 @@ pub enum Job {
         /// Connections acted on here.
         count: usize,
     },
-    /// History for the server API (`Work::Answer`).
+    /// A channel's history (server API or `/ws`).
     History {
         /// The channel.
         channel: ChannelName,
@@ -215,8 +215,8 @@ pub enum Job {
         since: Option<Since>,
         /// At most this many.
         limit: usize,
-        /// The API connection.
-        to: ConnRef,
+        /// Where the answer goes.
+        reply: ReplyTo,
     },
 }
 
@@ -779,7 +779,7 @@ fn run_job(
                 .query::<u64>(con)?;
             Ok(())
         }
-        Job::History { channel, since, limit, to } => {
+        Job::History { channel, since, limit, reply } => {
             let (meta, history) = engine.keys(channel.as_str());
             let (position, entries): ((Option<String>, Option<u64>), Vec<redis::Value>) =
                 redis::pipe()
@@ -801,16 +801,29 @@ fn run_job(
                 Some(since) if since.epoch == epoch => since.offset,
                 _ => 0,
             };
-            let body = history_answer(
-                channel.as_str(),
-                &epoch,
-                position.1.unwrap_or(0),
-                &entries,
-                after,
-                *limit,
-            )
-            .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
-            shared.send(usize::from(to.shard), Work::Answer { to: *to, status: 200, body });
+            let publications = entries
+                .iter()
+                .filter_map(stream_entry)
+                .filter(|(offset, _, _)| *offset > after)
+                .take(*limit)
+                .map(|(offset, data, _)| (offset, Bytes::copy_from_slice(data)))
+                .collect();
+            let page = super::HistoryPage {
+                epoch: super::Epoch::parse(&epoch).unwrap_or(super::Epoch::from_u32(0)),
+                offset: position.1.unwrap_or(0),
+                publications,
+            };
+            match *reply {
+                ReplyTo::Api(to) => {
+                    let body = crate::api::history_body(channel.as_str(), &page);
+                    shared.send(usize::from(to.shard), Work::Answer { to, status: 200, body });
+                }
+                ReplyTo::Client { to, id } => {
+                    let text = crate::protocol::history(id, channel.as_str(), &page);
+                    let text = String::from_utf8(text).unwrap_or_default();
+                    shared.send(usize::from(to.shard), Work::ClientReply { to, text });
+                }
+            }
             Ok(())
         }
     }
@@ -825,45 +838,15 @@ fn fail_job(shared: &Shared, job: Job, error: &JobError) {
         JobError::Failed(what) => format!("the engine failed: {what}"),
     };
     match job {
-        Job::Publish { reply: ReplyTo::Api(to), .. }
-        | Job::History { to, .. }
-        | Job::UserCall { to, .. } => {
-            let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
-            shared.send(
-                usize::from(to.shard),
-                Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
-            );
+        Job::Publish { reply, .. } | Job::History { reply, .. } | Job::Presence { reply, .. } => {
+            send_unavailable(shared, reply, message);
         }
-        Job::Publish { reply: ReplyTo::Client { to, id }, .. } => {
-            let error = crate::protocol::CommandError::new(
-                id,
-                crate::protocol::ErrorCode::Unavailable,
-                message,
-            );
-            let text = String::from_utf8(crate::protocol::error(&error)).unwrap_or_default();
-            shared.send(usize::from(to.shard), Work::ClientReply { to, text });
-        }
+        Job::UserCall { to, .. } => send_unavailable(shared, ReplyTo::Api(to), message),
         Job::Subscribe { channel, who, id, .. } => {
             shared.send(
                 usize::from(who.shard),
                 Work::Subscribed { to: who, id, channel, outcome: Err(message) },
             );
-        }
-        Job::Presence { reply: ReplyTo::Api(to), .. } => {
-            let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
-            shared.send(
-                usize::from(to.shard),
-                Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
-            );
-        }
-        Job::Presence { reply: ReplyTo::Client { to, id }, .. } => {
-            let error = crate::protocol::CommandError::new(
-                id,
-                crate::protocol::ErrorCode::Unavailable,
-                message,
-            );
-            let text = String::from_utf8(crate::protocol::error(&error)).unwrap_or_default();
-            shared.send(usize::from(to.shard), Work::ClientReply { to, text });
         }
         // Presence entries are refreshed from the node's own table every
         // PRESENCE_REFRESH: a join lost now is written then; a leave lost
@@ -872,6 +855,40 @@ fn fail_job(shared: &Shared, job: Job, error: &JobError) {
         // The asking node answers with the counts it got at its timeout.
         Job::ControlReply { .. } => {}
     }
+}
+
+/// `503 unavailable` to an API request, an `unavailable` error reply to a
+/// `/ws` command.
+fn send_unavailable(shared: &Shared, reply: ReplyTo, message: String) {
+    match reply {
+        ReplyTo::Api(to) => {
+            let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
+            shared.send(
+                usize::from(to.shard),
+                Work::Answer { to, status: 503, body: body.to_string().into_bytes() },
+            );
+        }
+        ReplyTo::Client { to, id } => {
+            let error = crate::protocol::CommandError::new(
+                id,
+                crate::protocol::ErrorCode::Unavailable,
+                message,
+            );
+            let text = String::from_utf8(crate::protocol::error(&error)).unwrap_or_default();
+            shared.send(usize::from(to.shard), Work::ClientReply { to, text });
+        }
+    }
+}
+
+/// `(offset, data, exclude)` of a history stream entry
+/// (`[id, ["o", N, "d", DATA, "x", CLIENT]]`).
+fn stream_entry(entry: &redis::Value) -> Option<(u64, &[u8], &[u8])> {
+    let redis::Value::Array(parts) = entry else { return None };
+    let Some(redis::Value::Array(fields)) = parts.get(1) else { return None };
+    let offset = number(fields.get(1)?)?;
+    let data = bytes_of(fields.get(3)?)?;
+    let exclude = fields.get(5).and_then(bytes_of).unwrap_or_default();
+    Some((offset, data, exclude))
 }
 
 fn answer_call(shared: &Shared, call: &PendingCall) {
@@ -1002,38 +1019,6 @@ fn parse_position(
         missed.push((offset, frame));
     }
     Some(SubscribeOutcome { epoch, top, recovery: Some((recovered, missed)) })
-}
-
-/// The `GET /api/history` answer from a stream's entries (`[id, [o, N, d, DATA]]`).
-fn history_answer(
-    channel: &str,
-    epoch: &str,
-    top: u64,
-    entries: &[redis::Value],
-    after: u64,
-    limit: usize,
-) -> Option<Vec<u8>> {
-    let mut out =
-        format!(r#"{{"channel":"{channel}","epoch":"{epoch}","offset":{top},"publications":["#)
-            .into_bytes();
-    let mut written = 0;
-    for entry in entries {
-        let redis::Value::Array(parts) = entry else { return None };
-        let Some(redis::Value::Array(fields)) = parts.get(1) else { return None };
-        let offset = number(fields.get(1)?)?;
-        if offset <= after || written >= limit {
-            continue;
-        }
-        if written > 0 {
-            out.push(b',');
-        }
-        written += 1;
-        out.extend_from_slice(format!(r#"{{"offset":{offset},"data":"#).as_bytes());
-        out.extend_from_slice(bytes_of(fields.get(3)?)?);
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"]}");
-    Some(out)
 }
 
 fn run_pubsub(engine: &Arc<RedisEngine>, shared: &Weak<Shared>) {
@@ -1218,21 +1203,14 @@ fn fill_gap(
         };
     let mut missed = Vec::new();
     let mut next = top + 1;
-    for entry in &entries {
-        let redis::Value::Array(parts) = entry else { continue };
-        let Some(redis::Value::Array(fields)) = parts.get(1) else { continue };
-        let (Some(entry_offset), Some(data)) =
-            (fields.get(1).and_then(number), fields.get(3).and_then(bytes_of))
-        else {
-            continue;
-        };
+    for (entry_offset, data, exclude) in entries.iter().filter_map(stream_entry) {
         if entry_offset < next || entry_offset >= offset {
             continue;
         }
         if entry_offset != next {
             break;
         }
-        let exclude = fields.get(5).and_then(text).unwrap_or_default();
+        let exclude = std::str::from_utf8(exclude).unwrap_or_default().to_string();
         missed.push((entry_offset, exclude, data));
         next += 1;
     }

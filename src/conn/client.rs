@@ -148,12 +148,17 @@ impl ClientSession {
             }
             Command::History { id, channel, since, limit } => {
                 let channel = self.accessible(id, channel, ctx)?;
-                if ctx.shared.broker.redis().is_some() {
-                    return Err(CommandError::new(
-                        id,
-                        ErrorCode::Unavailable,
-                        "history over /ws is not available with the redis engine yet; use GET /api/history",
-                    ));
+                if let Some(engine) = ctx.shared.broker.redis() {
+                    if ctx.shared.broker.options(&channel).is_ok_and(|o| o.history_size == 0) {
+                        return Err(broker_error(id, &BrokerError::HistoryOff));
+                    }
+                    engine.submit(Job::History {
+                        channel,
+                        since,
+                        limit,
+                        reply: ReplyTo::Client { to: self.me, id },
+                    });
+                    return Ok(None);
                 }
                 let page = ctx
                     .shared
