@@ -459,3 +459,60 @@ fn disconnect_and_unsubscribe_reach_every_node() {
     assert_eq!(on_b.expect_close(), 4000);
     assert_eq!(bystander.ok(json!({"op": "ping"}))["op"], "pong");
 }
+
+#[test]
+fn sse_and_long_poll_work_across_nodes_with_cursors() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t9"), node(&redis, "t9"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    // An SSE stream on node A gets what node B publishes.
+    let mut stream = connect(a.addr);
+    stream.write_all(b"GET /sse?channel=news HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let mut received = String::new();
+    let read_until = |stream: &mut TcpStream, needle: &str, text: &mut String| {
+        let deadline = Instant::now() + DEADLINE;
+        while !text.contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in {text:?}");
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "stream ended: {text:?}");
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    };
+    read_until(&mut stream, "event: subscribed", &mut received);
+    for n in 1..=3 {
+        b.publish("news", json!(n));
+    }
+    read_until(&mut stream, r#""offset":3,"data":3"#, &mut received);
+    let cursor = received
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .next_back()
+        .unwrap()
+        .to_string();
+    drop(stream);
+    b.publish("news", json!(4));
+    // A long-poll on node B continues from the SSE cursor.
+    let answer =
+        request(b.addr, &format!("GET /poll?channel=news&cursor={cursor} HTTP/1.1\r\n\r\n"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = answer.json();
+    assert_eq!(body["messages"], json!([{"channel": "news", "offset": 4, "data": 4}]), "{body}");
+    // And holds until the next one, published on node A.
+    let next = body["cursor"].as_str().unwrap().to_string();
+    let mut held = connect(b.addr);
+    held.write_all(
+        format!("GET /poll?channel=news&cursor={next}&timeout=30 HTTP/1.1\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    wait_until("the poll is held", || {
+        request(b.addr, "GET /metrics HTTP/1.1\r\n\r\n")
+            .body
+            .lines()
+            .any(|line| line == "herald_connections{transport=\"poll\"} 1")
+    });
+    a.publish("news", json!(5));
+    let body = read_response(&mut held, &mut Vec::new()).json();
+    assert_eq!(body["messages"][0]["offset"], 5, "{body}");
+}

@@ -163,12 +163,24 @@ fn sse_recovers_from_last_event_id_or_cursor_in_order_and_once() {
         (format!("/sse?channel=news&channel=chat%3Aroom&cursor={last_id}"), String::new()),
     ] {
         let mut sse = Sse::open(server.addr, &target, &header);
-        let news = sse.next();
-        assert_eq!(news.json()["recovered"], true, "{}", news.data);
-        assert_eq!(news.json()["missed"], missed_news.len());
-        assert_eq!(sse.next().json()["missed"], 1);
-        let got: Vec<Value> =
-            (0..missed_news.len() + 1).map(|_| sse.message().json()["data"].clone()).collect();
+        // Each channel's `subscribed` event comes before what it missed.
+        let mut subscribed = Vec::new();
+        let mut got: Vec<Value> = Vec::new();
+        while got.len() < missed_news.len() + 1 {
+            let event = sse.next();
+            match event.event.as_str() {
+                "subscribed" => subscribed.push(event.json()),
+                "message" => {
+                    let channel = event.json()["channel"].as_str().unwrap().to_string();
+                    assert!(subscribed.iter().any(|s| s["channel"] == channel.as_str()));
+                    got.push(event.json()["data"].clone());
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        assert_eq!(subscribed[0]["recovered"], true, "{}", subscribed[0]);
+        assert_eq!(subscribed[0]["missed"], missed_news.len());
+        assert_eq!(subscribed[1]["missed"], 1);
         let mut expected = missed_news.clone();
         expected.push(json!("c1"));
         assert_eq!(got, expected);

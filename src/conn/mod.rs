@@ -207,6 +207,8 @@ struct SsePhase {
     sub: StreamSub,
     /// When the next `: ping` comment is due.
     next_ping: Millis,
+    /// Channels whose position the Redis engine has not sent yet.
+    awaiting: usize,
 }
 
 /// A long-poll held until a message arrives or its timeout passes.
@@ -220,6 +222,11 @@ struct PollPhase {
     unrecovered: bool,
     keep_alive: bool,
     allow_origin: Option<Box<str>>,
+    /// Channels whose position the Redis engine has not sent yet: the poll
+    /// is not answered before they are all known.
+    awaiting: usize,
+    /// `timeout=0`: answer as soon as every channel is subscribed.
+    answer_at_once: bool,
 }
 
 #[derive(Debug)]
@@ -587,7 +594,9 @@ impl<S: Transport> Conn<S> {
         pushed
     }
 
-    /// The Redis engine's answer to a subscribe of this `/ws` connection.
+    /// The Redis engine's answer to a subscribe of this connection (a
+    /// `/ws` command, or a channel of an `/sse` or `/poll` request, whose
+    /// index is the `id`).
     pub fn on_subscribed(
         &mut self,
         id: Option<u64>,
@@ -595,10 +604,80 @@ impl<S: Transport> Conn<S> {
         outcome: Result<crate::broker::redis::SubscribeOutcome, String>,
         ctx: &mut Ctx,
     ) {
-        let Phase::WebSocket(ws) = &mut self.phase else { return };
-        let Endpoint::Client(session) = &mut ws.endpoint else { return };
-        let sent = session.complete_subscribe(id, channel, outcome, &mut self.out, ctx);
-        ctx.metrics.messages_out.add(sent);
+        match &mut self.phase {
+            Phase::WebSocket(ws) => {
+                let Endpoint::Client(session) = &mut ws.endpoint else { return };
+                let sent = session.complete_subscribe(id, channel, outcome, &mut self.out, ctx);
+                ctx.metrics.messages_out.add(sent);
+            }
+            Phase::Sse(_) | Phase::Poll(_) => {
+                let index = id.and_then(|id| usize::try_from(id).ok()).unwrap_or(usize::MAX);
+                self.on_stream_subscribed(index, channel, outcome, ctx);
+            }
+            _ => {
+                ctx.pending.remove(&(self.key, channel.shared().clone()));
+            }
+        }
+    }
+
+    /// The Redis engine's answer for channel `index` of a stream.
+    fn on_stream_subscribed(
+        &mut self,
+        index: usize,
+        channel: &ChannelName,
+        outcome: Result<crate::broker::redis::SubscribeOutcome, String>,
+        ctx: &mut Ctx,
+    ) {
+        let held = ctx.pending.remove(&(self.key, channel.shared().clone())).unwrap_or_default();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(message) => {
+                log::debug!("stream subscription failed: {message}");
+                if matches!(self.phase, Phase::Poll(_)) {
+                    let error = HttpError::Unavailable("the engine (Redis) is unavailable, retry");
+                    self.release(ctx);
+                    self.set_transport(ConnKind::Http, ctx);
+                    self.phase = Phase::Http(HttpPhase::new(ctx.now));
+                    self.respond(error.to_response(), ctx);
+                } else {
+                    // The browser reconnects (and recovers) by itself.
+                    self.start_drain(ctx);
+                }
+                return;
+            }
+        };
+        let sub = match &mut self.phase {
+            Phase::Sse(sse) => {
+                sse.awaiting = sse.awaiting.saturating_sub(1);
+                &mut sse.sub
+            }
+            Phase::Poll(poll) => {
+                poll.awaiting = poll.awaiting.saturating_sub(1);
+                &mut poll.sub
+            }
+            _ => return,
+        };
+        let recovery = outcome.recovery.as_ref().map(|(ok, missed)| (*ok, missed.len()));
+        let recovered = recovery.is_some_and(|(ok, _)| ok);
+        sub.set_position(index, &outcome.epoch, if recovered { None } else { Some(outcome.top) });
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut last = outcome.top;
+        for (_, frame) in outcome.recovery.map(|(_, missed)| missed).unwrap_or_default() {
+            frames.push(frame);
+        }
+        for (offset, frame) in held {
+            if offset > last {
+                frames.push(frame);
+                last = offset;
+            }
+        }
+        if let Some(subscriber) =
+            ctx.locals.get_mut(channel.as_str()).and_then(|locals| locals.get_mut(&self.key))
+        {
+            subscriber.last_offset = last;
+        }
+        self.stream_subscribed(index, recovery, frames, ctx);
+        self.answer_poll_if_due(ctx);
     }
 
     /// Work due before the shard flushes this connection: a held poll that

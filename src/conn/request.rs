@@ -329,60 +329,110 @@ impl<S: SocketTransport> Conn<S> {
         }
     }
 
-    /// Subscribes an `/sse` or `/poll` request and starts its answer.
+    /// Subscribes an `/sse` or `/poll` request and starts its answer. With
+    /// the Redis engine each channel's position comes later
+    /// ([`Conn::on_stream_subscribed`]).
     fn open_stream(&mut self, request: StreamRequest, keep_alive: bool, ctx: &mut Ctx) {
         let me = self.conn_ref(ctx);
-        let (mut sub, opened) =
+        let channels = request.channels.len();
+        let (sub, opened) = if ctx.shared.broker.redis().is_some() {
+            (StreamSub::open_remote(me, request.channels, request.cursor.as_deref(), ctx), None)
+        } else {
             match StreamSub::open(me, request.channels, request.cursor.as_deref(), ctx) {
-                Ok(opened) => opened,
+                Ok((sub, opened)) => (sub, Some(opened)),
                 Err(error) => {
                     ctx.metrics.refused(Refusal::Status(error.status()));
                     self.answer(error.response(keep_alive), keep_alive, ctx);
                     return;
                 }
-            };
-        let recovery = |index: usize| {
-            opened.recovery.iter().find(|(i, ..)| *i == index).map(|(_, ok, missed)| (*ok, *missed))
-        };
-        let unrecovered = opened.recovery.iter().any(|(_, recovered, _)| !recovered);
-        let Some(timeout) = request.poll_timeout else {
-            self.set_transport(Transport::Sse, ctx);
-            self.out.push(stream::sse_head(request.allow_origin.as_deref()));
-            for index in 0..sub.channel_count() {
-                let cursor = sub.cursor();
-                let body = sub.describe(index, recovery(index));
-                self.out.push(stream::sse_event("subscribed", Some(&cursor), body.as_bytes()));
             }
-            for (index, frame) in &opened.missed {
-                if let Some((op, body)) = stream::push_body(frame) {
-                    sub.advance(index.to_owned(), sub.offset(*index) + 1);
-                    let cursor = sub.cursor();
-                    self.out.push(stream::sse_event(op, Some(&cursor), &body));
-                }
-            }
-            ctx.metrics.messages_out.add(opened.missed.len() as u64);
-            let next_ping = ctx.now + ctx.ping_interval();
-            self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping }));
-            return;
         };
-        self.set_transport(Transport::Poll, ctx);
-        let mut messages = Vec::with_capacity(opened.missed.len());
-        for (index, frame) in &opened.missed {
-            if let Some((_, body)) = stream::push_body(frame) {
-                sub.advance(*index, sub.offset(*index) + 1);
-                messages.push(body);
+        let awaiting = if opened.is_some() { 0 } else { channels };
+        match request.poll_timeout {
+            None => {
+                self.set_transport(Transport::Sse, ctx);
+                self.out.push(stream::sse_head(request.allow_origin.as_deref()));
+                let next_ping = ctx.now + ctx.ping_interval();
+                self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping, awaiting }));
+            }
+            Some(timeout) => {
+                self.set_transport(Transport::Poll, ctx);
+                self.phase = Phase::Poll(Box::new(PollPhase {
+                    sub,
+                    deadline: ctx.now + timeout.saturating_mul(1000),
+                    messages: Vec::new(),
+                    unrecovered: false,
+                    keep_alive,
+                    allow_origin: request.allow_origin,
+                    awaiting,
+                    answer_at_once: timeout == 0,
+                }));
             }
         }
-        let answer_now = !messages.is_empty() || unrecovered || timeout == 0;
-        self.phase = Phase::Poll(Box::new(PollPhase {
-            sub,
-            deadline: ctx.now + timeout.saturating_mul(1000),
-            messages,
-            unrecovered,
-            keep_alive,
-            allow_origin: request.allow_origin,
-        }));
-        if answer_now {
+        if let Some(opened) = opened {
+            for index in 0..channels {
+                let recovery = opened
+                    .recovery
+                    .iter()
+                    .find(|(i, ..)| *i == index)
+                    .map(|(_, ok, missed)| (*ok, *missed));
+                let frames: Vec<Bytes> = opened
+                    .missed
+                    .iter()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, frame)| frame.clone())
+                    .collect();
+                self.stream_subscribed(index, recovery, frames, ctx);
+            }
+            self.answer_poll_if_due(ctx);
+        }
+    }
+
+    /// One channel of a stream is subscribed: the `subscribed` event and
+    /// the missed publications (`frames`, each the next offset) on SSE; the
+    /// messages and recovery for a poll's answer.
+    pub(super) fn stream_subscribed(
+        &mut self,
+        index: usize,
+        recovery: Option<(bool, usize)>,
+        frames: Vec<Bytes>,
+        ctx: &Ctx,
+    ) {
+        ctx.metrics.messages_out.add(frames.len() as u64);
+        match &mut self.phase {
+            Phase::Sse(sse) => {
+                let cursor = sse.sub.cursor();
+                let body = sse.sub.describe(index, recovery);
+                self.out.push(stream::sse_event("subscribed", Some(&cursor), body.as_bytes()));
+                for frame in frames {
+                    if let Some((op, body)) = stream::push_body(&frame) {
+                        sse.sub.advance(index, sse.sub.offset(index) + 1);
+                        let cursor = sse.sub.cursor();
+                        self.out.push(stream::sse_event(op, Some(&cursor), &body));
+                    }
+                }
+            }
+            Phase::Poll(poll) => {
+                if recovery.is_some_and(|(recovered, _)| !recovered) {
+                    poll.unrecovered = true;
+                }
+                for frame in frames {
+                    if let Some((_, body)) = stream::push_body(&frame) {
+                        poll.sub.advance(index, poll.sub.offset(index) + 1);
+                        poll.messages.push(body);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A poll whose channels are all subscribed is answered at once when it
+    /// has messages, lost its position, or asked not to wait.
+    pub(super) fn answer_poll_if_due(&mut self, ctx: &mut Ctx) {
+        if matches!(&self.phase, Phase::Poll(poll) if poll.awaiting == 0
+            && (!poll.messages.is_empty() || poll.unrecovered || poll.answer_at_once))
+        {
             self.finish_poll(ctx);
         }
     }
@@ -624,11 +674,6 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
     }
     if body_length(request)? != 0 {
         return Err(HttpError::Malformed("a GET request has no body"));
-    }
-    if ctx.shared.broker.redis().is_some() {
-        return Err(HttpError::Unavailable(
-            "SSE and long-poll are not available with the redis engine yet; use /ws",
-        ));
     }
     let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
     let identity = identify(request, config)?;

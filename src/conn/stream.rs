@@ -105,10 +105,62 @@ impl StreamSub {
         Ok((sub, opened))
     }
 
+    /// With the Redis engine: subscribes `me` to `channels` on this node
+    /// and asks Redis for each channel's position (from `since`); the
+    /// answers come back through the shard's inbox, one per channel, with
+    /// the channel's index as the id.
+    pub fn open_remote(
+        me: ConnRef,
+        channels: Vec<ChannelName>,
+        since: Option<&[Option<Since>]>,
+        ctx: &mut Ctx,
+    ) -> StreamSub {
+        let broker = &ctx.shared.broker;
+        let replay_limit = ctx.config.max_outbound_bytes / 4;
+        let mut sub = StreamSub { me, channels: Vec::new(), positions: Vec::new() };
+        for (index, channel) in channels.into_iter().enumerate() {
+            let position = since.and_then(|since| since.get(index)).and_then(Option::clone);
+            broker.subscribe_node(&channel, me, None);
+            ctx.locals.add(
+                channel.shared().clone(),
+                me.key,
+                crate::shard::subscribers::Subscriber {
+                    generation: me.generation,
+                    last_offset: crate::conn::client::PENDING,
+                },
+            );
+            sub.positions
+                .push(position.as_ref().map(|p| (p.epoch.clone(), p.offset)).unwrap_or_default());
+            if let Some(engine) = broker.redis() {
+                engine.submit(crate::broker::redis::Job::Subscribe {
+                    channel: channel.clone(),
+                    who: me,
+                    id: Some(index as u64),
+                    since: position,
+                    replay_limit,
+                });
+            }
+            sub.channels.push(channel);
+        }
+        sub
+    }
+
+    /// Sets channel `index`'s epoch, and its offset unless `None` (the
+    /// client's own position stands: what it missed is being replayed).
+    pub fn set_position(&mut self, index: usize, epoch: &str, offset: Option<u64>) {
+        if let Some(position) = self.positions.get_mut(index) {
+            position.0 = epoch.to_string();
+            if let Some(offset) = offset {
+                position.1 = offset;
+            }
+        }
+    }
+
     /// Leaves every channel.
     pub fn release(&mut self, ctx: &mut Ctx) {
         for channel in std::mem::take(&mut self.channels) {
             ctx.locals.remove(channel.as_str(), self.me.key);
+            ctx.pending.remove(&(self.me.key, channel.shared().clone()));
             ctx.shared.broker.unsubscribe(&channel, self.me, None);
         }
     }
@@ -147,7 +199,10 @@ impl StreamSub {
             if index > 0 {
                 cursor.push('.');
             }
-            let _ = write!(cursor, "{epoch}-{offset}");
+            // No position yet: an empty entry (from now).
+            if !epoch.is_empty() {
+                let _ = write!(cursor, "{epoch}-{offset}");
+            }
         }
         cursor
     }
