@@ -6,6 +6,8 @@
 # With DEPTH=N the publisher runs closed loop instead (RATE ignored): N
 # requests in flight on one keep-alive connection, publishes per second and
 # server CPU per publish reported.
+# With ENGINE=redis herald runs on the Redis engine, with a redis-server of
+# its own on the load generator's CPU; its CPU seconds are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subscribers="${1:-10000}"
@@ -20,13 +22,27 @@ pin_server=() pin_load=()
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   pin_server=(taskset -c 0) pin_load=(taskset -c 1)
 fi
+engine_args=()
+redis_pid=""
+if [ "${ENGINE:-memory}" = redis ]; then
+  redis_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "${pin_load[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+  redis_pid=$!
+  for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  engine_args=(--engine redis --redis-url "redis://127.0.0.1:$redis_port")
+fi
 "${pin_server[@]}" ./target/release/herald serve --dev --listen 127.0.0.1:0 --threads "$threads" \
-  --api-key "$key" --max-connections 100000 >"$out" 2>/dev/null &
+  --api-key "$key" --max-connections 100000 "${engine_args[@]}" >"$out" 2>/dev/null &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -f "$out"' EXIT
+trap 'kill "$pid" $redis_pid 2>/dev/null; wait "$pid" $redis_pid 2>/dev/null; rm -f "$out"' EXIT
+redis_cpu() { [ -n "$redis_pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$redis_pid/stat"; }
+redis_before="$(redis_cpu || true)"
 for _ in $(seq 100); do grep -q 'listening on' "$out" && break; sleep 0.05; done
 addr="$(sed -n 's/^herald listening on //p' "$out")"
 [ -n "$addr" ] || { echo "herald did not start" >&2; exit 1; }
 [ -n "${PERF_OUT:-}" ] && { perf record -F 999 -g -p "$pid" -o "$PERF_OUT" -- sleep "${PERF_SECONDS:-6}" >/dev/null 2>&1 & }
 "${pin_load[@]}" ./target/release/herald-load fanout --url "ws://$addr/ws" --api-key "$key" --pid "$pid" \
   --subscribers "$subscribers" --rate "$rate" --payload "$payload" --seconds "$seconds" ${DEPTH:+--depth "$DEPTH"}
+if [ -n "$redis_pid" ]; then
+  awk -v now="$(redis_cpu)" -v then="$redis_before" 'BEGIN { printf "redis-server CPU seconds over the whole run: %.2f\n", now - then }' >&2
+fi

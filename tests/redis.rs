@@ -232,8 +232,15 @@ fn redis_down_means_503_while_connections_stay_and_delivery_resumes_after() {
     let started = Instant::now();
     assert_eq!(subscriber.ok(json!({"op": "ping"}))["op"], "pong");
     assert!(started.elapsed() < Duration::from_secs(1));
-    let (mut echo, _) = WsClient::open_client(a.addr);
-    assert_eq!(echo.ok(json!({"op": "ping"}))["op"], "pong");
+    let (mut other, _) = WsClient::open_client(a.addr);
+    assert_eq!(other.ok(json!({"op": "ping"}))["op"], "pong");
+    let mut echo = WsClient::open(a.addr, "/echo");
+    echo.send_text("still here");
+    assert_eq!(echo.read_frame().text(), "still here");
+    // A subscribe needs Redis: refused plainly, the connection stays.
+    let refused = other.call(json!({"op": "subscribe", "channel": "other"}));
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert_eq!(other.ok(json!({"op": "ping"}))["op"], "pong");
 
     assert!(redis.run(), "redis restarts on its port");
     // Delivery resumes: checked with real publications, not a flag. Redis
