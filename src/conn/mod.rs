@@ -680,6 +680,31 @@ impl<S: Transport> Conn<S> {
         self.answer_poll_if_due(ctx);
     }
 
+    /// The channel's epoch changed under this subscriber (the Redis engine
+    /// lost it): a `subscribed` push with `recovered:false` on a WebSocket,
+    /// the same as an SSE event, `"recovered":false` in a poll's answer.
+    pub fn restart_notice(&mut self, notice: &Bytes, ctx: &Ctx) {
+        match &mut self.phase {
+            Phase::WebSocket(_) => {
+                self.push(notice.clone(), ctx);
+            }
+            Phase::Sse(sse) => {
+                if let Some((op, body)) = stream::push_body(notice) {
+                    sse.sub.restart(&body);
+                    let cursor = sse.sub.cursor();
+                    self.out.push(stream::sse_event(op, Some(&cursor), &body));
+                }
+            }
+            Phase::Poll(poll) => {
+                if let Some((_, body)) = stream::push_body(notice) {
+                    poll.sub.restart(&body);
+                }
+                poll.unrecovered = true;
+            }
+            _ => {}
+        }
+    }
+
     /// Work due before the shard flushes this connection: a held poll that
     /// got messages this turn is answered with all of them. Returns whether
     /// that happened: the connection reads requests again, and one may be

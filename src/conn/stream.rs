@@ -156,6 +156,22 @@ impl StreamSub {
         }
     }
 
+    /// A `subscribed` push's body (`{"channel":..,"epoch":..,"offset":..}`)
+    /// after the channel's epoch changed: its position starts over there.
+    pub fn restart(&mut self, body: &[u8]) {
+        let Ok(notice) = serde_json::from_slice::<serde_json::Value>(body) else { return };
+        let (Some(channel), Some(epoch), Some(offset)) = (
+            notice.get("channel").and_then(serde_json::Value::as_str),
+            notice.get("epoch").and_then(serde_json::Value::as_str),
+            notice.get("offset").and_then(serde_json::Value::as_u64),
+        ) else {
+            return;
+        };
+        if let Some(index) = self.index_of(channel) {
+            self.set_position(index, epoch, Some(offset));
+        }
+    }
+
     /// Leaves every channel.
     pub fn release(&mut self, ctx: &mut Ctx) {
         for channel in std::mem::take(&mut self.channels) {

@@ -607,7 +607,7 @@ pub fn fan_out<S: Transport>(
             {
                 // The channel's epoch changed: start over, and say so.
                 subscriber.last_offset = offset.saturating_sub(1);
-                conn.push(notice.clone(), ctx);
+                conn.restart_notice(notice, ctx);
             }
             if let Some(offset) = delivery.offset {
                 if offset <= subscriber.last_offset {
