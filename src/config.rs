@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
 /// `Content-Length` before the body is read). A publication is pushed to
 /// every subscriber's queue, so it must fit there several times.
 pub const DEFAULT_MAX_API_BODY_BYTES: usize = 256 << 10;
+/// Default of `max_incomplete_bytes`: 256 MiB over all connections.
+pub const DEFAULT_MAX_INCOMPLETE_BYTES: usize = 256 << 20;
 /// Largest message on `/echo` (over it: close 1009). Big enough for the
 /// Autobahn 9.* cases; the memory it allows is held only while a message is
 /// in flight.
@@ -281,6 +283,13 @@ pub struct Config {
     pub max_echo_message_bytes: usize,
     /// Largest server API request body.
     pub max_api_body_bytes: usize,
+    /// Bytes all connections together may hold in WebSocket messages whose
+    /// last frame has not arrived (over it, the connection adding to them
+    /// is closed with 1008).
+    pub max_incomplete_bytes: usize,
+    /// Connections that have not completed their first request, per node;
+    /// past it, the one waiting longest is closed to make room.
+    pub max_pending_handshakes: usize,
     /// Options of channels without a namespace.
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
@@ -348,6 +357,8 @@ pub const KEYS: &[&str] = &[
     "max_message_bytes",
     "max_echo_message_bytes",
     "max_api_body_bytes",
+    "max_incomplete_bytes",
+    "max_pending_handshakes",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -716,6 +727,10 @@ impl Layers {
             Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
             None => default_max_connections(),
         };
+        let max_pending_handshakes = match self.integer("max_pending_handshakes", 1, 10_000_000)? {
+            Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
+            None => (max_connections / 4).max(1024),
+        };
 
         let echo = !self.boolean("no_echo")?.unwrap_or(false);
         let ping_interval =
@@ -737,6 +752,9 @@ impl Layers {
         let max_api_body_bytes = self
             .bytes("max_api_body_bytes", 1 << 10, 64 << 20)?
             .unwrap_or(DEFAULT_MAX_API_BODY_BYTES);
+        let max_incomplete_bytes = self
+            .bytes("max_incomplete_bytes", 64 << 10, 1 << 40)?
+            .unwrap_or(DEFAULT_MAX_INCOMPLETE_BYTES);
         // A publication (from a client or the API) goes into every
         // subscriber's outbound queue; if it could not fit there with room to
         // spare, every subscriber would be closed as a slow consumer.
@@ -786,6 +804,8 @@ impl Layers {
             max_message_bytes,
             max_echo_message_bytes,
             max_api_body_bytes,
+            max_incomplete_bytes,
+            max_pending_handshakes,
             channels: self.channels.unwrap_or_default(),
             namespaces,
             generated,

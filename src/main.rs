@@ -115,6 +115,12 @@ struct ServeArgs {
     /// Largest server API request body.
     #[arg(long, env = "HERALD_MAX_API_BODY_BYTES", value_name = "BYTES")]
     max_api_body_bytes: Option<String>,
+    /// Bytes all connections may hold in unfinished WebSocket messages.
+    #[arg(long, env = "HERALD_MAX_INCOMPLETE_BYTES", value_name = "BYTES")]
+    max_incomplete_bytes: Option<String>,
+    /// Connections still in their first request, per node (the oldest go first past it).
+    #[arg(long, env = "HERALD_MAX_PENDING_HANDSHAKES", value_name = "N")]
+    max_pending_handshakes: Option<String>,
 }
 
 fn main() -> ExitCode {

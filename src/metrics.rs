@@ -91,6 +91,9 @@ pub enum Refusal {
     OutOfDescriptors,
     /// The request head did not arrive within `handshake_timeout`.
     HandshakeTimeout,
+    /// Closed before its first request was complete to make room under
+    /// `max_pending_handshakes`.
+    PendingHandshakes,
     /// The request was refused with this status (400, 401, 403, 404, ...).
     Status(u16),
 }
@@ -117,6 +120,7 @@ pub struct ShardMetrics {
     refused_capacity: Counter,
     refused_descriptors: Counter,
     refused_timeout: Counter,
+    refused_pending: Counter,
     refused_status: [Counter; STATUSES.len()],
     /// WebSocket data messages received.
     pub messages_in: Counter,
@@ -156,6 +160,7 @@ impl ShardMetrics {
             Refusal::AtCapacity => &self.refused_capacity,
             Refusal::OutOfDescriptors => &self.refused_descriptors,
             Refusal::HandshakeTimeout => &self.refused_timeout,
+            Refusal::PendingHandshakes => &self.refused_pending,
             Refusal::Status(status) => match self.refused_status.get(status_index(status)) {
                 Some(counter) => counter,
                 None => return,
@@ -211,6 +216,8 @@ pub struct NodeFigures {
     pub channels: usize,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// Bytes held in unfinished WebSocket messages, all connections.
+    pub incomplete_bytes: usize,
 }
 
 /// Renders every shard's counters, summed, in Prometheus text format
@@ -269,10 +276,11 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         "counter",
         "Connections refused, by reason (an HTTP status, or capacity, descriptors, timeout).",
     );
-    let fixed: [(&str, Read<'_>); 3] = [
+    let fixed: [(&str, Read<'_>); 4] = [
         ("at_capacity", &|s| s.refused_capacity.get()),
         ("out_of_descriptors", &|s| s.refused_descriptors.get()),
         ("handshake_timeout", &|s| s.refused_timeout.get()),
+        ("too_many_pending_handshakes", &|s| s.refused_pending.get()),
     ];
     for (reason, read) in fixed {
         let _ =
@@ -366,6 +374,13 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         "Channels in the broker (with subscribers or history).",
     );
     let _ = writeln!(out, "herald_channels {}", node.channels);
+    family(
+        &mut out,
+        "herald_incomplete_message_bytes",
+        "gauge",
+        "Bytes of WebSocket messages begun and not finished, all connections.",
+    );
+    let _ = writeln!(out, "herald_incomplete_message_bytes {}", node.incomplete_bytes);
     family(&mut out, "herald_uptime_seconds", "gauge", "Seconds since the server started.");
     let _ = writeln!(out, "herald_uptime_seconds {}", node.uptime_secs);
     family(&mut out, "herald_build_info", "gauge", "The running version.");
@@ -398,7 +413,8 @@ mod tests {
         shards[0].turn(Duration::from_micros(3));
         shards[0].turn(Duration::from_micros(700));
         shards[0].turn(Duration::from_secs(5));
-        let text = render(&shards, &NodeFigures { channels: 2, uptime_secs: 9 });
+        let text =
+            render(&shards, &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0 });
         for line in [
             "herald_publications_total 7",
             "herald_connections{transport=\"websocket\"} 1",

@@ -43,6 +43,9 @@ pub struct Shared {
     pub metrics: Box<[Arc<ShardMetrics>]>,
     /// When the server started.
     pub started: Instant,
+    /// Bytes held in WebSocket messages whose last frame has not arrived,
+    /// over all connections (bounded by `max_incomplete_bytes`).
+    pub incomplete_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
         let figures = NodeFigures {
             channels: self.broker.channel_count(),
             uptime_secs: self.started.elapsed().as_secs(),
+            incomplete_bytes: self.incomplete_bytes.load(std::sync::atomic::Ordering::Relaxed),
         };
         metrics::render(&self.metrics, &figures)
     }
@@ -112,6 +116,7 @@ impl Server {
             inboxes: inboxes.iter().cloned().collect(),
             metrics,
             started: Instant::now(),
+            incomplete_bytes: AtomicUsize::new(0),
         });
         if shared.config.engine == Engine::Redis {
             let engine = RedisEngine::start(&shared).map_err(io::Error::other)?;

@@ -82,6 +82,7 @@ pub fn context(config: Config) -> Ctx {
         inboxes: inboxes.into_boxed_slice(),
         metrics: vec![Arc::new(ShardMetrics::default())].into_boxed_slice(),
         started: std::time::Instant::now(),
+        incomplete_bytes: AtomicUsize::new(0),
     });
     Ctx::new(shared, 0)
 }

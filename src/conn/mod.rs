@@ -26,6 +26,7 @@ use request::HttpPhase;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use stream::StreamSub;
 use tungstenite::Message;
@@ -184,7 +185,18 @@ struct WsPhase {
     pinged: bool,
     /// Set with our close frame: when to stop waiting for the peer's.
     close_deadline: Option<NonZeroU64>,
+    /// Control frames in the current window (low 16 bits) and when the
+    /// window began (high 16 bits: shard clock seconds, wrapping), packed to
+    /// keep every connection's slot small.
+    control: u32,
 }
+
+/// Control frames (pings, pongs) a peer may send per
+/// [`CONTROL_WINDOW_SECS`]; past it: 1008. Browsers send none; client
+/// libraries a ping every few seconds at most.
+pub const MAX_CONTROL_FRAMES: u16 = 100;
+/// The window [`MAX_CONTROL_FRAMES`] is counted over.
+pub const CONTROL_WINDOW_SECS: u32 = 10;
 
 /// Sending what is queued, then half-closing and discarding input until the
 /// peer closes or the linger time ends.
@@ -314,6 +326,11 @@ impl<S: Transport> Conn<S> {
         let mut conn = Conn::new(socket, ctx);
         conn.respond(error.to_response(), ctx);
         conn
+    }
+
+    /// Whether the connection has yet to complete its first request.
+    pub fn in_first_request(&self) -> bool {
+        matches!(&self.phase, Phase::Http(http) if http.is_first())
     }
 
     /// Whether the connection is an open WebSocket (not closing).
@@ -466,8 +483,33 @@ impl<S: Transport> Conn<S> {
         // The pool leaves the context while the dispatcher holds it.
         let mut codecs = std::mem::take(&mut ctx.codecs);
         let mut dispatch = Dispatch { endpoint: &mut ws.endpoint, ctx };
+        let incomplete_before = ws.session.incomplete_bytes();
         let input = ws.session.on_input(input, &mut self.out, &mut dispatch, &mut codecs);
         ctx.codecs = codecs;
+        // Floods: control frames by rate, unfinished messages by a budget
+        // over all connections.
+        let window = control_window(ctx.now);
+        let (mut started, mut frames) = (ws.control >> 16, ws.control & 0xFFFF);
+        if window.wrapping_sub(started) & 0xFFFF >= CONTROL_WINDOW_SECS {
+            (started, frames) = (window, 0);
+        }
+        frames = (frames + ws.session.take_control_frames()).min(0xFFFF);
+        ws.control = started << 16 | frames;
+        let flooding = frames > u32::from(MAX_CONTROL_FRAMES);
+        let incomplete = ws.session.incomplete_bytes();
+        let total = move_incomplete(&ctx.shared.incomplete_bytes, incomplete_before, incomplete);
+        let over_budget = incomplete > 0 && total > ctx.config.max_incomplete_bytes;
+        if matches!(input, Input::Processed) && flooding {
+            self.fail(CloseReason::Policy("too many control frames"), ctx);
+            return;
+        }
+        if matches!(input, Input::Processed) && over_budget {
+            self.fail(
+                CloseReason::Policy("server busy: too much data in unfinished messages"),
+                ctx,
+            );
+            return;
+        }
         match input {
             Input::Processed => {}
             Input::Finished => self.start_drain(ctx),
@@ -514,6 +556,9 @@ impl<S: Transport> Conn<S> {
         // `/ws` session or a stream subscription moves along, to be
         // released at teardown.
         let previous = std::mem::replace(&mut self.phase, Phase::Draining(drain));
+        if let Phase::WebSocket(ws) = &previous {
+            move_incomplete(&ctx.shared.incomplete_bytes, ws.session.incomplete_bytes(), 0);
+        }
         let Phase::Draining(drain) = &mut self.phase else { return };
         match previous {
             Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
@@ -528,6 +573,9 @@ impl<S: Transport> Conn<S> {
     /// Releases what the connection holds outside itself (subscriptions,
     /// presence). The shard calls it when tearing the connection down.
     pub fn release(&mut self, ctx: &mut Ctx) {
+        if let Phase::WebSocket(ws) = &self.phase {
+            move_incomplete(&ctx.shared.incomplete_bytes, ws.session.incomplete_bytes(), 0);
+        }
         match &mut self.phase {
             Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
                 session.release(ctx);
@@ -884,6 +932,22 @@ impl<S: Transport> Conn<S> {
             Phase::Draining(_) => {}
         }
         self.flush(ctx)
+    }
+}
+
+/// The control-frame window a moment falls in: shard clock seconds,
+/// wrapping at 16 bits.
+fn control_window(now: Millis) -> u32 {
+    u32::try_from((now / 1000) & 0xFFFF).unwrap_or(0)
+}
+
+/// Moves a connection's share of the unfinished-message bytes from
+/// `before` to `after`; returns the new total over all connections.
+fn move_incomplete(total: &AtomicUsize, before: usize, after: usize) -> usize {
+    if after >= before {
+        total.fetch_add(after - before, Ordering::Relaxed) + (after - before)
+    } else {
+        total.fetch_sub(before - after, Ordering::Relaxed).saturating_sub(before - after)
     }
 }
 

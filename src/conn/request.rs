@@ -44,6 +44,8 @@ pub(super) struct HttpPhase {
     /// that follows (pipelined requests) waits in `buf`, unread, so answers
     /// go out in request order.
     waiting: Option<Waiting>,
+    /// No request has been answered on this connection yet.
+    first: bool,
 }
 
 /// A server API request whose answer comes later.
@@ -56,7 +58,13 @@ struct Waiting {
 impl HttpPhase {
     /// Waiting for a first request until `deadline`.
     pub(super) fn new(deadline: Millis) -> Self {
-        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false, waiting: None }
+        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false, waiting: None, first: true }
+    }
+
+    /// Whether the connection has yet to complete its first request (a
+    /// pending handshake, as far as the slowloris cap is concerned).
+    pub(super) fn is_first(&self) -> bool {
+        self.first && self.waiting.is_none()
     }
 
     /// How much the next read may take: never past the head limit, never
@@ -514,6 +522,7 @@ impl<S: SocketTransport> Conn<S> {
             last_rx: ctx.now,
             pinged: false,
             close_deadline: None,
+            control: super::control_window(ctx.now) << 16,
         });
     }
 
@@ -554,6 +563,7 @@ impl<S: SocketTransport> Conn<S> {
             self.out.push(response);
             let mut next = HttpPhase::new(ctx.now + millis(KEEP_ALIVE_IDLE));
             next.idle = true;
+            next.first = false;
             self.phase = Phase::Http(next);
         } else {
             self.respond(response, ctx);

@@ -52,7 +52,20 @@ pub struct FrameScanner {
     /// The largest frame payload seen since the last reset.
     largest_frame: u64,
     utf8: Utf8Stream,
+    /// Frames of the data message being assembled.
+    fragments: u32,
+    /// Most frames one message may come in.
+    max_fragments: u32,
+    /// Control frames (ping, pong, close) seen since the last
+    /// [`FrameScanner::take_control_frames`].
+    control_frames: u32,
 }
+
+/// Most frames one data message may come in (over it: 1008): at least this
+/// many, more for endpoints that take large messages (one per 64 bytes of
+/// `max_message`). Real clients send a message in one frame, or a few; a
+/// message in thousands of tiny fragments only costs the server.
+pub const MIN_MAX_FRAGMENTS: u32 = 1024;
 
 impl FrameScanner {
     /// A scanner for a connection whose messages may be `max_message` bytes.
@@ -70,7 +83,17 @@ impl FrameScanner {
             message_len: 0,
             largest_frame: 0,
             utf8: Utf8Stream::default(),
+            fragments: 0,
+            max_fragments: u32::try_from(max_message / 64)
+                .unwrap_or(u32::MAX)
+                .max(MIN_MAX_FRAGMENTS),
+            control_frames: 0,
         }
+    }
+
+    /// Control frames seen since the last call.
+    pub fn take_control_frames(&mut self) -> u32 {
+        std::mem::take(&mut self.control_frames)
     }
 
     /// The largest frame payload seen since [`FrameScanner::reset_largest_frame`].
@@ -184,10 +207,15 @@ impl FrameScanner {
                     return Err(CloseReason::Protocol("control frame over 125 bytes"));
                 }
                 self.data_frame = false;
+                self.control_frames = self.control_frames.saturating_add(1);
             }
             0x0 => {
                 if self.message.is_none() {
                     return Err(CloseReason::Protocol("continuation without a message"));
+                }
+                self.fragments += 1;
+                if self.fragments > self.max_fragments {
+                    return Err(CloseReason::Policy("message in too many fragments"));
                 }
                 self.data_frame = true;
             }
@@ -198,6 +226,7 @@ impl FrameScanner {
                 self.message =
                     Some(if opcode == 0x1 { MessageKind::Text } else { MessageKind::Binary });
                 self.message_len = 0;
+                self.fragments = 1;
                 self.utf8 = Utf8Stream::default();
                 self.data_frame = true;
             }

@@ -221,6 +221,16 @@ pub struct WsSession {
 }
 
 impl WsSession {
+    /// Control frames the peer sent since the last call.
+    pub fn take_control_frames(&mut self) -> u32 {
+        self.scanner.take_control_frames()
+    }
+
+    /// Bytes of the data message the peer has begun and not finished.
+    pub fn incomplete_bytes(&self) -> usize {
+        usize::try_from(self.scanner.message_len()).unwrap_or(usize::MAX)
+    }
+
     /// A session whose messages may be `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
         WsSession {

@@ -17,6 +17,7 @@ use inbox::{Inbox, Work};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::num::NonZeroU64;
@@ -97,6 +98,12 @@ pub struct Shard {
     /// Set when shutting down: the time to give up on open connections.
     stopping: Option<Millis>,
     work: Vec<Work>,
+    /// Connections in the order they were accepted, for the slowloris cap:
+    /// those still in their first request are the pending handshakes.
+    handshakes: VecDeque<(usize, u32)>,
+    /// Pending handshakes this shard may hold (its share of
+    /// `max_pending_handshakes`).
+    max_handshakes: usize,
     /// Connections that got deliveries this turn, to flush at its end.
     dirty: Vec<usize>,
 }
@@ -136,6 +143,8 @@ impl Shard {
             more_input: Vec::new(),
             stopping: None,
             work: Vec::new(),
+            handshakes: VecDeque::new(),
+            max_handshakes: config.max_pending_handshakes.div_ceil(config.threads.max(1)).max(1),
             dirty: Vec::new(),
         })
     }
@@ -522,7 +531,37 @@ impl Shard {
         let deadline = conn.deadline(&self.ctx).max(1);
         conn.armed = NonZeroU64::new(deadline);
         self.timers.schedule(deadline, token);
+        let generation = conn.generation;
         entry.insert(conn);
+        self.handshakes.push_back((key, generation));
+        self.limit_handshakes();
+    }
+
+    /// Keeps the connections still in their first request under this
+    /// shard's share of `max_pending_handshakes`, closing the ones waiting
+    /// longest: a slow client cannot hold the server's doors shut, and a
+    /// fresh one is always let in.
+    fn limit_handshakes(&mut self) {
+        if self.handshakes.len() <= self.max_handshakes {
+            return;
+        }
+        let conns = &self.conns;
+        let pending = |(key, generation): &(usize, u32)| {
+            conns.get(*key).is_some_and(|c| c.generation == *generation && c.in_first_request())
+        };
+        // Forget the connections that are past their first request (the
+        // list then holds only pending ones, so this runs again only after
+        // that many more accepts).
+        self.handshakes.retain(pending);
+        while self.handshakes.len() > self.max_handshakes {
+            let Some((key, _)) = self.handshakes.pop_front() else { break };
+            log::debug!(
+                "shard {}: too many pending handshakes; closing the oldest",
+                self.ctx.shard
+            );
+            self.ctx.metrics.refused(Refusal::PendingHandshakes);
+            self.teardown(key);
+        }
     }
 
     /// Gives back what a connection held in the shared counts.
