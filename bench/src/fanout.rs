@@ -108,6 +108,14 @@ fn read_subscriber(
         if opcode == 8 {
             return Err("the server closed a subscriber (close frame)".into());
         }
+        if opcode == 9 {
+            // Heartbeat: answer as a browser would, or herald closes an
+            // idle subscriber after two ping intervals. A pong is 6-131
+            // bytes into a socket that is read from: it fits.
+            let pong = client_frame(0xA, payload);
+            let _ = sub.stream.write_all(&pong);
+            continue;
+        }
         if opcode != 1 || !payload.starts_with(br#"{"op":"message""#) {
             continue;
         }

@@ -458,4 +458,25 @@ mod tests {
         assert_eq!(ok, good);
         assert_eq!(reason, CloseReason::InvalidUtf8);
     }
+
+    /// A fuzz finding (fuzz/seeds/frame_scanner/split-position): where an
+    /// error is reported depends on the split, but only as far as earlier
+    /// pieces were handed on already; the verdict does not.
+    #[test]
+    fn the_verdict_does_not_depend_on_how_bytes_are_split() {
+        let input = include_bytes!("../../fuzz/seeds/frame_scanner/split-position");
+        let (split, bytes) = input.split_first().unwrap();
+        let whole = FrameScanner::new(1024).scan(bytes).unwrap_err();
+        let mut scanner = FrameScanner::new(1024);
+        let mut offset = 0;
+        for piece in bytes.chunks(usize::from(*split) + 1) {
+            if let Err((good, reason)) = scanner.scan(piece) {
+                assert_eq!(reason, whole.1);
+                assert_eq!(offset + good, whole.0.max(offset));
+                return;
+            }
+            offset += piece.len();
+        }
+        panic!("the split input was accepted");
+    }
 }
