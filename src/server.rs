@@ -37,8 +37,6 @@ pub struct Shared {
     pub api_key: ApiKey,
     /// Failed API key checks by peer, for the 429 lockout.
     pub key_failures: KeyFailures,
-    /// Each shard's inbox, by shard index.
-    pub inboxes: Box<[Arc<Inbox>]>,
     /// Each shard's counters, by shard index.
     pub metrics: Box<[Arc<ShardMetrics>]>,
     /// When the server started.
@@ -51,14 +49,12 @@ pub struct Shared {
 impl Shared {
     /// Shards on this node.
     pub fn shard_count(&self) -> usize {
-        self.inboxes.len()
+        self.broker.shard_count()
     }
 
     /// Hands work to a shard.
     pub fn send(&self, shard: usize, work: Work) {
-        if let Some(inbox) = self.inboxes.get(shard) {
-            inbox.send(work);
-        }
+        self.broker.send_work(shard, work);
     }
 
     /// `/metrics`: every shard's counters, summed, in Prometheus text format.
@@ -113,7 +109,6 @@ impl Server {
             broker,
             api_key,
             key_failures: KeyFailures::default(),
-            inboxes: inboxes.iter().cloned().collect(),
             metrics,
             started: Instant::now(),
             incomplete_bytes: AtomicUsize::new(0),

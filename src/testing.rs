@@ -71,7 +71,7 @@ pub fn context(config: Config) -> Ctx {
         Ok(inbox) => vec![inbox],
         Err(error) => panic!("an epoll instance for a test context: {error}"),
     };
-    let broker = Broker::new(config.clone(), inboxes.clone());
+    let broker = Broker::new(config.clone(), inboxes);
     let shared = Arc::new(Shared {
         api_key: ApiKey::new(&config.api_key),
         config,
@@ -79,7 +79,6 @@ pub fn context(config: Config) -> Ctx {
         connections: AtomicUsize::new(0),
         broker,
         key_failures: KeyFailures::default(),
-        inboxes: inboxes.into_boxed_slice(),
         metrics: vec![Arc::new(ShardMetrics::default())].into_boxed_slice(),
         started: std::time::Instant::now(),
         incomplete_bytes: AtomicUsize::new(0),

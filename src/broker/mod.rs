@@ -42,7 +42,7 @@ pub struct ConnRef {
 }
 
 /// A frame for the subscribers of one channel on one shard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     /// The channel.
     pub channel: Arc<str>,
@@ -387,18 +387,10 @@ impl Broker {
         let stripe = self.stripe(channel);
         let Some((name, state)) = stripe.channels.get_key_value(channel) else { return };
         let frame = websocket::encode_frame(Opcode::Text, event);
-        for shard in state.interested_shards() {
-            self.send(
-                shard,
-                Delivery {
-                    channel: name.clone(),
-                    offset: None,
-                    frame: frame.clone(),
-                    exclude,
-                    restart: None,
-                },
-            );
-        }
+        self.deliver_to(
+            state.interested_shards(),
+            &Delivery { channel: name.clone(), offset: None, frame, exclude, restart: None },
+        );
     }
 
     /// With the Redis engine: this node's presence entries, by channel (to
@@ -472,18 +464,16 @@ impl Broker {
         }
         state.top = offset;
         let (frame, _) = encode_message(channel, offset, data);
-        for shard in state.interested_shards() {
-            self.send(
-                shard,
-                Delivery {
-                    channel: name.clone(),
-                    offset: Some(offset),
-                    frame: frame.clone(),
-                    exclude,
-                    restart: notice.clone(),
-                },
-            );
-        }
+        self.deliver_to(
+            state.interested_shards(),
+            &Delivery {
+                channel: name.clone(),
+                offset: Some(offset),
+                frame,
+                exclude,
+                restart: notice,
+            },
+        );
     }
 
     /// With the Redis engine: publications of `channel` were missed and
@@ -569,9 +559,22 @@ impl Broker {
         }
     }
 
-    fn send(&self, shard: usize, delivery: Delivery) {
+    /// Hands work to a shard.
+    pub fn send_work(&self, shard: usize, work: Work) {
         if let Some(inbox) = self.inboxes.get(shard) {
-            inbox.send(Work::Deliver(delivery));
+            inbox.send(work);
+        }
+    }
+
+    /// Shards this broker delivers to.
+    pub fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Hands `delivery` to each of `shards`: a clone of the same frame each.
+    fn deliver_to(&self, shards: impl Iterator<Item = usize>, delivery: &Delivery) {
+        for shard in shards {
+            self.send_work(shard, Work::Deliver(delivery.clone()));
         }
     }
 
@@ -604,18 +607,16 @@ impl Broker {
                 data_start,
             });
         }
-        for shard in state.interested_shards() {
-            self.send(
-                shard,
-                Delivery {
-                    channel: name.clone(),
-                    offset: Some(offset),
-                    frame: frame.clone(),
-                    exclude,
-                    restart: None,
-                },
-            );
-        }
+        self.deliver_to(
+            state.interested_shards(),
+            &Delivery {
+                channel: name.clone(),
+                offset: Some(offset),
+                frame,
+                exclude,
+                restart: None,
+            },
+        );
         let published = Published { epoch: state.epoch, offset };
         if state.subscribers == 0 {
             stripe.settle(name);
@@ -651,18 +652,16 @@ impl Broker {
             state.presence.insert(member.client.clone(), member.user.clone());
             if state.options.join_leave {
                 let frame = encode_presence_event("join", channel.as_str(), member);
-                for shard in state.shards_besides(who) {
-                    self.send(
-                        shard,
-                        Delivery {
-                            channel: name.clone(),
-                            offset: None,
-                            frame: frame.clone(),
-                            exclude: Some(who),
-                            restart: None,
-                        },
-                    );
-                }
+                self.deliver_to(
+                    state.shards_besides(who),
+                    &Delivery {
+                        channel: name.clone(),
+                        offset: None,
+                        frame,
+                        exclude: Some(who),
+                        restart: None,
+                    },
+                );
             }
         }
         Ok(Subscribed { epoch: state.epoch, offset: state.top, recovery })
@@ -695,18 +694,16 @@ impl Broker {
             && announce
         {
             let frame = encode_presence_event("leave", channel.as_str(), member);
-            for shard in state.interested_shards() {
-                self.send(
-                    shard,
-                    Delivery {
-                        channel: name.clone(),
-                        offset: None,
-                        frame: frame.clone(),
-                        exclude: Some(who),
-                        restart: None,
-                    },
-                );
-            }
+            self.deliver_to(
+                state.interested_shards(),
+                &Delivery {
+                    channel: name.clone(),
+                    offset: None,
+                    frame,
+                    exclude: Some(who),
+                    restart: None,
+                },
+            );
         }
         let last = state.subscribers == 0;
         if last {
