@@ -686,8 +686,7 @@ impl Broker {
             // Every node's subscribers hear it through Redis.
             engine.submit(redis::Job::PresenceLeave {
                 channel: channel.clone(),
-                client: member.client.clone(),
-                user: member.user.clone(),
+                member: member.clone(),
                 announce,
             });
         } else if let Some(member) = member
@@ -877,11 +876,15 @@ pub fn encode_message(channel: &str, offset: u64, data: &[u8]) -> (Bytes, usize)
 }
 
 fn encode_presence_event(op: &str, channel: &str, member: &Member) -> Bytes {
-    let body = serde_json::json!({
+    websocket::encode_frame(Opcode::Text, presence_event_json(op, channel, member).as_bytes())
+}
+
+/// A `join` or `leave` push as JSON text.
+fn presence_event_json(op: &str, channel: &str, member: &Member) -> String {
+    serde_json::json!({
         "op": op, "channel": channel, "client": &*member.client, "user": &*member.user,
     })
-    .to_string();
-    websocket::encode_frame(Opcode::Text, body.as_bytes())
+    .to_string()
 }
 
 #[cfg(test)]

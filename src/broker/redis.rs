@@ -8,9 +8,10 @@
 //! reconnect with backoff. No shard ever waits for either.
 
 use super::channel::ChannelName;
-use super::{ConnRef, Since};
+use super::{ConnRef, Member, Since};
 use crate::api::{TaskReply, UserAction};
 use crate::conn::client::parse_client_id;
+use crate::conn::millis;
 use crate::server::Shared;
 use crate::shard::inbox::Work;
 use bytes::Bytes;
@@ -163,10 +164,8 @@ pub enum Job {
     PresenceJoin {
         /// The channel.
         channel: ChannelName,
-        /// The client id.
-        client: Arc<str>,
-        /// The user.
-        user: Arc<str>,
+        /// The client and its user.
+        member: Member,
         /// Push `join` to the channel's other subscribers.
         announce: bool,
     },
@@ -174,10 +173,8 @@ pub enum Job {
     PresenceLeave {
         /// The channel.
         channel: ChannelName,
-        /// The client id.
-        client: Arc<str>,
-        /// The user.
-        user: Arc<str>,
+        /// The client and its user.
+        member: Member,
         /// Push `leave` to the channel's other subscribers.
         announce: bool,
     },
@@ -618,57 +615,37 @@ fn run_job(
             );
             Ok(())
         }
-        Job::PresenceJoin { channel, client, user, announce } => {
-            let (hash, scores) = engine.presence_keys(channel.as_str());
-            let ttl_ms = millis(PRESENCE_TTL);
+        Job::PresenceJoin { channel, member, announce } => {
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HSET")
-                .arg(&hash)
-                .arg(client.as_ref())
-                .arg(user.as_ref())
-                .ignore()
-                .cmd("ZADD")
-                .arg(&scores)
-                .arg(now_ms() + ttl_ms)
-                .arg(client.as_ref())
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&hash)
-                .arg(2 * ttl_ms)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&scores)
-                .arg(2 * ttl_ms)
-                .ignore();
+            pipe.atomic();
+            add_presence(
+                &mut pipe,
+                engine,
+                channel.as_str(),
+                member,
+                now_ms() + millis(PRESENCE_TTL),
+            );
+            keep_presence(&mut pipe, engine, channel.as_str());
             if *announce {
-                let event = presence_event("join", channel.as_str(), client, user);
-                pipe.cmd("PUBLISH")
-                    .arg(engine.pubsub_channel(channel.as_str()))
-                    .arg(format!("J:{client}:{event}"))
-                    .ignore();
+                announce_presence(&mut pipe, engine, "join", channel.as_str(), member);
             }
             pipe.query::<()>(con)?;
             Ok(())
         }
-        Job::PresenceLeave { channel, client, user, announce } => {
+        Job::PresenceLeave { channel, member, announce } => {
             let (hash, scores) = engine.presence_keys(channel.as_str());
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("HDEL")
                 .arg(&hash)
-                .arg(client.as_ref())
+                .arg(member.client.as_ref())
                 .ignore()
                 .cmd("ZREM")
                 .arg(&scores)
-                .arg(client.as_ref())
+                .arg(member.client.as_ref())
                 .ignore();
             if *announce {
-                let event = presence_event("leave", channel.as_str(), client, user);
-                pipe.cmd("PUBLISH")
-                    .arg(engine.pubsub_channel(channel.as_str()))
-                    .arg(format!("J:{client}:{event}"))
-                    .ignore();
+                announce_presence(&mut pipe, engine, "leave", channel.as_str(), member);
             }
             pipe.query::<()>(con)?;
             Ok(())
@@ -698,11 +675,11 @@ fn run_job(
             } else {
                 redis::cmd("HMGET").arg(&hash).arg(&clients).query(con)?
             };
-            let members: Vec<super::Member> = clients
+            let members: Vec<Member> = clients
                 .iter()
                 .zip(users)
                 .filter_map(|(client, user)| {
-                    Some(super::Member {
+                    Some(Member {
                         client: Arc::from(client.as_str()),
                         user: Arc::from(user?.as_str()),
                     })
@@ -937,31 +914,53 @@ fn refresh_presence(
     if entries.is_empty() {
         return Ok(());
     }
-    let ttl_ms = millis(PRESENCE_TTL);
-    let expires = now_ms() + ttl_ms;
+    let expires = now_ms() + millis(PRESENCE_TTL);
     let mut pipe = redis::pipe();
     for (channel, members) in &entries {
-        let (hash, scores) = engine.presence_keys(channel);
         for member in members {
-            pipe.cmd("HSET")
-                .arg(&hash)
-                .arg(member.client.as_ref())
-                .arg(member.user.as_ref())
-                .ignore();
-            pipe.cmd("ZADD").arg(&scores).arg(expires).arg(member.client.as_ref()).ignore();
+            add_presence(&mut pipe, engine, channel, member, expires);
         }
-        pipe.cmd("PEXPIRE").arg(&hash).arg(2 * ttl_ms).ignore();
-        pipe.cmd("PEXPIRE").arg(&scores).arg(2 * ttl_ms).ignore();
+        keep_presence(&mut pipe, engine, channel);
     }
     pipe.query(con)
 }
 
-fn presence_event(op: &str, channel: &str, client: &str, user: &str) -> String {
-    serde_json::json!({"op": op, "channel": channel, "client": client, "user": user}).to_string()
+/// Writes (or renews) `member`'s presence entry in `channel`, expiring at
+/// `expires` (Unix milliseconds).
+fn add_presence(
+    pipe: &mut redis::Pipeline,
+    engine: &RedisEngine,
+    channel: &str,
+    member: &Member,
+    expires: u64,
+) {
+    let (hash, scores) = engine.presence_keys(channel);
+    pipe.cmd("HSET").arg(&hash).arg(member.client.as_ref()).arg(member.user.as_ref()).ignore();
+    pipe.cmd("ZADD").arg(&scores).arg(expires).arg(member.client.as_ref()).ignore();
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+/// Keeps a channel's presence keys for two presence lifetimes.
+fn keep_presence(pipe: &mut redis::Pipeline, engine: &RedisEngine, channel: &str) {
+    let (hash, scores) = engine.presence_keys(channel);
+    let keep_ms = 2 * millis(PRESENCE_TTL);
+    pipe.cmd("PEXPIRE").arg(&hash).arg(keep_ms).ignore();
+    pipe.cmd("PEXPIRE").arg(&scores).arg(keep_ms).ignore();
+}
+
+/// Publishes a `join` or `leave` for every node's subscribers of `channel`
+/// (`J:CLIENT:JSON`: the client is left out on its own node).
+fn announce_presence(
+    pipe: &mut redis::Pipeline,
+    engine: &RedisEngine,
+    op: &str,
+    channel: &str,
+    member: &Member,
+) {
+    let event = super::presence_event_json(op, channel, member);
+    pipe.cmd("PUBLISH")
+        .arg(engine.pubsub_channel(channel))
+        .arg(format!("J:{}:{event}", member.client))
+        .ignore();
 }
 
 /// Milliseconds since the Unix epoch.

@@ -221,8 +221,7 @@ impl ClientSession {
                 let announce = broker.options(&channel).is_ok_and(|options| options.join_leave);
                 engine.submit(Job::PresenceJoin {
                     channel: channel.clone(),
-                    client: member.client.clone(),
-                    user: member.user.clone(),
+                    member: member.clone(),
                     announce,
                 });
             }
