@@ -605,6 +605,15 @@ fn body_length(request: &Request<'_>) -> Result<usize, HttpError> {
     }
 }
 
+/// A `GET` that announces a body is refused: its framing is suspect.
+fn no_body(request: &Request<'_>) -> Result<(), HttpError> {
+    if body_length(request)? == 0 {
+        Ok(())
+    } else {
+        Err(HttpError::Malformed("a GET request has no body"))
+    }
+}
+
 fn decide<S: SocketTransport>(request: &Request<'_>, ctx: &Ctx, socket: &S) -> Decision {
     // A refused upgrade closes: the client will not send another request on
     // a connection it meant to turn into a WebSocket.
@@ -644,17 +653,13 @@ fn route<S: SocketTransport>(
         "/ws" => true,
         "/echo" if config.echo => false,
         "/health" | "/metrics" if request.method == "GET" => {
-            if body_length(request)? != 0 {
-                return Err(HttpError::Malformed("a GET request has no body"));
-            }
+            no_body(request)?;
             return Ok(if path == "/health" { Route::Health } else { Route::Metrics });
         }
         "/health" | "/metrics" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
         "/sse" | "/poll" => return stream_request(request, ctx, path == "/poll"),
         "/herald.js" | "/herald.d.ts" | "/" if request.method == "GET" => {
-            if body_length(request)? != 0 {
-                return Err(HttpError::Malformed("a GET request has no body"));
-            }
+            no_body(request)?;
             return match path {
                 "/herald.js" => Ok(Route::Static("text/javascript; charset=utf-8", HERALD_JS)),
                 "/herald.d.ts" => {
@@ -682,9 +687,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
     if request.method != "GET" {
         return Err(HttpError::MethodNotAllowed { allow: "GET" });
     }
-    if body_length(request)? != 0 {
-        return Err(HttpError::Malformed("a GET request has no body"));
-    }
+    no_body(request)?;
     let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
     let identity = identify(request, config)?;
     let query = request.query();
