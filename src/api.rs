@@ -174,7 +174,7 @@ pub fn handle(call: &Call<'_>, ctx: &mut Ctx) -> Result<Reply, HttpError> {
             let body: UserBody<'_> = parse_body(call.body)?;
             let user = user(&body)?;
             let channel = channel(body.channel)?;
-            ctx.shared.broker.options(&channel).map_err(broker_error)?;
+            ctx.shared.broker.options(&channel)?;
             user_call(user, UserAction::Unsubscribe(channel), call.reply_to, ctx);
             Ok(Reply::Later)
         }
@@ -268,7 +268,7 @@ fn publish(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpE
     let data = data(&request)?;
     let (exclude_id, exclude) = exclude(&request, ctx)?;
     if let Some(engine) = ctx.shared.broker.redis() {
-        ctx.shared.broker.options(&channel).map_err(broker_error)?;
+        ctx.shared.broker.options(&channel)?;
         engine.submit(Job::Publish {
             channels: vec![channel],
             data: Bytes::copy_from_slice(data.get().as_bytes()),
@@ -278,11 +278,7 @@ fn publish(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpE
         ctx.metrics.publications.inc();
         return Ok(Reply::Later);
     }
-    let published = ctx
-        .shared
-        .broker
-        .publish(&channel, data.get().as_bytes(), exclude)
-        .map_err(broker_error)?;
+    let published = ctx.shared.broker.publish(&channel, data.get().as_bytes(), exclude)?;
     ctx.metrics.publications.inc();
     let answer =
         format!(r#"{{"epoch":"{}","offset":{}}}"#, published.epoch.as_str(), published.offset);
@@ -303,7 +299,7 @@ fn broadcast(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, Htt
     let mut channels = Vec::with_capacity(raw_channels.len());
     for raw in raw_channels {
         let channel = channel(Some(raw))?;
-        ctx.shared.broker.options(&channel).map_err(broker_error)?;
+        ctx.shared.broker.options(&channel)?;
         if channels.contains(&channel) {
             return Err(HttpError::InvalidRequest(format!(
                 "channel {} is listed twice",
@@ -326,11 +322,7 @@ fn broadcast(body: &[u8], reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, Htt
     }
     let mut answer = String::from(r#"{"results":["#);
     for (index, channel) in channels.iter().enumerate() {
-        let published = ctx
-            .shared
-            .broker
-            .publish(channel, data.get().as_bytes(), exclude)
-            .map_err(broker_error)?;
+        let published = ctx.shared.broker.publish(channel, data.get().as_bytes(), exclude)?;
         ctx.metrics.publications.inc();
         if index > 0 {
             answer.push(',');
@@ -365,7 +357,7 @@ fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, HttpErro
 
 fn presence(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Reply, HttpError> {
     let channel = query_channel(query)?;
-    let members = ctx.shared.broker.presence(&channel).map_err(broker_error)?;
+    let members = ctx.shared.broker.presence(&channel)?;
     if let Some(engine) = ctx.shared.broker.redis() {
         engine.submit(Job::Presence { channel, reply: ReplyTo::Api(reply_to) });
         return Ok(Reply::Later);
@@ -397,13 +389,13 @@ fn history(query: Option<&str>, reply_to: ConnRef, ctx: &mut Ctx) -> Result<Repl
         Some(limit) => usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_HISTORY_LIMIT),
     };
     if let Some(engine) = ctx.shared.broker.redis() {
-        if ctx.shared.broker.options(&channel).map_err(broker_error)?.history_size == 0 {
-            return Err(broker_error(BrokerError::HistoryOff));
+        if ctx.shared.broker.options(&channel)?.history_size == 0 {
+            return Err(BrokerError::HistoryOff.into());
         }
         engine.submit(Job::History { channel, since, limit, reply: ReplyTo::Api(reply_to) });
         return Ok(Reply::Later);
     }
-    let page = ctx.shared.broker.history(&channel, since.as_ref(), limit).map_err(broker_error)?;
+    let page = ctx.shared.broker.history(&channel, since.as_ref(), limit)?;
     Ok(Reply::Now(200, history_body(channel.as_str(), &page)))
 }
 
@@ -478,15 +470,6 @@ pub fn info(shared: &Shared) -> String {
         fields.insert("nodes".into(), Value::Array(vec![node]));
     }
     answer.to_string()
-}
-
-fn broker_error(error: BrokerError) -> HttpError {
-    match error {
-        BrokerError::UnknownNamespace(_) => HttpError::Missing(error.message()),
-        BrokerError::PresenceOff | BrokerError::HistoryOff => {
-            HttpError::InvalidRequest(error.message())
-        }
-    }
 }
 
 /// What every shard does to one user's connections.

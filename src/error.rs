@@ -1,5 +1,6 @@
 //! Errors as they go on the wire: a refused request becomes an HTTP answer, a failed WebSocket a close code; each mapped here, once.
 
+use crate::broker::BrokerError;
 use bytes::Bytes;
 use std::fmt;
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -188,6 +189,19 @@ impl HttpError {
         })
         .to_string();
         json_response(self.status(), &self.extra_headers(), body.as_bytes(), keep_alive)
+    }
+}
+
+/// A broker refusal as a server API (or SSE/poll) answer: an unconfigured
+/// namespace is 404, an option the namespace lacks 400.
+impl From<BrokerError> for HttpError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::UnknownNamespace(_) => HttpError::Missing(error.message()),
+            BrokerError::PresenceOff | BrokerError::HistoryOff => {
+                HttpError::InvalidRequest(error.message())
+            }
+        }
     }
 }
 

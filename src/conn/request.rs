@@ -696,7 +696,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
         let name = name?;
         let channel = ChannelName::parse(&name)
             .map_err(|invalid| HttpError::InvalidRequest(format!("channel {name:?}: {invalid}")))?;
-        ctx.shared.broker.options(&channel).map_err(|e| HttpError::Missing(e.message()))?;
+        ctx.shared.broker.options(&channel)?;
         identity.may_access(&channel).map_err(|denied| match denied {
             Denied::Anonymous => HttpError::Unauthorized(denied.message()),
             Denied::OtherUser | Denied::NoGrant => HttpError::Forbidden(denied.message()),

@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use crate::broker::channel::ChannelName;
-use crate::broker::{BrokerError, ConnRef, Since};
+use crate::broker::{ConnRef, Since};
 use crate::error::HttpError;
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -78,7 +78,7 @@ impl StreamSub {
                     Ok(subscribed) => subscribed,
                     Err(error) => {
                         sub.release(ctx);
-                        return Err(broker_error(&error));
+                        return Err(error.into());
                     }
                 };
             ctx.locals.add(
@@ -300,15 +300,6 @@ pub fn cors_headers(allow_origin: Option<&str>) -> String {
     match allow_origin {
         Some(origin) => format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"),
         None => String::new(),
-    }
-}
-
-fn broker_error(error: &BrokerError) -> HttpError {
-    match error {
-        BrokerError::UnknownNamespace(_) => HttpError::Missing(error.message()),
-        BrokerError::PresenceOff | BrokerError::HistoryOff => {
-            HttpError::InvalidRequest(error.message())
-        }
     }
 }
 
