@@ -297,27 +297,11 @@ impl ClientSession {
         let reply =
             protocol::subscribed(id, channel.as_str(), &outcome.epoch, outcome.top, recovery);
         out.push(websocket::encode_frame(Opcode::Text, &reply));
-        let mut sent = 1;
-        // History's publications are all at or below the top; those that
-        // arrived meanwhile and are above it follow.
-        for (_, frame) in outcome.recovery.map(|(_, missed)| missed).unwrap_or_default() {
+        let missed = outcome.recovery.map(|(_, missed)| missed).unwrap_or_default();
+        let frames = catch_up(ctx, self.me.key, channel, outcome.top, missed, held);
+        let sent = 1 + frames.len() as u64;
+        for frame in frames {
             out.push(frame);
-            sent += 1;
-        }
-        let mut last = outcome.top;
-        for (offset, frame) in held {
-            if offset > last {
-                out.push(frame);
-                sent += 1;
-                last = offset;
-            }
-        }
-        if let Some(subscriber) = ctx
-            .locals
-            .get_mut(channel.as_str())
-            .and_then(|subscribers| subscribers.get_mut(&self.me.key))
-        {
-            subscriber.last_offset = last;
         }
         sent
     }
@@ -348,6 +332,35 @@ impl ClientSession {
             self.leave(&channel, ctx);
         }
     }
+}
+
+/// A subscription that waited for the Redis engine is told its position
+/// `top`: returns what to send after the reply (history's `missed`
+/// publications, all at or below the top, then those `held` back meanwhile
+/// that are above it, each once, in order), and takes the local subscriber
+/// (slab `key`) out of waiting.
+pub(super) fn catch_up(
+    ctx: &mut Ctx,
+    key: u32,
+    channel: &ChannelName,
+    top: u64,
+    missed: Vec<(u64, Bytes)>,
+    held: super::Held,
+) -> Vec<Bytes> {
+    let mut frames: Vec<Bytes> = missed.into_iter().map(|(_, frame)| frame).collect();
+    let mut last = top;
+    for (offset, frame) in held {
+        if offset > last {
+            frames.push(frame);
+            last = offset;
+        }
+    }
+    if let Some(subscriber) =
+        ctx.locals.get_mut(channel.as_str()).and_then(|subscribers| subscribers.get_mut(&key))
+    {
+        subscriber.last_offset = last;
+    }
+    frames
 }
 
 /// A client id for `who` on `node`.

@@ -708,22 +708,8 @@ impl<S: Transport> Conn<S> {
         let recovery = outcome.recovery.as_ref().map(|(ok, missed)| (*ok, missed.len()));
         let recovered = recovery.is_some_and(|(ok, _)| ok);
         sub.set_position(index, &outcome.epoch, if recovered { None } else { Some(outcome.top) });
-        let mut frames: Vec<Bytes> = Vec::new();
-        let mut last = outcome.top;
-        for (_, frame) in outcome.recovery.map(|(_, missed)| missed).unwrap_or_default() {
-            frames.push(frame);
-        }
-        for (offset, frame) in held {
-            if offset > last {
-                frames.push(frame);
-                last = offset;
-            }
-        }
-        if let Some(subscriber) =
-            ctx.locals.get_mut(channel.as_str()).and_then(|locals| locals.get_mut(&self.key))
-        {
-            subscriber.last_offset = last;
-        }
+        let missed = outcome.recovery.map(|(_, missed)| missed).unwrap_or_default();
+        let frames = client::catch_up(ctx, self.key, channel, outcome.top, missed, held);
         self.stream_subscribed(index, recovery, frames, ctx);
         self.answer_poll_if_due(ctx);
     }
