@@ -219,8 +219,6 @@ struct SsePhase {
     sub: StreamSub,
     /// When the next `: ping` comment is due.
     next_ping: Millis,
-    /// Channels whose position the Redis engine has not sent yet.
-    awaiting: usize,
 }
 
 /// A long-poll held until a message arrives or its timeout passes.
@@ -695,10 +693,8 @@ impl<S: Transport> Conn<S> {
             }
         };
         let sub = match &mut self.phase {
-            Phase::Sse(sse) => {
-                sse.awaiting = sse.awaiting.saturating_sub(1);
-                &mut sse.sub
-            }
+            // A stream's channels are announced as each one is known.
+            Phase::Sse(sse) => &mut sse.sub,
             Phase::Poll(poll) => {
                 poll.awaiting = poll.awaiting.saturating_sub(1);
                 &mut poll.sub

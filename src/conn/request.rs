@@ -361,7 +361,7 @@ impl<S: SocketTransport> Conn<S> {
                 self.set_transport(Transport::Sse, ctx);
                 self.out.push(stream::sse_head(request.allow_origin.as_deref()));
                 let next_ping = ctx.now + ctx.ping_interval();
-                self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping, awaiting }));
+                self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping }));
             }
             Some(timeout) => {
                 self.set_transport(Transport::Poll, ctx);
