@@ -159,14 +159,7 @@ fn presence_history_channels_and_info() {
 
     let presence = api.send("GET", "/api/presence?channel=chat%3Aroom", "");
     assert_eq!(presence.status, 200, "{}", presence.body);
-    let mut users: Vec<String> = presence.json()["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["user"].as_str().unwrap().to_string())
-        .collect();
-    users.sort();
-    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(sorted_field(&presence.json()["clients"], "user"), ["alice", "bob"]);
     assert!(
         presence.json()["clients"]
             .as_array()

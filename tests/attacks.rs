@@ -37,14 +37,6 @@ impl Canary {
     }
 }
 
-/// A value of the server's `/metrics`.
-fn metric(addr: SocketAddr, line_start: &str) -> f64 {
-    let body = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").body;
-    body.lines()
-        .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{body}"))
-}
-
 /// Resets the connection (RST instead of FIN) when dropped.
 fn reset(stream: TcpStream) {
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();

@@ -238,13 +238,7 @@ fn presence_and_join_leave_across_shards() {
         json!({"op": "join", "channel": "chat:lobby", "client": bob_welcome["client"], "user": ""})
     );
     let presence = alice.ok(json!({"op": "presence", "channel": "chat:lobby"}));
-    let mut members: Vec<String> = presence["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|member| member["client"].as_str().unwrap().to_string())
-        .collect();
-    members.sort();
+    let members = sorted_field(&presence["clients"], "client");
     let mut expected = vec![
         alice_welcome["client"].as_str().unwrap().to_string(),
         bob_welcome["client"].as_str().unwrap().to_string(),

@@ -413,14 +413,7 @@ fn presence_and_join_leave_span_the_nodes() {
     assert_eq!(join["client"], bob_welcome["client"]);
     // Presence lists both, asked on either node, over /ws or the API.
     let reply = bob.ok(json!({"op": "presence", "channel": "chat:room"}));
-    let mut users: Vec<String> = reply["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["user"].as_str().unwrap().to_string())
-        .collect();
-    users.sort();
-    assert_eq!(users, ["alice", "bob"], "{reply}");
+    assert_eq!(sorted_field(&reply["clients"], "user"), ["alice", "bob"], "{reply}");
     let answer =
         ApiClient::new(a.addr, &a.api_key).send("GET", "/api/presence?channel=chat:room", "");
     assert_eq!(answer.json()["clients"].as_array().unwrap().len(), 2, "{}", answer.body);
@@ -514,10 +507,7 @@ fn sse_and_long_poll_work_across_nodes_with_cursors() {
     )
     .unwrap();
     wait_until("the poll is held", || {
-        request(b.addr, "GET /metrics HTTP/1.1\r\n\r\n")
-            .body
-            .lines()
-            .any(|line| line == "herald_connections{transport=\"poll\"} 1")
+        metric(b.addr, "herald_connections{transport=\"poll\"} ") == 1.0
     });
     a.publish("news", json!(5));
     let body = read_response(&mut held, &mut Vec::new()).json();

@@ -257,11 +257,10 @@ fn a_slow_sse_reader_is_closed_at_the_outbound_bound() {
     // in herald's queue until the bound.
     let mut api = ApiClient::new(server.addr, &server.api_key);
     let data = "x".repeat(8 * 1024);
-    let metrics = || get(server.addr, "/metrics").body;
-    let closed = |text: &str| text.lines().any(|l| l == "herald_slow_consumer_closes_total 1");
+    let closes = || metric(server.addr, "herald_slow_consumer_closes_total ");
     let deadline = Instant::now() + DEADLINE;
-    while !closed(&metrics()) {
-        assert!(Instant::now() < deadline, "never closed:\n{}", metrics());
+    while closes() != 1.0 {
+        assert!(Instant::now() < deadline, "never closed: {} closes", closes());
         for _ in 0..20 {
             api.publish("news", json!(data));
         }
@@ -278,7 +277,7 @@ fn a_slow_sse_reader_is_closed_at_the_outbound_bound() {
     assert!(received > 0);
     drop(sse);
     wait_until("the stream is gone", || {
-        metrics().lines().any(|l| l == "herald_connections{transport=\"sse\"} 0")
+        metric(server.addr, "herald_connections{transport=\"sse\"} ") == 0.0
     });
 }
 
@@ -294,10 +293,7 @@ fn poll_holds_until_a_message_then_continues_from_its_cursor() {
     };
     poll(&mut stream, "channel=news&timeout=30");
     wait_until("the poll is held", || {
-        get(server.addr, "/metrics")
-            .body
-            .lines()
-            .any(|l| l == "herald_connections{transport=\"poll\"} 1")
+        metric(server.addr, "herald_connections{transport=\"poll\"} ") == 1.0
     });
     server.publish("news", json!("first"));
     let answer = read_response(&mut stream, &mut rest);
@@ -340,10 +336,7 @@ fn a_thousand_held_polls_are_answered_by_one_publish() {
         })
         .collect();
     wait_until("1,000 polls held", || {
-        get(server.addr, "/metrics")
-            .body
-            .lines()
-            .any(|l| l == "herald_connections{transport=\"poll\"} 1000")
+        metric(server.addr, "herald_connections{transport=\"poll\"} ") == 1000.0
     });
     let published = server.publish("news", json!("everyone"));
     for stream in &mut polls {

@@ -483,3 +483,27 @@ pub fn one_client_per_shard(
     }
     panic!("the kernel never put a connection on some shard");
 }
+
+/// A value of the server's `/metrics`: the number after `line_start` (a
+/// metric's name and labels, and the space).
+pub fn metric(addr: SocketAddr, line_start: &str) -> f64 {
+    let body = request(addr, "GET /metrics HTTP/1.1\r\n\r\n").body;
+    body.lines()
+        .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{body}"))
+}
+
+/// The `field` of every object in a JSON list (a presence list's users or
+/// clients), sorted.
+pub fn sorted_field(list: &Value, field: &str) -> Vec<String> {
+    let mut values: Vec<String> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|item| {
+            item[field].as_str().unwrap_or_else(|| panic!("no {field} in {item}")).to_string()
+        })
+        .collect();
+    values.sort();
+    values
+}
