@@ -101,16 +101,19 @@ pub fn route(method: &str, path: &str) -> Result<Endpoint, HttpError> {
 pub fn authorize(
     request: &Request<'_>,
     shared: &Shared,
-    peer: Option<IpAddr>,
+    peer: impl Fn() -> Option<IpAddr>,
 ) -> Result<(), HttpError> {
-    let now = Instant::now();
-    shared
-        .key_failures
-        .check(peer, now)
-        .map_err(|retry_after_secs| HttpError::TooManyRequests { retry_after_secs })?;
+    // The peer's address costs a system call: asked only while some peer
+    // has failed, or when this one does.
+    if shared.key_failures.is_tracking() {
+        shared
+            .key_failures
+            .check(peer(), Instant::now())
+            .map_err(|retry_after_secs| HttpError::TooManyRequests { retry_after_secs })?;
+    }
     let result = check_key(request, shared);
     if result.is_err() {
-        shared.key_failures.record(peer, now);
+        shared.key_failures.record(peer(), Instant::now());
     }
     result
 }

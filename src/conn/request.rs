@@ -644,7 +644,7 @@ fn route<S: SocketTransport>(
         if length > config.max_api_body_bytes {
             return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
         }
-        api::authorize(request, &ctx.shared, socket.peer_ip())?;
+        api::authorize(request, &ctx.shared, || socket.peer_ip())?;
         let expect_continue = request.has_token("expect", "100-continue");
         let query = request.query().filter(|_| !endpoint.takes_body()).map(Box::from);
         return Ok(Route::Api { endpoint, query, length, expect_continue });
