@@ -310,11 +310,6 @@ pub struct KeyFailures {
 }
 
 impl KeyFailures {
-    /// Whether any peer has failed lately (else no check can refuse).
-    pub fn is_tracking(&self) -> bool {
-        self.tracked.load(Ordering::Relaxed) > 0
-    }
-
     /// `Err(seconds to wait)` when `peer` has used up its failures.
     pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), u64> {
         let Some(peer) = peer.map(peer_block) else { return Ok(()) };

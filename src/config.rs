@@ -34,6 +34,24 @@ pub const DEFAULT_MAX_INCOMPLETE_BYTES: usize = 256 << 20;
 /// Autobahn 9.* cases; the memory it allows is held only while a message is
 /// in flight.
 pub const DEFAULT_MAX_ECHO_MESSAGE_BYTES: usize = 16 << 20;
+/// How long a WebSocket message (or a frame) may take to arrive whole once
+/// its first byte is in (over it: 1008). A client sends a command in one
+/// write; a message that trickles in for longer only holds server memory.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client commands a `/ws` connection may send per second, on average
+/// (a token bucket). An application sends a few per user action; this
+/// bounds what one connection can make the broker and other subscribers do
+/// (a subscribe/unsubscribe storm, join/leave floods).
+pub const DEFAULT_COMMAND_RATE_PER_SEC: u32 = 100;
+/// Commands a `/ws` connection may send at once before the rate applies:
+/// room to resubscribe every channel after a reconnect.
+pub const DEFAULT_COMMAND_BURST: u32 = 300;
+/// Channels one `/ws` connection may be subscribed to at once (over it:
+/// `limit_exceeded`). Each costs about 1 KiB of broker and shard state.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
+/// Least default of `max_channels` (the default is the larger of this and
+/// `max_connections`).
+pub const MIN_DEFAULT_MAX_CHANNELS: usize = 100_000;
 /// Descriptors kept back from `max_connections` when it is derived from the
 /// open-file limit: listeners, wakers, epoll instances, log files, Redis.
 /// (At most a quarter of a small limit.)
@@ -290,6 +308,19 @@ pub struct Config {
     /// Connections that have not completed their first request, per node;
     /// past it, the one waiting longest is closed to make room.
     pub max_pending_handshakes: usize,
+    /// Time a WebSocket message may take to arrive whole (over it: 1008).
+    pub message_timeout: Duration,
+    /// Commands per second a `/ws` connection may send on average.
+    pub command_rate_per_sec: u32,
+    /// Commands a `/ws` connection may send at once.
+    pub command_burst: u32,
+    /// Channels that may exist on this node at once (over it, subscribing
+    /// to or publishing on a new channel is `limit_exceeded`).
+    pub max_channels: usize,
+    /// Channels one `/ws` connection may be subscribed to.
+    pub max_channels_per_connection: usize,
+    /// `SO_SNDBUF` of each accepted socket (0: the kernel's autotuning).
+    pub send_buffer_bytes: usize,
     /// Options of channels without a namespace.
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
@@ -349,6 +380,7 @@ pub const KEYS: &[&str] = &[
     "redis_url",
     "redis_prefix",
     "max_connections",
+    "echo",
     "no_echo",
     "ping_interval_secs",
     "handshake_timeout_secs",
@@ -359,6 +391,12 @@ pub const KEYS: &[&str] = &[
     "max_api_body_bytes",
     "max_incomplete_bytes",
     "max_pending_handshakes",
+    "message_timeout_secs",
+    "command_rate_per_sec",
+    "command_burst",
+    "max_channels",
+    "max_channels_per_connection",
+    "send_buffer_bytes",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -732,7 +770,10 @@ impl Layers {
             None => (max_connections / 4).max(1024),
         };
 
-        let echo = !self.boolean("no_echo")?.unwrap_or(false);
+        // `/echo` serves unauthenticated 16 MiB messages: for conformance
+        // runs and benchmarks, so only where asked for (or in --dev).
+        let echo =
+            self.boolean("echo")?.unwrap_or(dev) && !self.boolean("no_echo")?.unwrap_or(false);
         let ping_interval =
             self.seconds("ping_interval_secs", 0.1, 3600.0)?.unwrap_or(DEFAULT_PING_INTERVAL);
         let handshake_timeout = self
@@ -755,6 +796,24 @@ impl Layers {
         let max_incomplete_bytes = self
             .bytes("max_incomplete_bytes", 64 << 10, 1 << 40)?
             .unwrap_or(DEFAULT_MAX_INCOMPLETE_BYTES);
+        let message_timeout =
+            self.seconds("message_timeout_secs", 0.1, 3600.0)?.unwrap_or(DEFAULT_MESSAGE_TIMEOUT);
+        let command_rate_per_sec = self
+            .integer("command_rate_per_sec", 1, 1_000_000)?
+            .map_or(DEFAULT_COMMAND_RATE_PER_SEC, |rate| u32::try_from(rate).unwrap_or(u32::MAX));
+        let command_burst = self
+            .integer("command_burst", 1, 1_000_000)?
+            .map_or(DEFAULT_COMMAND_BURST, |burst| u32::try_from(burst).unwrap_or(u32::MAX));
+        let max_channels = match self.integer("max_channels", 1, 1 << 32)? {
+            Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
+            None => max_connections.max(MIN_DEFAULT_MAX_CHANNELS),
+        };
+        let max_channels_per_connection = self
+            .integer("max_channels_per_connection", 1, 65_536)?
+            .map_or(DEFAULT_MAX_CHANNELS_PER_CONNECTION, |max| {
+                usize::try_from(max).unwrap_or(usize::MAX)
+            });
+        let send_buffer_bytes = self.bytes("send_buffer_bytes", 0, 64 << 20)?.unwrap_or(0);
         // A publication (from a client or the API) goes into every
         // subscriber's outbound queue; if it could not fit there with room to
         // spare, every subscriber would be closed as a slow consumer.
@@ -806,6 +865,12 @@ impl Layers {
             max_api_body_bytes,
             max_incomplete_bytes,
             max_pending_handshakes,
+            message_timeout,
+            command_rate_per_sec,
+            command_burst,
+            max_channels,
+            max_channels_per_connection,
+            send_buffer_bytes,
             channels: self.channels.unwrap_or_default(),
             namespaces,
             generated,
@@ -1003,6 +1068,48 @@ mod tests {
         assert!(config.allowed_origins.allows("https://anything.example", None));
         assert_ne!(Config::dev().api_key, config.api_key, "generated keys are random");
         assert!(!format!("{config:?}").contains(config.api_key.expose()), "Debug hides secrets");
+    }
+
+    #[test]
+    fn echo_is_served_only_in_dev_mode_or_when_asked_for() {
+        let secrets = || {
+            vec![
+                flag("api_key", "0123456789abcdef"),
+                flag("token_secret", "0123456789abcdef0123456789abcdef"),
+            ]
+        };
+        assert!(!Config::load(None, secrets(), false).unwrap().echo);
+        let mut asked = secrets();
+        asked.push(env("echo", "true"));
+        assert!(Config::load(None, asked, false).unwrap().echo);
+        assert!(Config::dev().echo);
+        assert!(!Config::load(None, vec![flag("no_echo", "true")], true).unwrap().echo);
+    }
+
+    #[test]
+    fn limits_have_deliberate_defaults() {
+        let config = Config::dev();
+        assert_eq!(config.max_channels_per_connection, DEFAULT_MAX_CHANNELS_PER_CONNECTION);
+        assert!(config.max_channels >= MIN_DEFAULT_MAX_CHANNELS);
+        assert!(config.max_channels >= config.max_connections);
+        assert_eq!(config.message_timeout, DEFAULT_MESSAGE_TIMEOUT);
+        assert_eq!(
+            (config.command_rate_per_sec, config.command_burst),
+            (DEFAULT_COMMAND_RATE_PER_SEC, DEFAULT_COMMAND_BURST)
+        );
+        assert!(
+            config.command_burst as usize >= config.max_channels_per_connection,
+            "a reconnecting client resubscribes every channel at once"
+        );
+        let config = Config::load(
+            None,
+            vec![flag("max_channels", "10"), flag("command_rate_per_sec", "5")],
+            true,
+        )
+        .unwrap();
+        assert_eq!((config.max_channels, config.command_rate_per_sec), (10, 5));
+        let error = Config::load(None, vec![flag("command_burst", "0")], true).unwrap_err();
+        assert!(error.to_string().contains("`command_burst`"), "{error}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum HttpError {
     /// herald cannot do it now (503): the engine is down, or the answer did
     /// not come in time.
     Unavailable(&'static str),
+    /// A server-wide limit is reached, such as `max_channels` (503, code
+    /// `limit_exceeded`).
+    LimitReached(String),
 }
 
 impl HttpError {
@@ -78,7 +81,10 @@ impl HttpError {
             HttpError::PayloadTooLarge { .. } => 413,
             HttpError::HeadTooLarge | HttpError::TooManyHeaders => 431,
             HttpError::TooManyRequests { .. } => 429,
-            HttpError::AtCapacity | HttpError::ShuttingDown | HttpError::Unavailable(_) => 503,
+            HttpError::AtCapacity
+            | HttpError::ShuttingDown
+            | HttpError::Unavailable(_)
+            | HttpError::LimitReached(_) => 503,
         }
     }
 
@@ -98,6 +104,7 @@ impl HttpError {
             HttpError::HeadTooLarge
             | HttpError::TooManyHeaders
             | HttpError::PayloadTooLarge { .. }
+            | HttpError::LimitReached(_)
             | HttpError::TooManyRequests { .. } => "limit_exceeded",
             HttpError::AtCapacity | HttpError::ShuttingDown | HttpError::Unavailable(_) => {
                 "unavailable"
@@ -134,7 +141,9 @@ impl HttpError {
             HttpError::PayloadTooLarge { limit } => {
                 format!("request body larger than {limit} bytes")
             }
-            HttpError::InvalidRequest(message) | HttpError::Missing(message) => message.clone(),
+            HttpError::InvalidRequest(message)
+            | HttpError::Missing(message)
+            | HttpError::LimitReached(message) => message.clone(),
             HttpError::TooManyRequests { retry_after_secs } => format!(
                 "too many failed API key checks from this address; retry in {retry_after_secs} s"
             ),
@@ -201,6 +210,7 @@ impl From<BrokerError> for HttpError {
             BrokerError::PresenceOff | BrokerError::HistoryOff => {
                 HttpError::InvalidRequest(error.message())
             }
+            BrokerError::TooManyChannels(_) => HttpError::LimitReached(error.message()),
         }
     }
 }
@@ -224,17 +234,28 @@ pub fn http_response(
     body: &[u8],
     keep_alive: bool,
 ) -> Bytes {
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: {content_type}\r\n\
-         Content-Length: {length}\r\nConnection: {connection}\r\n\r\n",
-        reason = reason_phrase(status),
-        length = body.len(),
-        connection = if keep_alive { "keep-alive" } else { "close" },
-    );
+    let head = http_head(status, extra_headers, content_type, body.len(), keep_alive);
     let mut response = Vec::with_capacity(head.len() + body.len());
     response.extend_from_slice(head.as_bytes());
     response.extend_from_slice(body);
     Bytes::from(response)
+}
+
+/// The head of an answer whose body of `length` bytes is sent separately
+/// (a file built into the binary goes out without being copied).
+pub fn http_head(
+    status: u16,
+    extra_headers: &str,
+    content_type: &str,
+    length: usize,
+    keep_alive: bool,
+) -> String {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\n{extra_headers}Content-Type: {content_type}\r\n\
+         Content-Length: {length}\r\nConnection: {connection}\r\n\r\n",
+        reason = reason_phrase(status),
+        connection = if keep_alive { "keep-alive" } else { "close" },
+    )
 }
 
 /// The reason phrase of the statuses herald answers with.

@@ -91,7 +91,10 @@ struct ServeArgs {
     /// Open connections per node (over it: 503).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<String>,
-    /// Turn off the /echo endpoint.
+    /// Serve the /echo endpoint (on in --dev): unauthenticated, for conformance runs and benchmarks.
+    #[arg(long, env = "HERALD_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    echo: Option<String>,
+    /// Turn off the /echo endpoint (also in --dev).
     #[arg(long, env = "HERALD_NO_ECHO", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     no_echo: Option<String>,
     /// Heartbeat interval in seconds.
@@ -121,6 +124,24 @@ struct ServeArgs {
     /// Connections still in their first request, per node (the oldest go first past it).
     #[arg(long, env = "HERALD_MAX_PENDING_HANDSHAKES", value_name = "N")]
     max_pending_handshakes: Option<String>,
+    /// Seconds a WebSocket message may take to arrive whole.
+    #[arg(long, env = "HERALD_MESSAGE_TIMEOUT_SECS", value_name = "SECS")]
+    message_timeout_secs: Option<String>,
+    /// Commands per second one /ws connection may send, on average.
+    #[arg(long, env = "HERALD_COMMAND_RATE_PER_SEC", value_name = "N")]
+    command_rate_per_sec: Option<String>,
+    /// Commands one /ws connection may send at once before the rate applies.
+    #[arg(long, env = "HERALD_COMMAND_BURST", value_name = "N")]
+    command_burst: Option<String>,
+    /// Channels that may exist on this node at once.
+    #[arg(long, env = "HERALD_MAX_CHANNELS", value_name = "N")]
+    max_channels: Option<String>,
+    /// Channels one /ws connection may be subscribed to.
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
+    max_channels_per_connection: Option<String>,
+    /// SO_SNDBUF of each connection's socket (0: the kernel's autotuning).
+    #[arg(long, env = "HERALD_SEND_BUFFER_BYTES", value_name = "BYTES")]
+    send_buffer_bytes: Option<String>,
 }
 
 fn main() -> ExitCode {

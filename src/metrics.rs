@@ -136,6 +136,11 @@ pub struct ShardMetrics {
     pub deliveries: Counter,
     /// Connections closed with 4008.
     pub slow_consumers: Counter,
+    /// SSE streams and held polls ended by their client (end of stream or
+    /// reset).
+    pub streams_left: Counter,
+    /// `/ws` commands refused by the per-connection rate limit.
+    pub commands_limited: Counter,
     close_codes: [Counter; CLOSE_CODES.len()],
     /// By endpoint (the last row: paths under `/api/` that name none) and status.
     api: [[Counter; STATUSES.len()]; Endpoint::ALL.len() + 1],
@@ -237,7 +242,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         let _ = writeln!(out, "herald_connections{{transport=\"{}\"}} {open}", transport.label());
     }
 
-    let counters: [(&str, &str, Read<'_>); 8] = [
+    let counters: [(&str, &str, Read<'_>); 10] = [
         ("herald_connections_accepted_total", "Connections accepted.", &|s| s.accepted.get()),
         ("herald_messages_received_total", "WebSocket data messages received.", &|s| {
             s.messages_in.get()
@@ -263,6 +268,16 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
             "herald_slow_consumer_closes_total",
             "Connections closed with 4008 for passing max_outbound_bytes.",
             &|s| s.slow_consumers.get(),
+        ),
+        (
+            "herald_streams_left_total",
+            "SSE streams and held long-polls whose client went away (end of stream or reset).",
+            &|s| s.streams_left.get(),
+        ),
+        (
+            "herald_commands_limited_total",
+            "WebSocket commands refused by the per-connection rate limit (too_many_requests).",
+            &|s| s.commands_limited.get(),
         ),
     ];
     for (name, help, read) in counters {

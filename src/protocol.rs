@@ -23,6 +23,8 @@ pub enum ErrorCode {
     NotFound,
     /// A limit was reached.
     LimitExceeded,
+    /// The connection sends commands faster than its rate limit allows.
+    TooManyRequests,
     /// The engine cannot serve it now.
     Unavailable,
     /// herald failed.
@@ -97,6 +99,18 @@ fn plain_string(raw: Option<&RawValue>) -> Option<&str> {
 }
 
 impl<'a> Command<'a> {
+    /// The command's `id`, if it has one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Command::Subscribe { id, .. }
+            | Command::Unsubscribe { id, .. }
+            | Command::Publish { id, .. }
+            | Command::Presence { id, .. }
+            | Command::History { id, .. }
+            | Command::Ping { id } => *id,
+        }
+    }
+
     /// Parses one text frame.
     pub fn parse(text: &'a str) -> Result<Command<'a>, CommandError> {
         let raw: RawCommand<'a> = match serde_json::from_str(text) {

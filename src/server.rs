@@ -81,7 +81,7 @@ impl Server {
             log::debug!("could not pre-size the descriptor table: {error}");
         }
         let threads = config.threads.max(1);
-        let listeners = bind_listeners(config.listen, threads)?;
+        let listeners = bind_listeners(config.listen, threads, config.send_buffer_bytes)?;
         let local_addr = listeners
             .first()
             .map(TcpListener::local_addr)
@@ -202,7 +202,13 @@ impl Drop for ServerHandle {
 
 /// One listener per shard on the same address, with `SO_REUSEPORT` so the
 /// kernel spreads incoming connections over them.
-fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+/// `send_buffer_bytes` (when not 0) is set on each listener: accepted
+/// sockets inherit `SO_SNDBUF` from it, as they do `TCP_NODELAY`.
+fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    send_buffer_bytes: usize,
+) -> io::Result<Vec<TcpListener>> {
     if addr.port() != 0 {
         // SO_REUSEPORT would let a second herald on the same port silently
         // share it: probe with a plain bind first so that "address in use"
@@ -221,6 +227,9 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>
         // Accepted sockets inherit TCP_NODELAY from the listener on Linux:
         // one setsockopt here instead of one per connection.
         socket.set_tcp_nodelay(true)?;
+        if send_buffer_bytes > 0 {
+            socket.set_send_buffer_size(send_buffer_bytes)?;
+        }
         socket.bind(&bound.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         let listener = TcpListener::from_std(socket.into());

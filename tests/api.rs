@@ -34,10 +34,6 @@ fn user_on_both_shards(server: &TestServer, user: &str) -> Vec<WsClient> {
     panic!("the kernel never put a connection on both shards");
 }
 
-fn error_code(response: &Response) -> String {
-    response.json()["error"]["code"].as_str().unwrap_or_default().to_string()
-}
-
 #[test]
 fn publish_with_exclude_client_skips_only_that_client() {
     let server = start_server(2, |_| {});
@@ -352,27 +348,63 @@ fn expect_100_continue_is_answered_before_the_body() {
 }
 
 #[test]
-fn repeated_key_failures_from_one_peer_get_429_then_even_the_right_key_waits() {
+fn repeated_key_failures_get_429_while_the_right_key_is_always_served() {
     let server = start_server(1, |_| {});
     for _ in 0..herald::auth::MAX_KEY_FAILURES {
         // A refusal before the body is read closes the connection: a new one each time.
         let mut wrong = ApiClient::new(server.addr, "wrong-key-000000");
         assert_eq!(wrong.publish("news", json!(1)).status, 401);
     }
+    // From the same address (a NAT, a proxy): wrong keys now wait...
     let mut stream = connect(server.addr);
-    let right =
-        format!("GET /api/info HTTP/1.1\r\nAuthorization: apikey {}\r\n\r\n", server.api_key);
-    stream.write_all(right.as_bytes()).unwrap();
+    let wrong = "GET /api/info HTTP/1.1\r\nAuthorization: apikey wrong-key-000000\r\n\r\n";
+    stream.write_all(wrong.as_bytes()).unwrap();
     let refused = read_response(&mut stream, &mut Vec::new());
     assert_eq!(refused.status, 429);
     assert_eq!(error_code(&refused), "limit_exceeded");
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert!(closed_by_server(&mut stream));
+    // ...and the backend with the right key is served as ever.
+    let mut right = ApiClient::new(server.addr, &server.api_key);
+    assert_eq!(right.publish("news", json!(1)).status, 200);
+    assert_eq!(right.send("GET", "/api/info", "").status, 200);
     // WebSocket clients and /health are not API requests: unaffected.
     let (mut client, _) = WsClient::open_client(server.addr);
     assert_eq!(client.ok(json!({"op": "ping"}))["op"], "pong");
     assert_eq!(request(server.addr, "GET /health HTTP/1.1\r\n\r\n").status, 200);
+}
+
+#[test]
+fn server_api_requests_with_bare_lf_line_ends_are_refused_and_closed() {
+    let server = start_server(1, |_| {});
+    let (mut subscriber, _) = WsClient::open_client(server.addr);
+    subscriber.subscribe("news");
+    let body = r#"{"channel":"news","data":1}"#;
+    let key = &server.api_key;
+    for head in [
+        // A bare LF hides a second Content-Length from a CRLF-only parser.
+        format!(
+            "POST /api/publish HTTP/1.1\r\nAuthorization: apikey {key}\r\nX-A: a\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+        format!(
+            "POST /api/publish HTTP/1.1\nAuthorization: apikey {key}\nContent-Length: {}\n\n",
+            body.len()
+        ),
+        format!("GET /api/info HTTP/1.1\r\nAuthorization: apikey {key}\n\r\n"),
+    ] {
+        let mut stream = connect(server.addr);
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let response = read_response(&mut stream, &mut Vec::new());
+        assert_eq!(response.status, 400, "{head:?}");
+        assert!(response.body.contains("CRLF"), "{}", response.body);
+        assert!(closed_by_server(&mut stream));
+    }
+    assert!(subscriber.frame_within(std::time::Duration::from_millis(100)).is_none());
+    // Other endpoints still take a bare LF, as RFC 9112 allows.
+    assert_eq!(request(server.addr, "GET /health HTTP/1.1\nHost: x\n\n").status, 200);
 }
 
 #[test]

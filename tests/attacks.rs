@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
-use serde_json::json;
-use std::io::{Read, Write};
+use serde_json::{Value, json};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -268,4 +268,264 @@ fn abrupt_peers_leave_nothing_behind() {
     wait_until("every broken connection is gone", || server.handle.connections() == baseline);
     canary.check();
     canary.assert_fast();
+}
+
+// Round two: holes where one peer, anonymous or with any valid token, hurt
+// every other client, and limits that were weaker than documented.
+
+/// Writes `request` over and over on one connection whose receive buffer is
+/// tiny, reading none of the answers, until the server stops taking them (a
+/// write that makes no progress for a second) or 64 MiB went out. Returns
+/// the bytes that went out and the connection.
+fn pipeline_without_reading(addr: SocketAddr, request: &[u8]) -> (usize, TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let batch = request.repeat(64);
+    let mut sent = 0;
+    while sent < 64 << 20 {
+        match stream.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("writing requests: {e}"),
+        }
+    }
+    (sent, stream)
+}
+
+#[test]
+fn http_answers_a_client_does_not_read_stop_its_requests_being_read() {
+    const BOUND: usize = 64 * 1024;
+    let server = start_server(2, |config| {
+        config.max_outbound_bytes = BOUND;
+        config.max_api_body_bytes = 16 * 1024;
+    });
+    let mut canary = Canary::open(server.addr);
+    let publish = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {}\r\n\
+         Content-Length: 30\r\n\r\n{{\"channel\":\"news\",\"data\":1234}}",
+        server.api_key
+    );
+    let requests = [
+        "GET /herald.js HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        publish,
+    ];
+    for request in &requests {
+        let before = rss();
+        let (sent, stream) = pipeline_without_reading(server.addr, request.as_bytes());
+        let growth = rss().saturating_sub(before);
+        let first_line = request.lines().next().unwrap();
+        // What went out fits in the two kernels' socket buffers and the
+        // server's bounded backlog; without the bound the server reads on
+        // and queues answers for as long as the client writes.
+        assert!(sent < 24 << 20, "{first_line}: the server took {sent} bytes of requests");
+        assert!(growth < 64 << 20, "{first_line}: RSS grew {growth} bytes");
+        canary.check();
+        reset(stream);
+    }
+    canary.assert_fast();
+}
+
+#[test]
+fn pipelined_requests_whose_answers_are_read_are_all_answered_in_order() {
+    let server = start_server(1, |config| config.max_outbound_bytes = 64 * 1024);
+    // Answers far beyond the bound, read as they come: every request is
+    // answered, in order, though most wait their turn unparsed.
+    let mut stream = connect(server.addr);
+    let batch: String =
+        (0..200).map(|n| format!("GET /herald.js?n={n} HTTP/1.1\r\nHost: x\r\n\r\n")).collect();
+    let reader = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            (0..200).map(|_| read_response(&mut stream, &mut rest).body.len()).collect::<Vec<_>>()
+        })
+    };
+    stream.write_all(batch.as_bytes()).unwrap();
+    let lengths = reader.join().unwrap();
+    assert!(
+        lengths.iter().all(|len| *len == include_bytes!("../web/herald.js").len()),
+        "{lengths:?}"
+    );
+}
+
+#[test]
+fn the_unfinished_message_budget_counts_bytes_received_not_lengths_announced() {
+    let server = start_server(2, |config| config.max_incomplete_bytes = 1 << 20);
+    let mut canary = Canary::open(server.addr);
+    // Sixteen connections each announce a 16 MiB - 1 binary message and
+    // send nothing of it.
+    let mut announcers: Vec<WsClient> =
+        (0..16).map(|_| WsClient::open(server.addr, "/echo")).collect();
+    for announcer in &mut announcers {
+        announcer.send_raw(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
+    }
+    canary.check();
+    // An authenticated client's 3 KB command arrives in two segments.
+    let (mut client, _) = WsClient::open_client(server.addr);
+    let command = json!({"op": "ping", "id": 7, "pad": "p".repeat(3000)}).to_string();
+    let frame = client_frame(true, 0x1, command.as_bytes());
+    client.send_raw(&frame[..1500]);
+    canary.check();
+    client.send_raw(&frame[1500..]);
+    assert_eq!(client.next_push()["op"], "pong");
+    assert!(metric(server.addr, "herald_incomplete_message_bytes ") < 4096.0);
+    // The announcers were not closed: what they hold is nothing.
+    for announcer in &mut announcers {
+        assert!(announcer.frame_within(Duration::from_millis(20)).is_none());
+    }
+    canary.assert_fast();
+}
+
+#[test]
+fn a_message_not_completed_in_time_is_closed_with_1008_however_it_trickles() {
+    let server = start_server(2, |config| {
+        config.message_timeout = Duration::from_secs(1);
+        config.ping_interval = Duration::from_secs(30);
+    });
+    let mut canary = Canary::open(server.addr);
+    let frame = client_frame(true, 0x1, &[b'a'; 200]);
+    // One sends half a frame and stops.
+    let mut stalled = WsClient::open(server.addr, "/echo");
+    stalled.send_raw(&frame[..100]);
+    // Another trickles a byte at a time: each byte is traffic, but the
+    // message does not make it in time.
+    let mut trickler = WsClient::open_client(server.addr).0;
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut closed = None;
+    while closed.is_none() && started.elapsed() < DEADLINE {
+        if sent < frame.len() && trickler.stream.write_all(&frame[sent..=sent]).is_ok() {
+            sent += 1;
+        }
+        closed = trickler.frame_within(Duration::from_millis(100)).and_then(|f| f.close_code());
+    }
+    assert_eq!(closed, Some(1008), "the trickler was not closed");
+    assert!(sent < frame.len(), "the whole frame went out before the deadline");
+    assert_eq!(stalled.expect_close(), 1008);
+    canary.check();
+    canary.assert_fast();
+}
+
+#[test]
+fn held_polls_and_streams_whose_clients_leave_free_their_slots_at_once() {
+    let server = start_server(2, |config| config.max_connections = 45);
+    let held: Vec<TcpStream> = (0..40)
+        .map(|n| {
+            let mut stream = connect(server.addr);
+            let path = if n % 2 == 0 { "/poll?channel=x&timeout=30" } else { "/sse?channel=x" };
+            stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    wait_until("every poll and stream is held", || {
+        metric(server.addr, "herald_connections{transport=\"poll\"} ") == 20.0
+            && metric(server.addr, "herald_connections{transport=\"sse\"} ") == 20.0
+    });
+    // Half leave with a reset, half with an orderly close.
+    for (n, stream) in held.into_iter().enumerate() {
+        if n % 4 < 2 { reset(stream) } else { drop(stream) }
+    }
+    // Well before the polls' 30 s timeout, everyone is served again.
+    let started = Instant::now();
+    wait_until("the slots are free", || server.handle.connections() <= 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(request(server.addr, "GET /health HTTP/1.1\r\n\r\n").status, 200);
+    assert_eq!(metric(server.addr, "herald_streams_left_total "), 40.0);
+}
+
+#[test]
+fn a_client_over_its_command_rate_is_refused_then_closed_with_4029() {
+    let server = start_server(2, |config| {
+        config.command_rate_per_sec = 50;
+        config.command_burst = 20;
+    });
+    // A subscriber of a presence channel must not pay for a join/leave storm.
+    let (mut bystander, _) = WsClient::open_client(server.addr);
+    bystander.subscribe("chat:lobby");
+    let (mut flooder, _) = WsClient::open_client(server.addr);
+    let mut storm = Vec::new();
+    for n in 0..200 {
+        let op = if n % 2 == 0 { "subscribe" } else { "unsubscribe" };
+        storm.extend(client_frame(
+            true,
+            0x1,
+            json!({"op": op, "id": n, "channel": "chat:lobby"}).to_string().as_bytes(),
+        ));
+    }
+    let _ = flooder.stream.write_all(&storm);
+    let mut refused = 0;
+    let code = loop {
+        let frame = flooder.try_read_frame().expect("a close before the connection ends");
+        if frame.opcode == 8 {
+            break frame.close_code();
+        }
+        if frame.opcode == 1 && frame.json()["code"] == "too_many_requests" {
+            refused += 1;
+        }
+    };
+    assert_eq!(code, Some(4029));
+    assert!(refused >= 1, "no command was refused before the close");
+    // The bystander heard at most the burst's joins and leaves and is open.
+    assert_eq!(bystander.ok(json!({"op": "ping"}))["op"], "pong");
+    assert!(metric(server.addr, "herald_commands_limited_total ") >= 21.0);
+}
+
+#[test]
+fn commands_within_the_rate_are_served_and_the_bucket_refills() {
+    let server = start_server(1, |config| {
+        config.command_rate_per_sec = 1000;
+        config.command_burst = 10;
+    });
+    let (mut client, _) = WsClient::open_client(server.addr);
+    let burst: Vec<u8> = (0..11)
+        .flat_map(|n| {
+            client_frame(true, 0x1, json!({"op": "ping", "id": n}).to_string().as_bytes())
+        })
+        .collect();
+    client.send_raw(&burst);
+    let replies: Vec<Value> = (0..11).map(|_| client.next_push()).collect();
+    assert!(replies[..10].iter().all(|r| r["op"] == "pong"), "{replies:?}");
+    assert_eq!(replies[10]["code"], "too_many_requests");
+    assert_eq!(replies[10]["id"], 10);
+    // A few milliseconds later there is room again.
+    wait_until("the bucket refills", || client.call(json!({"op": "ping"}))["op"] == "pong");
+}
+
+#[test]
+fn no_channel_is_made_past_max_channels_and_the_limit_is_per_connection_too() {
+    let server = start_server(2, |config| {
+        config.max_channels = 5;
+        config.max_channels_per_connection = 3;
+    });
+    let (mut client, _) = WsClient::open_client(server.addr);
+    for n in 0..3 {
+        assert_eq!(
+            client.call(json!({"op": "subscribe", "channel": format!("live:{n}")}))["op"],
+            "subscribed"
+        );
+    }
+    let over = client.call(json!({"op": "subscribe", "channel": "live:3"}));
+    assert_eq!(over["code"], "limit_exceeded", "{over}");
+    let (mut other, _) = WsClient::open_client(server.addr);
+    for n in 3..5 {
+        other.subscribe(&format!("live:{n}"));
+    }
+    let full = other.call(json!({"op": "subscribe", "channel": "live:5"}));
+    assert_eq!(full["code"], "limit_exceeded", "{full}");
+    let mut api = ApiClient::new(server.addr, &server.api_key);
+    let refused = api.publish("live:6", json!(1));
+    assert_eq!((refused.status, error_code(&refused).as_str()), (503, "limit_exceeded"));
+    // Existing channels carry on.
+    assert_eq!(api.publish("live:0", json!(1)).status, 200);
+    assert_eq!(client.next_push()["op"], "message");
+    // A channel freed makes room for a new one.
+    other.ok(json!({"op": "unsubscribe", "channel": "live:4"}));
+    wait_until("room for a channel", || {
+        other.call(json!({"op": "subscribe", "channel": "live:5"}))["op"] == "subscribed"
+    });
 }

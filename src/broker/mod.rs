@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -107,6 +107,8 @@ pub enum BrokerError {
     PresenceOff,
     /// History is off in the channel's namespace.
     HistoryOff,
+    /// The node holds `max_channels` channels: a new one cannot be made.
+    TooManyChannels(usize),
 }
 
 impl BrokerError {
@@ -118,6 +120,9 @@ impl BrokerError {
             }
             BrokerError::PresenceOff => "presence is off for this channel's namespace".into(),
             BrokerError::HistoryOff => "history is off for this channel's namespace".into(),
+            BrokerError::TooManyChannels(max) => {
+                format!("the node holds its limit of {max} channels (max_channels); try later")
+            }
         }
     }
 }
@@ -248,27 +253,40 @@ struct Stripe {
     expiry: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
 }
 
+/// Channels in the table, over every stripe, against `max_channels`.
+struct ChannelCount {
+    open: AtomicUsize,
+    max: usize,
+}
+
 impl Stripe {
-    /// The channel, created with `make` if it does not exist, with its
-    /// expired history dropped.
+    /// The channel, created with `make` if it does not exist and the node
+    /// is below `max_channels`, with its expired history dropped.
     fn open(
         &mut self,
         name: &Arc<str>,
         make: impl FnOnce() -> Channel,
         now: Millis,
-    ) -> &mut Channel {
+        count: &ChannelCount,
+    ) -> Result<&mut Channel, BrokerError> {
         let channel = match self.channels.entry(name.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(make()),
+            Entry::Vacant(entry) => {
+                if count.open.fetch_add(1, Ordering::Relaxed) >= count.max {
+                    count.open.fetch_sub(1, Ordering::Relaxed);
+                    return Err(BrokerError::TooManyChannels(count.max));
+                }
+                entry.insert(make())
+            }
         };
         channel.trim(now);
-        channel
+        Ok(channel)
     }
 
     /// After a channel lost its last subscriber or got a publication while
     /// it has none: free it now if it keeps nothing, else make sure it is
     /// freed when its history expires.
-    fn settle(&mut self, name: &Arc<str>) {
+    fn settle(&mut self, name: &Arc<str>, count: &ChannelCount) {
         let Some(channel) = self.channels.get_mut(name) else { return };
         if channel.subscribers > 0 {
             return;
@@ -276,6 +294,7 @@ impl Stripe {
         match channel.history_expires_at() {
             None => {
                 self.channels.remove(name);
+                count.open.fetch_sub(1, Ordering::Relaxed);
             }
             Some(at) if !channel.expiry_pending => {
                 channel.expiry_pending = true;
@@ -290,6 +309,7 @@ impl Stripe {
 pub struct Broker {
     config: Arc<Config>,
     stripes: Box<[Mutex<Stripe>]>,
+    count: ChannelCount,
     hasher: RandomState,
     inboxes: Box<[Arc<Inbox>]>,
     clock: Instant,
@@ -316,6 +336,7 @@ impl Broker {
         let mut seed_bytes = [0u8; 8];
         seed_bytes.copy_from_slice(&seed);
         Broker {
+            count: ChannelCount { open: AtomicUsize::new(0), max: config.max_channels },
             config,
             stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
             hasher: RandomState::new(),
@@ -342,15 +363,19 @@ impl Broker {
     /// will be sent the channel's publications as they come from Redis) and,
     /// for the node's first, subscribes the node in Redis. The position and
     /// what the client missed come from Redis separately.
-    pub fn subscribe_node(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>) {
-        let Ok(options) = self.options(channel) else { return };
-        let mut options = options.clone();
+    pub fn subscribe_node(
+        &self,
+        channel: &ChannelName,
+        who: ConnRef,
+        member: Option<&Member>,
+    ) -> Result<(), BrokerError> {
+        let mut options = self.options(channel)?.clone();
         // History lives in Redis.
         options.history_size = 0;
         let now = self.now();
         let name = channel.shared();
         let mut stripe = self.stripe(name);
-        let state = stripe.open(name, || self.new_channel(&options), now);
+        let state = stripe.open(name, || self.new_channel(&options), now, &self.count)?;
         let first = state.subscribers == 0;
         if let Some(count) = state.per_shard.get_mut(usize::from(who.shard)) {
             *count += 1;
@@ -365,6 +390,7 @@ impl Broker {
         if first && let Some(engine) = self.redis() {
             engine.subscribe(channel.as_str());
         }
+        Ok(())
     }
 
     /// With the Redis engine: a publication of `channel` from Redis, for this
@@ -592,7 +618,7 @@ impl Broker {
         let now = self.now();
         let name = channel.shared();
         let mut stripe = self.stripe(name);
-        let state = stripe.open(name, || self.new_channel(options), now);
+        let state = stripe.open(name, || self.new_channel(options), now, &self.count)?;
         state.top += 1;
         let offset = state.top;
         let (frame, data_start) = encode_message(channel.as_str(), offset, data);
@@ -619,7 +645,7 @@ impl Broker {
         );
         let published = Published { epoch: state.epoch, offset };
         if state.subscribers == 0 {
-            stripe.settle(name);
+            stripe.settle(name, &self.count);
         }
         Ok(published)
     }
@@ -640,7 +666,7 @@ impl Broker {
         let now = self.now();
         let name = channel.shared();
         let mut stripe = self.stripe(name);
-        let state = stripe.open(name, || self.new_channel(options), now);
+        let state = stripe.open(name, || self.new_channel(options), now, &self.count)?;
         if let Some(count) = state.per_shard.get_mut(usize::from(who.shard)) {
             *count += 1;
             state.subscribers += 1;
@@ -706,7 +732,7 @@ impl Broker {
         }
         let last = state.subscribers == 0;
         if last {
-            stripe.settle(name);
+            stripe.settle(name, &self.count);
         }
         drop(stripe);
         if last && let Some(engine) = self.redis() {
@@ -787,7 +813,7 @@ impl Broker {
                 if let Some(state) = stripe.channels.get_mut(&name) {
                     state.expiry_pending = false;
                     state.trim(now);
-                    stripe.settle(&name);
+                    stripe.settle(&name, &self.count);
                 }
             }
         }
@@ -812,12 +838,7 @@ impl Broker {
 
     /// Channels currently in the table (for tests and metrics).
     pub fn channel_count(&self) -> usize {
-        self.stripes
-            .iter()
-            .map(|stripe| {
-                stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).channels.len()
-            })
-            .sum()
+        self.count.open.load(Ordering::Relaxed)
     }
 }
 

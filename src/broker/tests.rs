@@ -235,6 +235,25 @@ fn presence_and_join_leave_reach_other_shards() {
 }
 
 #[test]
+fn no_channel_is_made_past_max_channels() {
+    let h = harness(1, |config| config.max_channels = 3);
+    for n in 0..3 {
+        h.broker.publish(&channel(&format!("news.{n}")), b"1", None).unwrap();
+    }
+    assert_eq!(h.broker.channel_count(), 3);
+    let refused = BrokerError::TooManyChannels(3);
+    assert_eq!(h.broker.publish(&channel("news.3"), b"1", None).unwrap_err(), refused);
+    assert_eq!(
+        h.broker.subscribe(&channel("chat:x"), conn(0, 1), None, None, usize::MAX).unwrap_err(),
+        refused
+    );
+    // Existing channels still take publications and subscribers.
+    h.broker.publish(&channel("news.0"), b"2", None).unwrap();
+    h.broker.subscribe(&channel("news.1"), conn(0, 1), None, None, usize::MAX).unwrap();
+    assert_eq!(h.broker.channel_count(), 3);
+}
+
+#[test]
 fn unknown_namespaces_are_refused() {
     let h = harness(1, |_| {});
     assert!(matches!(
@@ -245,7 +264,7 @@ fn unknown_namespaces_are_refused() {
 
 #[test]
 fn abandoned_channels_are_freed_once_their_history_expires() {
-    let h = harness(2, |_| {});
+    let h = harness(2, |config| config.max_channels = 1_000_000);
     for n in 0..100_000 {
         let name = channel(&format!("news.{n}"));
         h.broker.subscribe(&name, conn(0, 1), None, None, usize::MAX).unwrap();

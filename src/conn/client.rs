@@ -8,15 +8,14 @@ use crate::auth::{Denied, Identity};
 use crate::broker::channel::ChannelName;
 use crate::broker::redis::{Job, ReplyTo, SubscribeOutcome};
 use crate::broker::{BrokerError, ConnRef, Member, Since};
+use crate::config::Config;
+use crate::error::CloseReason;
 use crate::protocol::{self, Command, CommandError, ErrorCode};
 use crate::shard::subscribers::Subscriber;
 use bytes::Bytes;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-/// Most channels one connection may be subscribed to at once (over it:
-/// `limit_exceeded`). Bounds what one connection can make the broker hold.
-pub const MAX_SUBSCRIPTIONS: usize = 1024;
 /// A local subscriber's `last_offset` while its subscribe waits for the
 /// Redis engine: its deliveries are held back (in `Ctx::pending`) until the
 /// position is known.
@@ -33,15 +32,63 @@ pub struct ClientSession {
     subscriptions: Vec<ChannelName>,
     /// When the token expires (shard clock), if it does.
     token_deadline: Option<NonZeroU64>,
+    commands: CommandBucket,
+}
+
+/// The per-connection command rate limit: a token bucket of
+/// `command_burst` commands refilled at `command_rate_per_sec`, counted in
+/// thousandths of a command so that integer arithmetic refills smoothly.
+#[derive(Debug)]
+struct CommandBucket {
+    milli: u64,
+    updated: Millis,
+    /// Commands refused since the last one let through.
+    refused: u32,
+}
+
+impl CommandBucket {
+    fn full(now: Millis, burst: u32) -> Self {
+        CommandBucket { milli: u64::from(burst) * 1000, updated: now, refused: 0 }
+    }
+
+    /// Takes one command's token; `false` when there is none.
+    fn take(&mut self, now: Millis, rate_per_sec: u32, burst: u32) -> bool {
+        let elapsed = now.saturating_sub(self.updated);
+        self.updated = now;
+        self.milli = self
+            .milli
+            .saturating_add(elapsed.saturating_mul(u64::from(rate_per_sec)))
+            .min(u64::from(burst) * 1000);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            self.refused = 0;
+            true
+        } else {
+            self.refused = self.refused.saturating_add(1);
+            false
+        }
+    }
 }
 
 impl ClientSession {
     /// A session for connection `me` with `identity`.
-    pub fn new(identity: Identity, me: ConnRef, token_deadline: Option<Millis>) -> Self {
+    pub fn new(
+        identity: Identity,
+        me: ConnRef,
+        token_deadline: Option<Millis>,
+        now: Millis,
+        config: &Config,
+    ) -> Self {
         // Deadlines are at least 1 ms on the shard clock.
         let token_deadline =
             token_deadline.map(|at| NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN));
-        ClientSession { identity, me, subscriptions: Vec::new(), token_deadline }
+        ClientSession {
+            identity,
+            me,
+            subscriptions: Vec::new(),
+            token_deadline,
+            commands: CommandBucket::full(now, config.command_burst),
+        }
     }
 
     /// The user id (`""` when anonymous).
@@ -66,19 +113,45 @@ impl ClientSession {
     }
 
     /// Carries out one command and queues its reply (and, for a recovering
-    /// subscribe, the missed publications).
-    pub fn on_text(&mut self, text: &str, out: &mut OutQueue, ctx: &mut Ctx) {
-        let reply = match Command::parse(text) {
-            Ok(command) => self.execute(command, out, ctx),
-            Err(error) => Err(error),
+    /// subscribe, the missed publications). Past the command rate limit a
+    /// command is refused with `too_many_requests`; a client that sends
+    /// another whole burst while refused is closed with 4029.
+    pub fn on_text(
+        &mut self,
+        text: &str,
+        out: &mut OutQueue,
+        ctx: &mut Ctx,
+    ) -> Result<(), CloseReason> {
+        let (rate, burst) = (ctx.config.command_rate_per_sec, ctx.config.command_burst);
+        let command = Command::parse(text);
+        let reply = if !self.commands.take(ctx.now, rate, burst) {
+            ctx.metrics.commands_limited.inc();
+            if self.commands.refused > burst {
+                return Err(CloseReason::TooManyRequests);
+            }
+            let id = match &command {
+                Ok(command) => command.id(),
+                Err(error) => error.id,
+            };
+            Err(CommandError::new(
+                id,
+                ErrorCode::TooManyRequests,
+                format!("at most {rate} commands a second (bursts of {burst}); slow down"),
+            ))
+        } else {
+            match command {
+                Ok(command) => self.execute(command, out, ctx),
+                Err(error) => Err(error),
+            }
         };
         let bytes = match reply {
             Ok(Some(reply)) => reply,
-            Ok(None) => return,
+            Ok(None) => return Ok(()),
             Err(error) => protocol::error(&error),
         };
         out.push(websocket::encode_frame(Opcode::Text, &bytes));
         ctx.metrics.messages_out.inc();
+        Ok(())
     }
 
     /// Runs a command. `Ok(None)`: the reply is already queued.
@@ -201,11 +274,12 @@ impl ClientSession {
         if self.subscriptions.contains(&channel) {
             return Err(CommandError::new(id, ErrorCode::BadRequest, "already subscribed"));
         }
-        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+        let max = ctx.config.max_channels_per_connection;
+        if self.subscriptions.len() >= max {
             return Err(CommandError::new(
                 id,
                 ErrorCode::LimitExceeded,
-                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+                format!("at most {max} subscriptions per connection"),
             ));
         }
         let broker = &ctx.shared.broker;
@@ -216,7 +290,9 @@ impl ClientSession {
         let replay_limit = ctx.config.max_outbound_bytes / 4;
         if let Some(engine) = broker.redis() {
             // The position comes from Redis; deliveries wait until it does.
-            broker.subscribe_node(&channel, self.me, member.as_ref());
+            broker
+                .subscribe_node(&channel, self.me, member.as_ref())
+                .map_err(|e| broker_error(id, &e))?;
             if let Some(member) = &member {
                 let announce = broker.options(&channel).is_ok_and(|options| options.join_leave);
                 engine.submit(Job::PresenceJoin {
@@ -389,6 +465,7 @@ fn broker_error(id: Option<u64>, error: &BrokerError) -> CommandError {
     let code = match error {
         BrokerError::UnknownNamespace(_) | BrokerError::HistoryOff => ErrorCode::NotFound,
         BrokerError::PresenceOff => ErrorCode::Forbidden,
+        BrokerError::TooManyChannels(_) => ErrorCode::LimitExceeded,
     };
     CommandError::new(id, code, error.message())
 }

@@ -50,6 +50,8 @@ pub struct Request<'h> {
     pub version: u8,
     /// Every header, in order.
     pub headers: &'h [httparse::Header<'h>],
+    /// The head as received, up to and including its blank line.
+    pub raw: &'h [u8],
 }
 
 impl<'h> Request<'h> {
@@ -73,6 +75,21 @@ impl<'h> Request<'h> {
         let mut values = self.headers_named(name);
         let first = values.next();
         if values.next().is_some() { Err(Repeated) } else { Ok(first) }
+    }
+
+    /// Whether every line of the head ends with CRLF. A bare LF is
+    /// accepted elsewhere (RFC 9112 allows it), but not where a body
+    /// follows: two parsers that disagree on line ends disagree on where a
+    /// request ends (request smuggling).
+    pub fn has_strict_line_ends(&self) -> bool {
+        let mut previous = 0u8;
+        for &byte in self.raw {
+            if byte == b'\n' && previous != b'\r' {
+                return false;
+            }
+            previous = byte;
+        }
+        true
     }
 
     /// Whether a comma-separated header (over all its occurrences) holds
@@ -104,7 +121,7 @@ pub fn parse<T>(head: &[u8], handle: impl FnOnce(&Request<'_>) -> T) -> Result<T
     else {
         return Err(HttpError::Malformed("incomplete request line"));
     };
-    Ok(handle(&Request { method, target, version, headers: request.headers }))
+    Ok(handle(&Request { method, target, version, headers: request.headers, raw: head }))
 }
 
 fn describe(error: httparse::Error) -> &'static str {

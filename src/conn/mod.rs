@@ -166,7 +166,7 @@ impl Handler for Dispatch<'_> {
             (Endpoint::Client(_), Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
             (Endpoint::Client(session), Message::Text(text)) => {
                 self.ctx.metrics.messages_in.inc();
-                session.on_text(&text, out, self.ctx);
+                session.on_text(&text, out, self.ctx)?;
             }
             _ => {}
         }
@@ -370,6 +370,13 @@ impl<S: Transport> Conn<S> {
     }
 
     fn drive_with(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> Next {
+        // A held poll reads nothing (its client's next request waits in the
+        // kernel), so the hang-up the poller reported is all it learns of a
+        // client that left: its slot is freed at once, not at its timeout.
+        if self.hangup && matches!(self.phase, Phase::Poll(_)) {
+            ctx.metrics.streams_left.inc();
+            return Next::Close;
+        }
         let mut reads = 0;
         loop {
             while self.readable && self.accepts_input(ctx) && reads < READ_BUDGET {
@@ -381,21 +388,29 @@ impl<S: Transport> Conn<S> {
             if self.flush(ctx) == Next::Close {
                 return Next::Close;
             }
-            // Writing may have lifted backpressure: read on if the budget allows.
+            // Writing may have lifted backpressure: take up held requests,
+            // or read on, if the budget allows.
+            if reads < READ_BUDGET && self.resume_held_requests(ctx) {
+                reads += 1;
+                continue;
+            }
             if !(self.readable && self.accepts_input(ctx) && reads < READ_BUDGET) {
                 break;
             }
         }
-        self.more_input = self.readable && self.accepts_input(ctx);
+        self.more_input = (self.readable && self.accepts_input(ctx))
+            || (self.out.len() < ctx.read_pause_bytes()
+                && matches!(&self.phase, Phase::Http(http) if http.is_holding()));
         Next::Keep
     }
 
-    /// Whether the connection takes input now. A WebSocket whose replies
-    /// pile up (the peer sends but does not read) is not read from until
-    /// its queue drains below `max_outbound_bytes`.
+    /// Whether the connection takes input now.
     fn accepts_input(&self, ctx: &Ctx) -> bool {
         match &self.phase {
-            Phase::Http(http) => http.accepts_input(),
+            // Requests and WebSocket commands alike: a connection whose
+            // answers pile up (the peer sends but does not read) is not read
+            // from until its queue drains below half of `max_outbound_bytes`.
+            Phase::Http(http) => http.accepts_input() && self.out.len() < ctx.read_pause_bytes(),
             Phase::WebSocket(_) => self.out.len() < ctx.read_pause_bytes(),
             // An SSE client sends nothing more: what it sends is discarded,
             // and its end-of-file ends the stream.
@@ -439,7 +454,7 @@ impl<S: Transport> Conn<S> {
                 self.readable = false;
                 return Next::Keep;
             }
-            IoOutcome::Closed | IoOutcome::Error(_) => return self.on_peer_gone(),
+            IoOutcome::Closed | IoOutcome::Error(_) => return self.on_peer_gone(ctx),
         };
         ctx.metrics.bytes_in.add(n as u64);
         let input = buf.get(..n).unwrap_or_default();
@@ -463,9 +478,13 @@ impl<S: Transport> Conn<S> {
     }
 
     /// The peer closed or reset its side.
-    fn on_peer_gone(&mut self) -> Next {
+    fn on_peer_gone(&mut self, ctx: &Ctx) -> Next {
         self.readable = false;
         match &mut self.phase {
+            Phase::Sse(_) | Phase::Poll(_) => {
+                ctx.metrics.streams_left.inc();
+                Next::Close
+            }
             // Queued output (an error answer) may still reach a peer that
             // only half-closed.
             Phase::Draining(drain) if !self.out.is_empty() => {
@@ -496,6 +515,7 @@ impl<S: Transport> Conn<S> {
         let flooding = frames > u32::from(MAX_CONTROL_FRAMES);
         let incomplete = ws.session.incomplete_bytes();
         let total = move_incomplete(&ctx.shared.incomplete_bytes, incomplete_before, incomplete);
+        ws.session.note_message_start(ctx.now);
         let over_budget = incomplete > 0 && total > ctx.config.max_incomplete_bytes;
         if matches!(input, Input::Processed) && flooding {
             self.fail(CloseReason::Policy("too many control frames"), ctx);
@@ -851,7 +871,10 @@ impl<S: Transport> Conn<S> {
             Phase::Http(http) => http.deadline,
             Phase::WebSocket(ws) => ws.close_deadline.map(NonZeroU64::get).unwrap_or_else(|| {
                 let intervals = if ws.pinged { 2 } else { 1 };
-                let heartbeat = ws.last_rx + intervals * ctx.ping_interval();
+                let mut heartbeat = ws.last_rx + intervals * ctx.ping_interval();
+                if let Some(due) = message_due(&ws.session, ctx) {
+                    heartbeat = heartbeat.min(due);
+                }
                 match &ws.endpoint {
                     Endpoint::Client(session) => {
                         session.token_deadline().map_or(heartbeat, |expiry| expiry.min(heartbeat))
@@ -889,6 +912,9 @@ impl<S: Transport> Conn<S> {
                 {
                     self.begin_close(CloseReason::Policy("token expired"), ctx);
                 }
+                None if message_due(&ws.session, ctx).is_some_and(|due| now >= due) => {
+                    self.fail(CloseReason::Policy("message not completed in time"), ctx);
+                }
                 None if now >= ws.last_rx + 2 * interval => {
                     self.fail(CloseReason::Policy("no traffic for two ping intervals"), ctx);
                 }
@@ -915,6 +941,11 @@ impl<S: Transport> Conn<S> {
         }
         self.flush(ctx)
     }
+}
+
+/// When the frame or message a session is receiving must be whole.
+fn message_due(session: &WsSession, ctx: &Ctx) -> Option<Millis> {
+    Some(session.message_started()? + millis(ctx.config.message_timeout))
 }
 
 /// The control-frame window a moment falls in: shard clock seconds,

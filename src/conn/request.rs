@@ -17,7 +17,7 @@ use crate::broker::ConnRef;
 use crate::broker::Since;
 use crate::broker::channel::ChannelName;
 use crate::config::Config;
-use crate::error::{HttpError, http_response, json_response};
+use crate::error::{HttpError, http_head, http_response, json_response};
 use crate::metrics::{Refusal, Transport};
 use crate::protocol;
 use bytes::Bytes;
@@ -46,6 +46,10 @@ pub(super) struct HttpPhase {
     waiting: Option<Waiting>,
     /// No request has been answered on this connection yet.
     first: bool,
+    /// `buf` holds pipelined requests read but not parsed yet, because the
+    /// answers queued before them reached the read pause: they are taken up
+    /// once the client has read enough ([`Conn::resume_held_requests`]).
+    held: bool,
 }
 
 /// A server API request whose answer comes later.
@@ -58,7 +62,15 @@ struct Waiting {
 impl HttpPhase {
     /// Waiting for a first request until `deadline`.
     pub(super) fn new(deadline: Millis) -> Self {
-        HttpPhase { buf: Vec::new(), deadline, body: None, idle: false, waiting: None, first: true }
+        HttpPhase {
+            buf: Vec::new(),
+            deadline,
+            body: None,
+            idle: false,
+            waiting: None,
+            first: true,
+            held: false,
+        }
     }
 
     /// Whether the connection has yet to complete its first request (a
@@ -76,10 +88,16 @@ impl HttpPhase {
         }
     }
 
-    /// Whether input is read now: not while an answer is awaited and a
-    /// head's worth of what follows is already buffered.
+    /// Whether input is read now: not while requests are held back for
+    /// their answers to drain, nor while an answer is awaited and a head's
+    /// worth of what follows is already buffered.
     pub(super) fn accepts_input(&self) -> bool {
-        self.waiting.is_none() || self.buf.len() < MAX_HEAD_BYTES
+        !self.held && (self.waiting.is_none() || self.buf.len() < MAX_HEAD_BYTES)
+    }
+
+    /// Whether pipelined requests wait for the answers before them to drain.
+    pub(super) fn is_holding(&self) -> bool {
+        self.held
     }
 
     /// Whether the connection waits for a server API answer.
@@ -171,7 +189,7 @@ impl<S: SocketTransport> Conn<S> {
             http.idle = false;
             http.deadline = http.deadline.min(ctx.now + millis(ctx.config.handshake_timeout));
         }
-        if http.waiting.is_some() {
+        if http.waiting.is_some() || http.held {
             http.buf.extend_from_slice(input);
         } else if http.buf.is_empty() && http.body.is_none() {
             self.process_http(input, 0, ctx);
@@ -185,11 +203,21 @@ impl<S: SocketTransport> Conn<S> {
 
     /// Answers every complete request in `data`, in order; keeps the rest.
     /// Bytes before `scan_from` were scanned for a head's end already.
+    /// Answers are bounded like a WebSocket's replies: once those queued
+    /// reach the read pause, the requests that follow are held, unparsed,
+    /// until the client has read enough, so a client that pipelines
+    /// requests and never reads holds at most the pause plus one answer.
     fn process_http(&mut self, mut data: &[u8], mut scan_from: usize, ctx: &mut Ctx) {
         while !data.is_empty() {
+            let answers_pile_up = self.out.len() >= ctx.read_pause_bytes();
             let Phase::Http(http) = &mut self.phase else { return };
             if http.waiting.is_some() {
                 http.buf.extend_from_slice(data);
+                return;
+            }
+            if answers_pile_up && http.body.is_none() {
+                http.buf.extend_from_slice(data);
+                http.held = true;
                 return;
             }
             if let Some(wait) = http.body.take() {
@@ -221,6 +249,23 @@ impl<S: SocketTransport> Conn<S> {
                 }
             }
         }
+    }
+
+    /// Takes up pipelined requests that were held while their answers
+    /// drained, once the queue is below the read pause again. Returns
+    /// whether it did.
+    pub(super) fn resume_held_requests(&mut self, ctx: &mut Ctx) -> bool {
+        if self.out.len() >= ctx.read_pause_bytes() {
+            return false;
+        }
+        let Phase::Http(http) = &mut self.phase else { return false };
+        if !http.held {
+            return false;
+        }
+        http.held = false;
+        let held = std::mem::take(&mut http.buf);
+        self.process_http(&held, 0, ctx);
+        true
     }
 
     /// The answer to a server API request that waited for other shards:
@@ -295,14 +340,15 @@ impl<S: SocketTransport> Conn<S> {
                 0
             }
             Ok(Route::Static(content_type, body)) => {
-                let response = http_response(
+                let head = http_head(
                     200,
                     "Cache-Control: no-cache\r\n",
                     content_type,
-                    body,
+                    body.len(),
                     keep_alive,
                 );
-                self.answer(response, keep_alive, ctx);
+                self.out.push(Bytes::from(head));
+                self.answer(Bytes::from_static(body), keep_alive, ctx);
                 0
             }
             Ok(Route::Stream(stream)) => {
@@ -343,16 +389,19 @@ impl<S: SocketTransport> Conn<S> {
     fn open_stream(&mut self, request: StreamRequest, keep_alive: bool, ctx: &mut Ctx) {
         let me = self.conn_ref(ctx);
         let channels = request.channels.len();
-        let (sub, opened) = if ctx.shared.broker.redis().is_some() {
-            (StreamSub::open_remote(me, request.channels, request.cursor.as_deref(), ctx), None)
+        let opening = if ctx.shared.broker.redis().is_some() {
+            StreamSub::open_remote(me, request.channels, request.cursor.as_deref(), ctx)
+                .map(|sub| (sub, None))
         } else {
-            match StreamSub::open(me, request.channels, request.cursor.as_deref(), ctx) {
-                Ok((sub, opened)) => (sub, Some(opened)),
-                Err(error) => {
-                    ctx.metrics.refused(Refusal::Status(error.status()));
-                    self.answer(error.response(keep_alive), keep_alive, ctx);
-                    return;
-                }
+            StreamSub::open(me, request.channels, request.cursor.as_deref(), ctx)
+                .map(|(sub, opened)| (sub, Some(opened)))
+        };
+        let (sub, opened) = match opening {
+            Ok(opening) => opening,
+            Err(error) => {
+                ctx.metrics.refused(Refusal::Status(error.status()));
+                self.answer(error.response(keep_alive), keep_alive, ctx);
+                return;
             }
         };
         let awaiting = if opened.is_some() { 0 } else { channels };
@@ -505,7 +554,8 @@ impl<S: SocketTransport> Conn<S> {
                         .saturating_sub(auth::unix_now());
                     ctx.now + left.saturating_mul(1000)
                 });
-                let session = ClientSession::new(identity, me, token_deadline);
+                let session =
+                    ClientSession::new(identity, me, token_deadline, ctx.now, &ctx.config);
                 let welcome = protocol::welcome(
                     &session.client_id(ctx),
                     session.user(),
@@ -636,6 +686,9 @@ fn route<S: SocketTransport>(
     let config = &ctx.config;
     let path = request.path();
     if path.starts_with("/api/") {
+        if !request.has_strict_line_ends() {
+            return Err(HttpError::Malformed("server API requests need CRLF line ends"));
+        }
         let endpoint = api::route(request.method, path)?;
         let length = body_length(request)?;
         if endpoint.takes_body() && request.headers_named("content-length").next().is_none() {

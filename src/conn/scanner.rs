@@ -48,7 +48,11 @@ pub struct FrameScanner {
     mask_phase: u8,
     /// A data message whose final frame has not arrived.
     message: Option<MessageKind>,
-    message_len: u64,
+    /// Payload bytes of the unfinished message actually received: what the
+    /// connection holds, as opposed to what its headers announce. At a
+    /// frame's header every earlier frame is whole, so this plus the new
+    /// frame's length is what the message will be.
+    message_received: u64,
     /// The largest frame payload seen since the last reset.
     largest_frame: u64,
     utf8: Utf8Stream,
@@ -80,7 +84,7 @@ impl FrameScanner {
             mask: [0; 4],
             mask_phase: 0,
             message: None,
-            message_len: 0,
+            message_received: 0,
             largest_frame: 0,
             utf8: Utf8Stream::default(),
             fragments: 0,
@@ -117,9 +121,9 @@ impl FrameScanner {
         usize::try_from(self.max_message).unwrap_or(usize::MAX)
     }
 
-    /// Bytes of the data message being assembled (its frames so far).
-    pub fn message_len(&self) -> u64 {
-        self.message_len
+    /// Payload bytes of the unfinished data message received so far.
+    pub fn message_received(&self) -> u64 {
+        self.message_received
     }
 
     /// Scans newly read bytes. On an error, returns how many leading bytes
@@ -159,6 +163,9 @@ impl FrameScanner {
                             .map_err(|()| (frame_start, CloseReason::InvalidUtf8))?;
                     }
                     self.mask_phase = ((usize::from(self.mask_phase) + take) % 4) as u8;
+                    if self.data_frame {
+                        self.message_received += take as u64;
+                    }
                     input = rest;
                     let left = left - take as u64;
                     self.position = Position::Payload { left };
@@ -225,18 +232,15 @@ impl FrameScanner {
                 }
                 self.message =
                     Some(if opcode == 0x1 { MessageKind::Text } else { MessageKind::Binary });
-                self.message_len = 0;
+                self.message_received = 0;
                 self.fragments = 1;
                 self.utf8 = Utf8Stream::default();
                 self.data_frame = true;
             }
             _ => return Err(CloseReason::Protocol("reserved opcode")),
         }
-        if self.data_frame {
-            self.message_len = self.message_len.saturating_add(length);
-            if self.message_len > self.max_message {
-                return Err(CloseReason::MessageTooBig);
-            }
+        if self.data_frame && self.message_received.saturating_add(length) > self.max_message {
+            return Err(CloseReason::MessageTooBig);
         }
         self.header_len = 0;
         self.largest_frame = self.largest_frame.max(length);
@@ -250,7 +254,7 @@ impl FrameScanner {
         if self.data_frame && self.fin {
             let text = self.message == Some(MessageKind::Text);
             self.message = None;
-            self.message_len = 0;
+            self.message_received = 0;
             if text && !self.utf8.is_complete() {
                 return Err(CloseReason::InvalidUtf8);
             }
@@ -441,11 +445,23 @@ mod tests {
     fn fragments_count_toward_the_message_limit() {
         let mut scanner = FrameScanner::new(10);
         scanner.scan(&frame(false, 2, &[0; 6])).unwrap();
-        assert_eq!(scanner.message_len(), 6);
+        assert_eq!(scanner.message_received(), 6);
         assert_eq!(
             scanner.scan(&frame(true, 0, &[0; 6])).unwrap_err().1,
             CloseReason::MessageTooBig
         );
+    }
+
+    #[test]
+    fn an_announced_length_is_not_counted_as_received() {
+        let mut scanner = FrameScanner::new(16 << 20);
+        // A binary frame announcing 16 MiB - 1 (masked, key 0), then nothing.
+        let header = [0x82, 0xFF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+        scanner.scan(&header).unwrap();
+        assert_eq!(scanner.message_received(), 0);
+        assert!(!scanner.at_rest());
+        scanner.scan(&[0; 100]).unwrap();
+        assert_eq!(scanner.message_received(), 100);
     }
 
     #[test]

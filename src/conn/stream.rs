@@ -108,19 +108,22 @@ impl StreamSub {
     /// With the Redis engine: subscribes `me` to `channels` on this node
     /// and asks Redis for each channel's position (from `since`); the
     /// answers come back through the shard's inbox, one per channel, with
-    /// the channel's index as the id.
+    /// the channel's index as the id. On failure nothing stays subscribed.
     pub fn open_remote(
         me: ConnRef,
         channels: Vec<ChannelName>,
         since: Option<&[Option<Since>]>,
         ctx: &mut Ctx,
-    ) -> StreamSub {
+    ) -> Result<StreamSub, HttpError> {
         let broker = &ctx.shared.broker;
         let replay_limit = ctx.config.max_outbound_bytes / 4;
         let mut sub = StreamSub { me, channels: Vec::new(), positions: Vec::new() };
         for (index, channel) in channels.into_iter().enumerate() {
             let position = since.and_then(|since| since.get(index)).and_then(Option::clone);
-            broker.subscribe_node(&channel, me, None);
+            if let Err(error) = broker.subscribe_node(&channel, me, None) {
+                sub.release(ctx);
+                return Err(error.into());
+            }
             ctx.locals.add(
                 channel.shared().clone(),
                 me.key,
@@ -142,7 +145,7 @@ impl StreamSub {
             }
             sub.channels.push(channel);
         }
-        sub
+        Ok(sub)
     }
 
     /// Sets channel `index`'s epoch, and its offset unless `None` (the

@@ -1,5 +1,6 @@
 //! The WebSocket phase: tungstenite's `WebSocketContext` driven over an adapter that reads from the shard's scratch buffer and writes to the connection's `OutQueue`.
 
+use super::Millis;
 use super::out_queue::OutQueue;
 use super::scanner::FrameScanner;
 use crate::error::{CloseReason, WsFailure};
@@ -218,6 +219,10 @@ pub struct WsSession {
     scanner: FrameScanner,
     /// Set once herald has sent a close frame and waits for the reply.
     closing: bool,
+    /// When the frame or message now half-received began to arrive, in
+    /// shard clock seconds plus one (0: none is). Seconds in 32 bits fit
+    /// beside `closing` and keep every connection's slot small.
+    message_since: u32,
 }
 
 impl WsSession {
@@ -226,9 +231,26 @@ impl WsSession {
         self.scanner.take_control_frames()
     }
 
-    /// Bytes of the data message the peer has begun and not finished.
+    /// Bytes of the data message the peer has begun and not finished, as
+    /// received (not as its headers announce them).
     pub fn incomplete_bytes(&self) -> usize {
-        usize::try_from(self.scanner.message_len()).unwrap_or(usize::MAX)
+        usize::try_from(self.scanner.message_received()).unwrap_or(usize::MAX)
+    }
+
+    /// Notes, after input at `now`, when the frame or message being
+    /// received began (or that none is).
+    pub fn note_message_start(&mut self, now: Millis) {
+        if self.scanner.at_rest() {
+            self.message_since = 0;
+        } else if self.message_since == 0 {
+            self.message_since = u32::try_from(now / 1000 + 1).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// When the frame or message being received began to arrive (to the
+    /// second), if one is.
+    pub fn message_started(&self) -> Option<Millis> {
+        self.message_since.checked_sub(1).map(|seconds| u64::from(seconds) * 1000)
     }
 
     /// A session whose messages may be `max_message` bytes.
@@ -238,6 +260,7 @@ impl WsSession {
             codec_high_water: 0,
             scanner: FrameScanner::new(max_message),
             closing: false,
+            message_since: 0,
         }
     }
 

@@ -128,6 +128,11 @@ impl ApiClient {
     }
 }
 
+/// The `error.code` of an error answer's JSON body.
+pub fn error_code(response: &Response) -> String {
+    response.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
 /// A plain TCP connection with the test deadline as its read timeout.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).expect("connect");

@@ -33,9 +33,18 @@ struct Args {
         default_value = "echo,fanout-10k-20,fanout-10k-40,fanout-10k-80,fanout-1k-100,connect,idle,idle-subscribed"
     )]
     workloads: Vec<String>,
-    /// Servers (comma-separated): herald, reference-tuned, reference-default.
+    /// Servers (comma-separated): herald, herald-baseline (with
+    /// --baseline-bin), reference-tuned, reference-default.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
+    /// The directory holding an earlier herald's release binary, run as the
+    /// server `herald-baseline`: before and after a change in one run.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// An extra argument for the server `herald` only (repeat), e.g.
+    /// `--herald-arg=--send-buffer-bytes --herald-arg=64KiB`.
+    #[arg(long = "herald-arg", allow_hyphen_values = true)]
+    herald_args: Vec<String>,
     /// Seconds measured per run (after 2 s of warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -199,24 +208,28 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
 }
 
 /// How to start a server.
-fn server_command(name: &str, bin: &Path) -> Option<(PathBuf, Vec<String>)> {
+fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> {
+    let bin = &options.bin;
     let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let herald_args = args(&[
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--api-key",
+        API_KEY,
+        "--max-connections",
+        "100000",
+    ]);
     Some(match name {
-        "herald" => (
-            bin.join("herald"),
-            args(&[
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--api-key",
-                API_KEY,
-                "--max-connections",
-                "100000",
-            ]),
-        ),
+        "herald" => {
+            let mut all = herald_args;
+            all.extend(options.herald_args.iter().cloned());
+            (bin.join("herald"), all)
+        }
+        "herald-baseline" => (options.baseline_bin.as_ref()?.join("herald"), herald_args),
         "reference-tuned" => (
             bin.join("herald-reference"),
             args(&[
@@ -267,8 +280,9 @@ struct Server {
     addr: String,
 }
 
-fn start_server(name: &str, bin: &Path) -> Result<Server, String> {
-    let (program, args) = server_command(name, bin).ok_or(format!("unknown server {name}"))?;
+fn start_server(name: &str, options: &Args) -> Result<Server, String> {
+    let (program, args) = server_command(name, options)
+        .ok_or(format!("unknown server {name} (herald-baseline needs --baseline-bin)"))?;
     let mut child = pinned("0", &program, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -513,7 +527,7 @@ fn run(args: &Args) -> Result<(), String> {
                     started.elapsed().as_secs_f64()
                 );
                 let _ = std::io::stderr().flush();
-                let mut server = start_server(server_name, &args.bin)?;
+                let mut server = start_server(server_name, args)?;
                 let outcome = run_load(workload, &server, &args.bin);
                 let _ = server.child.kill();
                 let _ = server.child.wait();
@@ -558,7 +572,11 @@ fn report(
     for server in servers {
         table.push_str(&format!(" {server} |"));
     }
-    let references: Vec<&String> = servers.iter().filter(|s| s.starts_with("reference")).collect();
+    // herald against each reference, and against its own earlier build.
+    let references: Vec<&String> = servers
+        .iter()
+        .filter(|s| s.starts_with("reference") || s.as_str() == "herald-baseline")
+        .collect();
     for reference in &references {
         table.push_str(&format!(" herald / {reference} |"));
     }
