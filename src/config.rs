@@ -49,6 +49,13 @@ pub const DEFAULT_COMMAND_BURST: u32 = 300;
 /// Channels one `/ws` connection may be subscribed to at once (over it:
 /// `limit_exceeded`). Each costs about 1 KiB of broker and shard state.
 pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
+/// `SO_SNDBUF` of every connection (the kernel doubles it for its own
+/// bookkeeping). With the kernel's autotuning a client that stops reading
+/// pins up to 4 MiB of kernel memory beside herald's own queue; 64 KiB
+/// pins 128 KiB and, measured on loopback, costs no throughput (fan-out
+/// and echo alike, docs/BENCHMARKS.md). It allows 1 MiB/s per connection
+/// at 100 ms round trip, far more than notifications need.
+pub const DEFAULT_SEND_BUFFER_BYTES: usize = 64 << 10;
 /// Least default of `max_channels` (the default is the larger of this and
 /// `max_connections`).
 pub const MIN_DEFAULT_MAX_CHANNELS: usize = 100_000;
@@ -813,7 +820,8 @@ impl Layers {
             .map_or(DEFAULT_MAX_CHANNELS_PER_CONNECTION, |max| {
                 usize::try_from(max).unwrap_or(usize::MAX)
             });
-        let send_buffer_bytes = self.bytes("send_buffer_bytes", 0, 64 << 20)?.unwrap_or(0);
+        let send_buffer_bytes =
+            self.bytes("send_buffer_bytes", 0, 64 << 20)?.unwrap_or(DEFAULT_SEND_BUFFER_BYTES);
         // A publication (from a client or the API) goes into every
         // subscriber's outbound queue; if it could not fit there with room to
         // spare, every subscriber would be closed as a slow consumer.
