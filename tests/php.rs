@@ -1,4 +1,4 @@
-//! The PHP publisher in examples/php, run by a real `php` against a live herald.
+//! The PHP client: the one-file example in examples/php and the Composer package in clients/php (its PHPUnit suite), run by a real `php` against a live herald.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// How long the whole PHPUnit suite may take.
+const PHPUNIT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `php` with `args` and herald's address and secrets in the
 /// environment; fails the test past the deadline.
@@ -158,4 +161,59 @@ fn the_php_example_says_in_one_line_what_is_wrong_with_its_input() {
     let history =
         ApiClient::new(server.addr, &server.api_key).send("GET", "/api/history?channel=news", "");
     assert_eq!(history.json()["offset"], 0, "{}", history.body);
+}
+
+#[test]
+fn the_php_package_passes_its_phpunit_suite_against_herald() {
+    // Config::dev() adds the `demo` namespace (history, presence) that the
+    // suite uses, as `herald serve --dev` does.
+    let server = start_server(2, |_| {});
+    let mut command = Command::new("phpunit");
+    command.args(["-c", "clients/php/phpunit.xml.dist"]).env("HERALD_API_KEY", &server.api_key);
+    let output = run(
+        with_herald(&mut command, &server),
+        PHPUNIT_DEADLINE,
+        "phpunit, php-cli and php-curl (apt-get install phpunit php-curl)",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "phpunit failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every test ran and passed (phpunit.xml.dist also fails on skipped,
+    // risky and incomplete tests).
+    assert!(stdout.lines().any(|line| line.starts_with("OK (")), "{stdout}");
+    // It talked to this herald.
+    for (metric_line, at_least) in [
+        (r#"herald_api_requests_total{endpoint="publish",status="200"} "#, 5.0),
+        (r#"herald_api_requests_total{endpoint="broadcast",status="200"} "#, 1.0),
+        (r#"herald_api_requests_total{endpoint="info",status="401"} "#, 1.0),
+    ] {
+        let value = metric(server.addr, metric_line);
+        assert!(value >= at_least, "{metric_line}{value}");
+    }
+}
+
+#[test]
+fn the_php_package_mints_the_tokens_herald_mints() {
+    let server = start_server(1, |_| {});
+    let script = r#"
+        require 'clients/php/src/Token.php';
+        $secret = getenv('HERALD_TOKEN_SECRET');
+        echo Herald\Token::mint($secret, 'u/42', 3600, ['private-a', 'team-*'], 1700000000), "\n";
+        echo Herald\Token::mint($secret, 'é', 0, [], 1700000000), "\n";
+    "#;
+    let output = php(&server, &server.api_key, &["-r", script]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tokens: Vec<&str> = stdout.lines().collect();
+    let channels = ["private-a".to_string(), "team-*".to_string()];
+    assert_eq!(
+        tokens,
+        [
+            herald::auth::mint(&server.secret, "u/42", Some(3600), &channels, 1_700_000_000),
+            herald::auth::mint(&server.secret, "é", None, &[], 1_700_000_000),
+        ]
+    );
 }
