@@ -335,8 +335,7 @@ fn next_message(client: &mut WsClient) -> Value {
 }
 
 #[test]
-fn through_the_shipped_nginx_config_websocket_sse_poll_and_publish_work_and_an_idle_websocket_outlives_the_read_timeout()
- {
+fn through_nginx_every_transport_delivers_and_an_idle_websocket_outlives_the_read_timeout() {
     let herald = start_herald(&[]);
     let nginx = Nginx::start(herald.local_addr());
     // The control: the same config in front of a herald that (nearly) never
