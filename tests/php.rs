@@ -1,4 +1,4 @@
-//! The PHP publisher in examples/php, run by a real `php` against a live herald.
+//! The PHP client: the one-file example in examples/php and the Composer package in clients/php (its PHPUnit suite), run by a real `php` against a live herald.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,30 +12,43 @@ use common::*;
 use serde_json::{Value, json};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long the whole PHPUnit suite may take.
+const PHPUNIT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `php` with `args` and herald's address and secrets in the
 /// environment; fails the test past the deadline.
 fn php(server: &TestServer, key: &str, args: &[&str]) -> Output {
-    let child = Command::new("php")
-        .args(args)
+    let mut command = Command::new("php");
+    command.args(args).env("HERALD_API_KEY", key);
+    run(with_herald(&mut command, server), DEADLINE, "php-cli and php-curl")
+}
+
+/// Sets herald's address and token secret in a command's environment.
+fn with_herald<'a>(command: &'a mut Command, server: &TestServer) -> &'a mut Command {
+    command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("HERALD_URL", format!("http://{}", server.addr))
-        .env("HERALD_API_KEY", key)
         .env("HERALD_TOKEN_SECRET", server.secret.expose())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| {
-            panic!("cannot run php ({error}): install php-cli and php-curl (./.ci/run does)")
+}
+
+/// Runs a command to its end; fails the test past `deadline`, or naming
+/// the Debian packages to install when the program is missing.
+fn run(command: &mut Command, deadline: Duration, packages: &str) -> Output {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|error| {
+            panic!("cannot run {program} ({error}): install {packages} (./.ci/run does)")
         });
     let pid = child.id();
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || done.send(child.wait_with_output()));
-    match finished.recv_timeout(DEADLINE) {
+    match finished.recv_timeout(deadline) {
         Ok(output) => output.unwrap(),
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("php did not finish within {DEADLINE:?}");
+            panic!("{program} did not finish within {deadline:?}");
         }
     }
 }
@@ -95,6 +108,8 @@ fn every_call_of_the_php_class_works_against_herald() {
         $out($h->unsubscribe('alice', 'chat:room'));
         $out($h->disconnect('alice'));
         try { $h->publish('bad channel', 1); } catch (HeraldException $e) { $out([$e->status, $e->errorCode]); }
+        try { $h->publish('news', "\xB1"); } catch (HeraldException $e) { $out([$e->status, $e->getMessage()]); }
+        try { new Herald(getenv('HERALD_URL'), getenv('NO_SUCH_VARIABLE')); } catch (InvalidArgumentException $e) { $out($e->getMessage()); }
     "#;
     let output = php(&server, &server.api_key, &["-r", script]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -108,7 +123,97 @@ fn every_call_of_the_php_class_works_against_herald() {
     assert_eq!(lines[6], 1);
     assert_eq!(lines[7], 1);
     assert_eq!(lines[8], json!([400, "bad_request"]));
+    assert_eq!(
+        lines[9],
+        json!([
+            0,
+            "herald: the data cannot be encoded as JSON: Malformed UTF-8 characters, \
+                   possibly incorrectly encoded (nothing was sent)"
+        ])
+    );
+    assert!(lines[10].as_str().unwrap().contains("set HERALD_API_KEY"), "{}", lines[10]);
     assert_eq!(alice.next_push()["op"], "message");
     assert_eq!(alice.next_push()["op"], "unsubscribed");
     assert_eq!(alice.expect_close(), 4000);
+}
+
+#[test]
+fn the_php_example_says_in_one_line_what_is_wrong_with_its_input() {
+    let server = start_server(1, |_| {});
+
+    let bad_json = php(&server, &server.api_key, &["examples/php/publish.php", "news", "{oops"]);
+    assert_eq!(bad_json.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&bad_json.stderr),
+        "publish.php: the data argument is not valid JSON: Syntax error\n"
+    );
+    assert!(bad_json.stdout.is_empty(), "{}", String::from_utf8_lossy(&bad_json.stdout));
+
+    let mut command = Command::new("php");
+    command.args(["examples/php/publish.php", "news", "{}"]).env_remove("HERALD_API_KEY");
+    let no_key = run(with_herald(&mut command, &server), DEADLINE, "php-cli and php-curl");
+    assert_eq!(no_key.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&no_key.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("publish.php: HERALD_API_KEY is not set"), "{stderr}");
+
+    // Neither got as far as publishing.
+    let history =
+        ApiClient::new(server.addr, &server.api_key).send("GET", "/api/history?channel=news", "");
+    assert_eq!(history.json()["offset"], 0, "{}", history.body);
+}
+
+#[test]
+fn the_php_package_passes_its_phpunit_suite_against_herald() {
+    // Config::dev() adds the `demo` namespace (history, presence) that the
+    // suite uses, as `herald serve --dev` does.
+    let server = start_server(2, |_| {});
+    let mut command = Command::new("phpunit");
+    command.args(["-c", "clients/php/phpunit.xml.dist"]).env("HERALD_API_KEY", &server.api_key);
+    let output = run(
+        with_herald(&mut command, &server),
+        PHPUNIT_DEADLINE,
+        "phpunit, php-cli and php-curl (apt-get install phpunit php-curl)",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "phpunit failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every test ran and passed (phpunit.xml.dist also fails on skipped,
+    // risky and incomplete tests).
+    assert!(stdout.lines().any(|line| line.starts_with("OK (")), "{stdout}");
+    // It talked to this herald.
+    for (metric_line, at_least) in [
+        (r#"herald_api_requests_total{endpoint="publish",status="200"} "#, 5.0),
+        (r#"herald_api_requests_total{endpoint="broadcast",status="200"} "#, 1.0),
+        (r#"herald_api_requests_total{endpoint="info",status="401"} "#, 1.0),
+    ] {
+        let value = metric(server.addr, metric_line);
+        assert!(value >= at_least, "{metric_line}{value}");
+    }
+}
+
+#[test]
+fn the_php_package_mints_the_tokens_herald_mints() {
+    let server = start_server(1, |_| {});
+    let script = r#"
+        require 'clients/php/src/Token.php';
+        $secret = getenv('HERALD_TOKEN_SECRET');
+        echo Herald\Token::mint($secret, 'u/42', 3600, ['private-a', 'team-*'], 1700000000), "\n";
+        echo Herald\Token::mint($secret, 'é', 0, [], 1700000000), "\n";
+    "#;
+    let output = php(&server, &server.api_key, &["-r", script]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tokens: Vec<&str> = stdout.lines().collect();
+    let channels = ["private-a".to_string(), "team-*".to_string()];
+    assert_eq!(
+        tokens,
+        [
+            herald::auth::mint(&server.secret, "u/42", Some(3600), &channels, 1_700_000_000),
+            herald::auth::mint(&server.secret, "é", None, &[], 1_700_000_000),
+        ]
+    );
 }

@@ -26,17 +26,24 @@ final class Herald
 {
     /** @var CurlHandle|null one handle, so that requests reuse one keep-alive connection */
     private $curl = null;
+    private readonly string $apiKey;
 
     /**
-     * @param string $url      herald's address, e.g. http://127.0.0.1:8080
-     * @param string $apiKey   herald's api_key
-     * @param float  $timeout  seconds a call may take in all
+     * @param string            $url      herald's address, e.g. http://127.0.0.1:8080
+     * @param string|false|null $apiKey   herald's api_key (getenv('HERALD_API_KEY') may be passed as is)
+     * @param float             $timeout  seconds a call may take in all
      */
     public function __construct(
         private readonly string $url,
-        private readonly string $apiKey,
+        string|false|null $apiKey,
         private readonly float $timeout = 5.0,
     ) {
+        if ($apiKey === null || $apiKey === false || trim($apiKey) === '') {
+            throw new InvalidArgumentException(
+                'herald: no API key: set HERALD_API_KEY to herald\'s api_key (herald serve --dev prints one)',
+            );
+        }
+        $this->apiKey = $apiKey;
     }
 
     public function __destruct()
@@ -131,7 +138,15 @@ final class Herald
 
     private function post(string $endpoint, array $body): array
     {
-        $json = json_encode($body, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE);
+        try {
+            $json = json_encode($body, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE);
+        } catch (JsonException $error) {
+            throw new HeraldException(
+                "herald: the data cannot be encoded as JSON: {$error->getMessage()} (nothing was sent)",
+                0,
+                'bad_request',
+            );
+        }
         return $this->call('POST', "/api/$endpoint", $json);
     }
 

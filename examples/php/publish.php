@@ -11,11 +11,16 @@ declare(strict_types=1);
 require __DIR__ . '/Herald.php';
 
 $channel = $argv[1] ?? 'news';
-$data = json_decode($argv[2] ?? '{"text":"hello from PHP"}', true, 512, JSON_THROW_ON_ERROR);
+try {
+    $data = json_decode($argv[2] ?? '{"text":"hello from PHP"}', true, 512, JSON_THROW_ON_ERROR);
+} catch (JsonException $error) {
+    fwrite(STDERR, "publish.php: the data argument is not valid JSON: {$error->getMessage()}\n");
+    exit(2);
+}
 $url = getenv('HERALD_URL') ?: 'http://127.0.0.1:8080';
 $key = getenv('HERALD_API_KEY');
-if ($key === false || $key === '') {
-    fwrite(STDERR, "set HERALD_API_KEY (herald serve --dev prints one)\n");
+if ($key === false || trim($key) === '') {
+    fwrite(STDERR, "publish.php: HERALD_API_KEY is not set: set it to herald's api_key (herald serve --dev prints one)\n");
     exit(2);
 }
 
