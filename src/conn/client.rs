@@ -36,38 +36,64 @@ pub struct ClientSession {
 }
 
 /// The per-connection command rate limit: a token bucket of
-/// `command_burst` commands refilled at `command_rate_per_sec`, counted in
+/// `command_burst` commands refilled at `command_rate_per_sec`, in
 /// thousandths of a command so that integer arithmetic refills smoothly.
+/// A refused command costs a token too: the balance goes into debt, and a
+/// client that keeps sending while refused runs up a whole burst of debt
+/// and is closed. Eight bytes, so that every `/ws` session stays in the
+/// same allocator size class.
 #[derive(Debug)]
 struct CommandBucket {
-    milli: u64,
-    updated: Millis,
-    /// Commands refused since the last one let through.
-    refused: u32,
+    /// Thousandths of a command; negative: debt.
+    balance: i32,
+    /// When it was last refilled: shard clock milliseconds, wrapping
+    /// (an elapsed time is right up to 49 days, and the bucket is full
+    /// long before that).
+    updated: u32,
+}
+
+/// What the bucket says to a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Allowance {
+    Granted,
+    Refused,
+    /// Refused, and a whole burst of debt is run up: close with 4029.
+    Exhausted,
 }
 
 impl CommandBucket {
     fn full(now: Millis, burst: u32) -> Self {
-        CommandBucket { milli: u64::from(burst) * 1000, updated: now, refused: 0 }
+        CommandBucket { balance: milli(burst), updated: clock32(now) }
     }
 
-    /// Takes one command's token; `false` when there is none.
-    fn take(&mut self, now: Millis, rate_per_sec: u32, burst: u32) -> bool {
-        let elapsed = now.saturating_sub(self.updated);
+    /// Takes one command's token.
+    fn take(&mut self, now: Millis, rate_per_sec: u32, burst: u32) -> Allowance {
+        let now = clock32(now);
+        let elapsed = i64::from(now.wrapping_sub(self.updated));
         self.updated = now;
-        self.milli = self
-            .milli
-            .saturating_add(elapsed.saturating_mul(u64::from(rate_per_sec)))
-            .min(u64::from(burst) * 1000);
-        if self.milli >= 1000 {
-            self.milli -= 1000;
-            self.refused = 0;
-            true
+        let refilled = i64::from(self.balance) + elapsed * i64::from(rate_per_sec);
+        let balance = refilled.min(i64::from(milli(burst))) - 1000;
+        self.balance = i32::try_from(balance.max(-i64::from(milli(burst)) - 1000)).unwrap_or(0);
+        if balance >= 0 {
+            Allowance::Granted
+        } else if balance < -i64::from(milli(burst)) {
+            Allowance::Exhausted
         } else {
-            self.refused = self.refused.saturating_add(1);
-            false
+            Allowance::Refused
         }
     }
+}
+
+/// `commands` in thousandths (the configured burst is at most a million).
+fn milli(commands: u32) -> i32 {
+    i32::try_from(u64::from(commands) * 1000).unwrap_or(i32::MAX)
+}
+
+/// The shard clock's low 32 bits of milliseconds.
+// Wrapping is the point: elapsed times are taken with `wrapping_sub`.
+#[allow(clippy::cast_possible_truncation)]
+fn clock32(now: Millis) -> u32 {
+    now as u32
 }
 
 impl ClientSession {
@@ -114,8 +140,8 @@ impl ClientSession {
 
     /// Carries out one command and queues its reply (and, for a recovering
     /// subscribe, the missed publications). Past the command rate limit a
-    /// command is refused with `too_many_requests`; a client that sends
-    /// another whole burst while refused is closed with 4029.
+    /// command is refused with `too_many_requests`; a client that runs up a
+    /// whole burst of refused commands is closed with 4029.
     pub fn on_text(
         &mut self,
         text: &str,
@@ -124,9 +150,10 @@ impl ClientSession {
     ) -> Result<(), CloseReason> {
         let (rate, burst) = (ctx.config.command_rate_per_sec, ctx.config.command_burst);
         let command = Command::parse(text);
-        let reply = if !self.commands.take(ctx.now, rate, burst) {
+        let allowance = self.commands.take(ctx.now, rate, burst);
+        let reply = if allowance != Allowance::Granted {
             ctx.metrics.commands_limited.inc();
-            if self.commands.refused > burst {
+            if allowance == Allowance::Exhausted {
                 return Err(CloseReason::TooManyRequests);
             }
             let id = match &command {
@@ -473,6 +500,31 @@ fn broker_error(id: Option<u64>, error: &BrokerError) -> CommandError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_bucket_refills_refuses_and_gives_up_on_a_client_that_keeps_going() {
+        let mut bucket = CommandBucket::full(1_000, 3);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(1_000, 10, 3), Allowance::Granted);
+        }
+        assert_eq!(bucket.take(1_000, 10, 3), Allowance::Refused);
+        // 10 a second: one more command every 100 ms, debt repaid first.
+        assert_eq!(bucket.take(1_150, 10, 3), Allowance::Refused);
+        assert_eq!(bucket.take(1_500, 10, 3), Allowance::Granted);
+        // Never more than the burst, however long the pause.
+        let mut rested = CommandBucket::full(0, 3);
+        let granted = (0..10).filter(|_| rested.take(3_600_000, 10, 3) == Allowance::Granted);
+        assert_eq!(granted.count(), 3);
+        // A client that keeps going runs up a burst of debt.
+        let mut flooder = CommandBucket::full(0, 3);
+        let answers: Vec<Allowance> = (0..7).map(|_| flooder.take(0, 10, 3)).collect();
+        assert_eq!(answers[3..6], [Allowance::Refused, Allowance::Refused, Allowance::Refused]);
+        assert_eq!(answers[6], Allowance::Exhausted);
+        // The clock's low 32 bits wrap: still 100 ms elapsed.
+        let mut wrapping = CommandBucket::full(u64::from(u32::MAX) - 50, 1);
+        assert_eq!(wrapping.take(u64::from(u32::MAX) - 50, 10, 1), Allowance::Granted);
+        assert_eq!(wrapping.take(u64::from(u32::MAX) + 50, 10, 1), Allowance::Granted);
+    }
 
     #[test]
     fn client_ids_round_trip() {
