@@ -10,15 +10,18 @@
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use herald::Config;
-use herald::broker::{Delivery, encode_message};
+use herald::broker::{Delivery, Event, Publication};
 use herald::config::OriginPolicy;
+use herald::conn::Conn;
 use herald::conn::out_queue::OutQueue;
-use herald::conn::websocket::{CodecPool, Handler, Opcode, WsSession, queue_frame};
-use herald::conn::{Conn, http, upgrade};
+use herald::conn::websocket::{CodecPool, Handler, WsSession, queue_frame};
 use herald::error::CloseReason;
+use herald::node::subscribers::Subscriber;
+use herald::protocol::message_frame;
 use herald::shard::fan_out;
-use herald::shard::subscribers::Subscriber;
 use herald::testing::{MemorySocket, client_frame, context};
+use herald::wire::frame::Opcode;
+use herald::wire::{http, upgrade};
 use slab::Slab;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -86,7 +89,7 @@ fn push_encoding(c: &mut Criterion) {
     let mut group = c.benchmark_group("push encoding");
     group.throughput(Throughput::Elements(1));
     group.bench_function("message push, 32-byte data", |b| {
-        b.iter(|| encode_message(black_box("chat:lobby"), black_box(123_456), black_box(data)))
+        b.iter(|| message_frame(black_box("chat:lobby"), black_box(123_456), black_box(data)))
     });
     group.finish();
 }
@@ -153,14 +156,15 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     offset += 1;
-                    let (frame, _) =
-                        encode_message("news", offset, br#""32 bytes of data for the bench""#);
+                    let publication = Publication::new(
+                        channel.clone(),
+                        offset,
+                        br#""32 bytes of data for the bench""#,
+                    );
                     Delivery {
                         channel: channel.clone(),
-                        offset: Some(offset),
-                        frame,
+                        event: Event::Publication(publication),
                         exclude: None,
-                        restart: None,
                     }
                 },
                 |delivery| {

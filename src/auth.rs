@@ -1,6 +1,6 @@
 //! Who a connection is and what it may do: HS256 connection tokens, the channel access rules, the API key check.
 
-use crate::broker::channel::ChannelName;
+use crate::channel::ChannelName;
 use crate::config::Secret;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;

@@ -1,5 +1,7 @@
 //! Settings: built-in defaults < `herald.toml` < `HERALD_*` environment < command-line flags, validated once.
 
+use crate::channel::ChannelName;
+use crate::types::BrokerError;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -337,6 +339,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The options of the namespace `channel` is in.
+    pub fn options(&self, channel: &ChannelName) -> Result<&NamespaceOptions, BrokerError> {
+        match channel.namespace() {
+            None => Ok(&self.channels),
+            Some(namespace) => self
+                .namespaces
+                .get(namespace)
+                .ok_or_else(|| BrokerError::UnknownNamespace(namespace.to_string())),
+        }
+    }
+
     /// A development configuration: defaults with `dev = true`, generated
     /// secrets, anonymous connections and any origin.
     pub fn dev() -> Config {

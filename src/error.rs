@@ -1,6 +1,5 @@
 //! Errors as they go on the wire: a refused request becomes an HTTP answer, a failed WebSocket a close code; each mapped here, once.
 
-use crate::broker::BrokerError;
 use bytes::Bytes;
 use std::fmt;
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -59,7 +58,7 @@ pub enum HttpError {
     },
     /// herald cannot do it now (503): the engine is down, or the answer did
     /// not come in time.
-    Unavailable(&'static str),
+    Unavailable(String),
     /// A server-wide limit is reached, such as `max_channels` (503, code
     /// `limit_exceeded`).
     LimitReached(String),
@@ -117,10 +116,10 @@ impl HttpError {
         match self {
             HttpError::Malformed(what) => format!("malformed request: {what}"),
             HttpError::HeadTooLarge => {
-                format!("request head larger than {} bytes", crate::conn::http::MAX_HEAD_BYTES)
+                format!("request head larger than {} bytes", crate::wire::http::MAX_HEAD_BYTES)
             }
             HttpError::TooManyHeaders => {
-                format!("more than {} request headers", crate::conn::http::MAX_HEADERS)
+                format!("more than {} request headers", crate::wire::http::MAX_HEADERS)
             }
             HttpError::NotFound => "no such endpoint".to_string(),
             HttpError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
@@ -147,7 +146,7 @@ impl HttpError {
             HttpError::TooManyRequests { retry_after_secs } => format!(
                 "too many failed API key checks from this address; retry in {retry_after_secs} s"
             ),
-            HttpError::Unavailable(what) => what.to_string(),
+            HttpError::Unavailable(what) => what.clone(),
         }
     }
 
@@ -193,25 +192,16 @@ impl HttpError {
 
     /// The answer, saying whether the connection stays open after it.
     pub fn response(&self, keep_alive: bool) -> Bytes {
-        let body = serde_json::json!({
+        json_response(self.status(), &self.extra_headers(), &self.body(), keep_alive)
+    }
+
+    /// The JSON body: `{"error":{"code":..,"message":..}}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::json!({
             "error": { "code": self.code(), "message": self.message() }
         })
-        .to_string();
-        json_response(self.status(), &self.extra_headers(), body.as_bytes(), keep_alive)
-    }
-}
-
-/// A broker refusal as a server API (or SSE/poll) answer: an unconfigured
-/// namespace is 404, an option the namespace lacks 400.
-impl From<BrokerError> for HttpError {
-    fn from(error: BrokerError) -> Self {
-        match error {
-            BrokerError::UnknownNamespace(_) => HttpError::Missing(error.message()),
-            BrokerError::PresenceOff | BrokerError::HistoryOff => {
-                HttpError::InvalidRequest(error.message())
-            }
-            BrokerError::TooManyChannels(_) => HttpError::LimitReached(error.message()),
-        }
+        .to_string()
+        .into_bytes()
     }
 }
 
@@ -431,7 +421,7 @@ mod tests {
             HttpError::InvalidRequest("x".into()),
             HttpError::Missing("x".into()),
             HttpError::TooManyRequests { retry_after_secs: 7 },
-            HttpError::Unavailable("x"),
+            HttpError::Unavailable("x".into()),
         ];
         for error in all {
             let response = String::from_utf8(error.to_response().to_vec()).unwrap();

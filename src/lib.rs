@@ -5,17 +5,32 @@
 //! bound address and stops the server gracefully. `docs/ARCHITECTURE.md`
 //! follows one connection through the modules below.
 
-pub mod api;
-pub mod auth;
-pub mod broker;
+// In layers, each importing only those below it (docs/ARCHITECTURE.md has
+// the table; tests/layers.rs keeps it true).
+// 0: base
+pub mod channel;
+pub mod clock;
 pub mod config;
-pub mod conn;
+pub mod sys;
+pub mod types;
+// 1: wire formats, pure
 pub mod error;
-pub mod metrics;
 pub mod protocol;
+pub mod wire;
+// 2: the broker
+pub mod broker;
+// 3: the node
+pub mod auth;
+pub mod metrics;
+pub mod node;
+// 4: front ends
+pub mod api;
+pub mod session;
+pub mod stream;
+// 5-7: a connection, a shard, the server
+pub mod conn;
 pub mod server;
 pub mod shard;
-pub mod sys;
 #[doc(hidden)]
 pub mod testing;
 

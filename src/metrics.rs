@@ -4,8 +4,8 @@
 //! a relaxed load and store (no locked instruction, no shared cache line
 //! between shards); a scrape reads every shard's counters with relaxed loads.
 
-use crate::api::Endpoint;
 use crate::error::CloseReason;
+use crate::wire::router::ApiEndpoint as Endpoint;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -223,6 +223,8 @@ pub struct NodeFigures {
     pub uptime_secs: u64,
     /// Bytes held in unfinished WebSocket messages, all connections.
     pub incomplete_bytes: usize,
+    /// Calls the engine refused at once because its queue was full.
+    pub engine_refusals: u64,
 }
 
 /// Renders every shard's counters, summed, in Prometheus text format
@@ -396,6 +398,13 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         "Bytes of WebSocket messages begun and not finished, all connections.",
     );
     let _ = writeln!(out, "herald_incomplete_message_bytes {}", node.incomplete_bytes);
+    family(
+        &mut out,
+        "herald_engine_refusals_total",
+        "counter",
+        "Calls answered unavailable at once because the engine's queue was full (Redis engine).",
+    );
+    let _ = writeln!(out, "herald_engine_refusals_total {}", node.engine_refusals);
     family(&mut out, "herald_uptime_seconds", "gauge", "Seconds since the server started.");
     let _ = writeln!(out, "herald_uptime_seconds {}", node.uptime_secs);
     family(&mut out, "herald_build_info", "gauge", "The running version.");
@@ -428,8 +437,10 @@ mod tests {
         shards[0].turn(Duration::from_micros(3));
         shards[0].turn(Duration::from_micros(700));
         shards[0].turn(Duration::from_secs(5));
-        let text =
-            render(&shards, &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0 });
+        let text = render(
+            &shards,
+            &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0, engine_refusals: 0 },
+        );
         for line in [
             "herald_publications_total 7",
             "herald_connections{transport=\"websocket\"} 1",

@@ -1,6 +1,8 @@
 //! The `/ws` client protocol: commands parsed from JSON text frames; replies and pushes written as JSON.
 
-use crate::broker::{HistoryPage, Member, Since};
+use crate::types::{HistoryPage, Member, Since};
+use crate::wire::frame::{Opcode, frame_header};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -271,36 +273,92 @@ pub fn unsubscribed(id: Option<u64>, channel: &str) -> Vec<u8> {
 
 /// `{"op":"published",...}`.
 pub fn published(id: Option<u64>, channel: &str, epoch: &str, offset: u64) -> Vec<u8> {
-    published_text(id, channel, epoch, offset).into_bytes()
-}
-
-/// `{"op":"published",...}` as text.
-pub fn published_text(id: Option<u64>, channel: &str, epoch: &str, offset: u64) -> String {
     let mut out = reply_head("published", id);
     let _ = write!(out, r#","channel":"{channel}","epoch":"{epoch}","offset":{offset}}}"#);
-    out
+    out.into_bytes()
+}
+
+/// The `message` push of a publication, as one WebSocket text frame, and
+/// where its `data` starts. Channel names need no JSON escaping.
+pub fn message_frame(channel: &str, offset: u64, data: &[u8]) -> (Bytes, usize) {
+    let offset_text = offset.to_string();
+    let body_len = r#"{"op":"message","channel":"","offset":,"data":}"#.len()
+        + channel.len()
+        + offset_text.len()
+        + data.len();
+    let mut out = BytesMut::with_capacity(body_len + 10);
+    frame_header(Opcode::Text, body_len, &mut out);
+    out.put_slice(br#"{"op":"message","channel":""#);
+    out.put_slice(channel.as_bytes());
+    out.put_slice(br#"","offset":"#);
+    out.put_slice(offset_text.as_bytes());
+    out.put_slice(br#","data":"#);
+    let data_start = out.len();
+    out.put_slice(data);
+    out.put_u8(b'}');
+    (out.freeze(), data_start)
+}
+
+/// A `join` or `leave` push as JSON text.
+pub fn presence_event(op: &str, channel: &str, member: &Member) -> String {
+    serde_json::json!({
+        "op": op, "channel": channel, "client": &*member.client, "user": &*member.user,
+    })
+    .to_string()
+}
+
+/// A `join` or `leave` without its `op`: `{"channel":..,"client":..,"user":..}`.
+pub fn presence_event_body(channel: &str, member: &Member) -> String {
+    serde_json::json!({"channel": channel, "client": &*member.client, "user": &*member.user})
+        .to_string()
 }
 
 /// `{"op":"presence",...,"clients":[{"client":..,"user":..}]}`.
 pub fn presence(id: Option<u64>, channel: &str, members: &[Member]) -> Vec<u8> {
+    let mut out = reply_head("presence", id);
+    out.push(',');
+    write_presence_fields(&mut out, channel, members);
+    out.push('}');
+    out.into_bytes()
+}
+
+/// `{"channel":..,"clients":[..]}`: a presence list without a reply's `op`
+/// (the server API's answer).
+pub fn presence_body(channel: &str, members: &[Member]) -> Vec<u8> {
+    let mut out = String::from("{");
+    write_presence_fields(&mut out, channel, members);
+    out.push('}');
+    out.into_bytes()
+}
+
+fn write_presence_fields(out: &mut String, channel: &str, members: &[Member]) {
     let clients: Vec<Value> = members
         .iter()
         .map(|member| serde_json::json!({"client": &*member.client, "user": &*member.user}))
         .collect();
-    let mut out = reply_head("presence", id);
-    let _ = write!(out, r#","channel":"{channel}","clients":{}}}"#, Value::from(clients));
-    out.into_bytes()
+    let _ = write!(out, r#""channel":"{channel}","clients":{}"#, Value::from(clients));
 }
 
 /// `{"op":"history",...,"publications":[{"offset":..,"data":..}]}`; each
 /// `data` is written back byte for byte.
 pub fn history(id: Option<u64>, channel: &str, page: &HistoryPage) -> Vec<u8> {
+    let mut head = reply_head("history", id);
+    head.push(',');
+    write_history(head, channel, page)
+}
+
+/// `{"channel":..,"epoch":..,"offset":..,"publications":[..]}`: a page of
+/// history without a reply's `op` (the server API's answer).
+pub fn history_body(channel: &str, page: &HistoryPage) -> Vec<u8> {
+    write_history(String::from("{"), channel, page)
+}
+
+fn write_history(mut head: String, channel: &str, page: &HistoryPage) -> Vec<u8> {
     let size: usize = page.publications.iter().map(|(_, data)| data.len() + 32).sum();
     let mut out = Vec::with_capacity(size + 128);
-    let mut head = reply_head("history", id);
     let _ = write!(
         head,
-        r#","channel":"{channel}","epoch":"{}","offset":{},"publications":["#,
+        r#""channel":"{channel}","epoch":"{}","offset":{},"publications":["#,
         page.epoch.as_str(),
         page.offset
     );
@@ -409,7 +467,7 @@ mod tests {
 
     #[test]
     fn replies_are_json_with_the_command_id() {
-        let epoch = crate::broker::Epoch::from_u32(0xf3a9);
+        let epoch = crate::types::Epoch::from_u32(0xf3a9);
         assert_eq!(json(&pong(Some(6))), serde_json::json!({"op":"pong","id":6}));
         assert_eq!(json(&pong(None)), serde_json::json!({"op":"pong"}));
         assert_eq!(
@@ -437,8 +495,8 @@ mod tests {
             epoch,
             offset: 45,
             publications: vec![
-                (44, bytes::Bytes::from_static(b"{\"a\": 1}")),
-                (45, bytes::Bytes::from_static(b"[]")),
+                (44, Bytes::from_static(b"{\"a\": 1}")),
+                (45, Bytes::from_static(b"[]")),
             ],
         };
         let text = String::from_utf8(history(Some(5), "news", &page)).unwrap();

@@ -1,11 +1,8 @@
 //! Starting the shards on one address, and stopping them gracefully.
 
-use crate::auth::{ApiKey, KeyFailures};
-use crate::broker::Broker;
-use crate::broker::redis::RedisEngine;
-use crate::config::{Config, Engine};
-use crate::metrics::{self, NodeFigures, ShardMetrics};
-use crate::shard::inbox::{Inbox, Work};
+use crate::config::Config;
+use crate::node::Shared;
+use crate::node::inbox::{Inbox, Work};
 use crate::shard::{Shard, WAKER};
 use crate::sys;
 use mio::net::TcpListener;
@@ -14,59 +11,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 /// Pending connections the kernel queues per listener. Linux caps it at
 /// `net.core.somaxconn` (4096 by default).
 const LISTEN_BACKLOG: i32 = 4096;
-
-/// State every shard shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// This node's id: random per process, the prefix of client ids.
-    pub node: Arc<str>,
-    /// Open connections on every shard (those counted toward `max_connections`).
-    pub connections: AtomicUsize,
-    /// Channels, history, presence, and delivery to the shards.
-    pub broker: Broker,
-    /// The server API key check.
-    pub api_key: ApiKey,
-    /// Failed API key checks by peer, for the 429 lockout.
-    pub key_failures: KeyFailures,
-    /// Each shard's counters, by shard index.
-    pub metrics: Box<[Arc<ShardMetrics>]>,
-    /// When the server started.
-    pub started: Instant,
-    /// Bytes held in WebSocket messages whose last frame has not arrived,
-    /// over all connections (bounded by `max_incomplete_bytes`).
-    pub incomplete_bytes: AtomicUsize,
-}
-
-impl Shared {
-    /// Shards on this node.
-    pub fn shard_count(&self) -> usize {
-        self.broker.shard_count()
-    }
-
-    /// Hands work to a shard.
-    pub fn send(&self, shard: usize, work: Work) {
-        self.broker.send_work(shard, work);
-    }
-
-    /// `/metrics`: every shard's counters, summed, in Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        let figures = NodeFigures {
-            channels: self.broker.channel_count(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            incomplete_bytes: self.incomplete_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        };
-        metrics::render(&self.metrics, &figures)
-    }
-}
 
 /// Starts herald.
 #[derive(Debug)]
@@ -99,24 +48,8 @@ impl Server {
             inboxes.push(Arc::new(Inbox::new(waker)));
             polls.push(poll);
         }
-        let broker = Broker::new(config.clone(), inboxes.clone());
-        let api_key = ApiKey::new(&config.api_key);
-        let metrics = (0..threads).map(|_| Arc::new(ShardMetrics::default())).collect();
-        let shared = Arc::new(Shared {
-            config,
-            node,
-            connections: AtomicUsize::new(0),
-            broker,
-            api_key,
-            key_failures: KeyFailures::default(),
-            metrics,
-            started: Instant::now(),
-            incomplete_bytes: AtomicUsize::new(0),
-        });
-        if shared.config.engine == Engine::Redis {
-            let engine = RedisEngine::start(&shared).map_err(io::Error::other)?;
-            shared.broker.use_redis(engine);
-        }
+        let shared =
+            Arc::new(Shared::new(config, node, inboxes.clone()).map_err(io::Error::other)?);
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
@@ -160,17 +93,16 @@ impl ServerHandle {
         self.shared.connections.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Channels the broker holds (with subscribers, or with history not yet expired).
+    /// Channels the engine holds on this node (with subscribers, or with
+    /// history not yet expired).
     pub fn channel_count(&self) -> usize {
-        self.shared.broker.channel_count()
+        self.shared.engine.channel_count()
     }
 
     /// Asks every shard to stop accepting, send 1001 to every WebSocket and
     /// close once flushed (or at `shutdown_timeout`). Returns at once.
     pub fn shutdown(&self) {
-        if let Some(engine) = self.shared.broker.redis() {
-            engine.stop();
-        }
+        self.shared.engine.stop();
         for inbox in &self.inboxes {
             inbox.send(Work::Shutdown);
         }

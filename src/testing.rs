@@ -1,16 +1,12 @@
 //! Helpers for tests, fuzz targets and benchmarks: what a client sends, an in-memory socket, a shard context. Not part of the server's API.
 
-use crate::auth::{ApiKey, KeyFailures};
-use crate::broker::Broker;
 use crate::config::Config;
 use crate::conn::Ctx;
 use crate::conn::io::{SendVectored, Transport};
-use crate::metrics::ShardMetrics;
-use crate::server::Shared;
-use crate::shard::inbox::Inbox;
+use crate::node::Shared;
+use crate::node::inbox::Inbox;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 /// A socket in memory: reads hand out `input` (then WouldBlock), writes are
 /// counted and discarded.
@@ -71,18 +67,10 @@ pub fn context(config: Config) -> Ctx {
         Ok(inbox) => vec![inbox],
         Err(error) => panic!("an epoll instance for a test context: {error}"),
     };
-    let broker = Broker::new(config.clone(), inboxes);
-    let shared = Arc::new(Shared {
-        api_key: ApiKey::new(&config.api_key),
-        config,
-        node: Arc::from("n1"),
-        connections: AtomicUsize::new(0),
-        broker,
-        key_failures: KeyFailures::default(),
-        metrics: vec![Arc::new(ShardMetrics::default())].into_boxed_slice(),
-        started: std::time::Instant::now(),
-        incomplete_bytes: AtomicUsize::new(0),
-    });
+    let shared = match Shared::new(config, Arc::from("n1"), inboxes) {
+        Ok(shared) => Arc::new(shared),
+        Err(error) => panic!("a node for a test context: {error}"),
+    };
     Ctx::new(shared, 0)
 }
 

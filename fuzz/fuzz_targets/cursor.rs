@@ -1,7 +1,7 @@
 //! SSE and long-poll cursors: any text is parsed or refused without panic; a parsed cursor written back the way herald writes cursors parses to the same positions.
 #![no_main]
 
-use herald::conn::stream::parse_cursor;
+use herald::wire::sse::parse_cursor;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -1,7 +1,7 @@
 //! The frame scanner over any bytes: the verdict does not depend on how the bytes are split into reads. The same frame is refused for the same reason; what may still be handed on is everything before that frame (of the piece being scanned, as earlier pieces were handed on already).
 #![no_main]
 
-use herald::conn::scanner::FrameScanner;
+use herald::wire::scanner::FrameScanner;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -1,36 +1,34 @@
-//! One connection: its socket, outbound queue and phase (request head, WebSocket, draining), driven by readiness events and timers.
+//! One connection: its socket, outbound queue and phase (request head, WebSocket, SSE, long-poll, draining), driven by readiness events and timers.
 
-pub mod client;
-pub mod http;
 pub mod io;
 pub mod out_queue;
 mod request;
-pub mod scanner;
-pub mod stream;
-pub mod upgrade;
 pub mod websocket;
 
-use crate::broker::Delivery;
-use crate::broker::channel::ChannelName;
-use crate::config::Config;
+use crate::api;
+use crate::broker::{Delivery, EngineAnswer, Event};
+use crate::channel::ChannelName;
+use crate::clock::{Millis, millis};
 use crate::error::{CloseReason, HttpError};
-use crate::metrics::{Refusal, ShardMetrics, Transport as ConnKind};
-use crate::server::Shared;
-use crate::shard::subscribers::LocalSubscribers;
-use crate::shard::users::LocalUsers;
+use crate::metrics::{Refusal, Transport as ConnKind};
+use crate::node::Shared;
+use crate::node::local::Local;
+use crate::session::{ClientSession, Outbox};
+use crate::stream::{self, PollAnswer, StreamSub};
+use crate::wire::frame::Opcode;
+use crate::wire::frame::{PING_FRAME, close_frame};
+use crate::wire::sse::SSE_PING;
 use bytes::Bytes;
-use client::ClientSession;
 use io::{IoOutcome, Transport};
 use out_queue::{Flush, OutQueue};
 use request::HttpPhase;
-use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use stream::StreamSub;
 use tungstenite::Message;
-use websocket::{Handler, Input, Opcode, WsSession};
+use websocket::{Handler, Input, WsSession};
 
 /// Reads one connection may do per turn of the loop before the others get
 /// theirs. With the 64 KiB scratch buffer that is 1 MiB per turn.
@@ -45,17 +43,6 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// How long herald waits for the peer's close frame after sending its own.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Deliveries held back for one waiting subscription: `(offset, frame)`.
-pub type Held = Vec<(u64, Bytes)>;
-
-/// Milliseconds on a shard's monotonic clock.
-pub type Millis = u64;
-
-/// Converts a duration to clock milliseconds (at least 1).
-pub fn millis(duration: Duration) -> Millis {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
-}
 
 /// What became of a frame handed to [`Conn::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,50 +64,39 @@ pub enum Next {
     Close,
 }
 
-/// Shard-wide state that connection callbacks use.
+/// Shard-wide state that connection callbacks use: the shard's state that
+/// front ends work with, plus the buffers only connections need.
 #[derive(Debug)]
 pub struct Ctx {
-    /// The server's configuration.
-    pub config: Arc<Config>,
-    /// What all shards share: the broker, counters, the node id.
-    pub shared: Arc<Shared>,
+    /// The shard's state (it also derefs to it).
+    pub local: Local,
     /// The read buffer every socket read on this shard goes through.
     pub scratch: Box<[u8]>,
-    /// Now, on the shard's clock.
-    pub now: Millis,
-    /// This node's id, the first part of every client id.
-    pub node: Arc<str>,
-    /// This shard's index.
-    pub shard: usize,
-    /// This shard's subscribers, by channel.
-    pub locals: LocalSubscribers,
     /// tungstenite contexts kept for reuse.
     pub codecs: websocket::CodecPool,
-    /// This shard's counters.
-    pub metrics: Arc<ShardMetrics>,
-    /// This shard's authenticated `/ws` connections, by user.
-    pub users: LocalUsers,
-    /// Deliveries held back for subscriptions waiting for the Redis engine,
-    /// by (slab key, channel): `(offset, frame)` in arrival order.
-    pub pending: HashMap<(u32, Arc<str>), Held>,
+}
+
+impl Deref for Ctx {
+    type Target = Local;
+
+    fn deref(&self) -> &Local {
+        &self.local
+    }
+}
+
+impl DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut Local {
+        &mut self.local
+    }
 }
 
 impl Ctx {
     /// Context for shard `shard`.
     pub fn new(shared: Arc<Shared>, shard: usize) -> Self {
-        let metrics = shared.metrics.get(shard).cloned().unwrap_or_default();
         Ctx {
-            config: shared.config.clone(),
-            node: shared.node.clone(),
-            shared,
+            local: Local::new(shared, shard),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
-            now: 0,
-            shard,
-            locals: LocalSubscribers::default(),
             codecs: websocket::CodecPool::default(),
-            metrics,
-            users: LocalUsers::default(),
-            pending: HashMap::new(),
         }
     }
 
@@ -132,6 +108,12 @@ impl Ctx {
     /// connection whose queue holds this much is not read from until it drains.
     fn read_pause_bytes(&self) -> usize {
         self.config.max_outbound_bytes / 2
+    }
+}
+
+impl Outbox for OutQueue {
+    fn push(&mut self, frame: Bytes) {
+        OutQueue::push(self, frame);
     }
 }
 
@@ -166,7 +148,7 @@ impl Handler for Dispatch<'_> {
             (Endpoint::Client(_), Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
             (Endpoint::Client(session), Message::Text(text)) => {
                 self.ctx.metrics.messages_in.inc();
-                session.on_text(&text, out, self.ctx)?;
+                session.on_text(&text, out, &mut self.ctx.local)?;
             }
             _ => {}
         }
@@ -226,14 +208,12 @@ struct SsePhase {
 struct PollPhase {
     sub: StreamSub,
     deadline: Millis,
-    /// Message bodies (`{"channel":..,"offset":..,"data":..}`) for the answer.
-    messages: Vec<Vec<u8>>,
-    /// Some channel's cursor position could not be recovered.
-    unrecovered: bool,
+    /// What the answer will hold.
+    answer: PollAnswer,
     keep_alive: bool,
     allow_origin: Option<Box<str>>,
-    /// Channels whose position the Redis engine has not sent yet: the poll
-    /// is not answered before they are all known.
+    /// Channels whose position the engine has not sent yet: the poll is
+    /// not answered before they are all known.
     awaiting: usize,
     /// `timeout=0`: answer as soon as every channel is subscribed.
     answer_at_once: bool,
@@ -550,7 +530,7 @@ impl<S: Transport> Conn<S> {
                 if reason == CloseReason::SlowConsumer {
                     self.out.discard_unstarted();
                 }
-                self.out.push(websocket::close_frame(reason));
+                self.out.push(close_frame(reason));
                 ctx.metrics.closed(reason);
             }
         }
@@ -611,19 +591,20 @@ impl<S: Transport> Conn<S> {
     /// a held poll's answer.
     pub fn deliver(&mut self, delivery: &Delivery, ctx: &Ctx) -> Pushed {
         match &mut self.phase {
-            Phase::WebSocket(_) => self.push(delivery.frame.clone(), ctx),
+            Phase::WebSocket(_) => {
+                let frame = match &delivery.event {
+                    Event::Publication(publication) => publication.ws_frame(),
+                    Event::Presence(change) => change.ws_frame(),
+                    Event::Restart(restart) => restart.ws_frame(),
+                };
+                self.push(frame.clone(), ctx)
+            }
             Phase::Sse(sse) => {
-                let Some(index) = sse.sub.index_of(&delivery.channel) else {
+                let Some(event) =
+                    stream::sse_delivered(&mut sse.sub, &delivery.channel, &delivery.event)
+                else {
                     return Pushed::Dropped;
                 };
-                let Some((op, body)) = stream::push_body(&delivery.frame) else {
-                    return Pushed::Dropped;
-                };
-                let id = delivery.offset.map(|offset| {
-                    sse.sub.advance(index, offset);
-                    sse.sub.cursor()
-                });
-                let event = stream::sse_event(op, id.as_deref(), &body);
                 if self.out.len() + event.len() > ctx.config.max_outbound_bytes {
                     log::debug!("closing an SSE stream: slow consumer");
                     ctx.metrics.slow_consumers.inc();
@@ -635,85 +616,65 @@ impl<S: Transport> Conn<S> {
                 Pushed::Queued
             }
             Phase::Poll(poll) => {
-                let (Some(offset), Some(index)) =
-                    (delivery.offset, poll.sub.index_of(&delivery.channel))
-                else {
-                    return Pushed::Dropped;
-                };
-                let Some((_, body)) = stream::push_body(&delivery.frame) else {
-                    return Pushed::Dropped;
-                };
-                poll.sub.advance(index, offset);
-                poll.messages.push(body);
-                Pushed::Queued
+                if poll.answer.delivered(&mut poll.sub, &delivery.channel, &delivery.event) {
+                    Pushed::Queued
+                } else {
+                    Pushed::Dropped
+                }
             }
             _ => Pushed::Dropped,
         }
     }
 
-    /// A reply to a command carried out by the Redis engine.
-    pub fn push_reply(&mut self, text: &str, ctx: &Ctx) -> Pushed {
-        let pushed = self.push(websocket::encode_frame(Opcode::Text, text.as_bytes()), ctx);
-        if pushed == Pushed::Queued {
-            ctx.metrics.messages_out.inc();
-        }
-        pushed
-    }
-
-    /// The Redis engine's answer to a subscribe of this connection (a
-    /// `/ws` command, or a channel of an `/sse` or `/poll` request, whose
-    /// index is the `id`).
-    pub fn on_subscribed(
+    /// An engine's answer to a request of this connection that it answered
+    /// later: a server API request waiting for it, a `/ws` command (`id` is
+    /// the command's), or a channel of an `/sse` or `/poll` request (`id`
+    /// is its index).
+    pub fn on_engine_answer(
         &mut self,
         id: Option<u64>,
-        channel: &ChannelName,
-        outcome: Result<crate::broker::redis::SubscribeOutcome, String>,
+        answer: EngineAnswer,
         ctx: &mut Ctx,
-    ) {
+    ) -> Next {
         match &mut self.phase {
+            Phase::Http(http) if http.is_waiting() => {
+                let endpoint = http.waiting_endpoint();
+                let (status, body) = match endpoint {
+                    Some(endpoint) => api::answer(endpoint, answer),
+                    None => return Next::Keep,
+                };
+                return self.on_api_answer(status, &body, ctx);
+            }
             Phase::WebSocket(ws) => {
-                let Endpoint::Client(session) = &mut ws.endpoint else { return };
-                let sent = session.complete_subscribe(id, channel, outcome, &mut self.out, ctx);
-                ctx.metrics.messages_out.add(sent);
+                if let Endpoint::Client(session) = &mut ws.endpoint {
+                    let sent = session.on_answer(id, answer, &mut self.out, &mut ctx.local);
+                    ctx.metrics.messages_out.add(sent);
+                }
             }
             Phase::Sse(_) | Phase::Poll(_) => {
-                let index = id.and_then(|id| usize::try_from(id).ok()).unwrap_or(usize::MAX);
-                self.on_stream_subscribed(index, channel, outcome, ctx);
+                if let EngineAnswer::Subscribed(channel, result) = answer {
+                    let index = id.and_then(|id| usize::try_from(id).ok()).unwrap_or(usize::MAX);
+                    self.on_stream_subscribed(index, &channel, result, ctx);
+                }
             }
             _ => {
-                ctx.pending.remove(&(self.key, channel.shared().clone()));
+                if let EngineAnswer::Subscribed(channel, _) = answer {
+                    ctx.pending.remove(&(self.key, channel.shared().clone()));
+                }
             }
         }
+        Next::Keep
     }
 
-    /// The Redis engine's answer for channel `index` of a stream.
+    /// The engine's later answer for channel `index` of a stream.
     fn on_stream_subscribed(
         &mut self,
         index: usize,
         channel: &ChannelName,
-        outcome: Result<crate::broker::redis::SubscribeOutcome, String>,
+        result: Result<crate::broker::Position, crate::types::BrokerError>,
         ctx: &mut Ctx,
     ) {
-        let held = ctx.pending.remove(&(self.key, channel.shared().clone())).unwrap_or_default();
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(message) => {
-                log::debug!("stream subscription failed: {message}");
-                if matches!(self.phase, Phase::Poll(_)) {
-                    let error = HttpError::Unavailable("the engine (Redis) is unavailable, retry");
-                    self.release(ctx);
-                    self.set_transport(ConnKind::Http, ctx);
-                    self.phase = Phase::Http(HttpPhase::new(ctx.now));
-                    self.respond(error.to_response(), ctx);
-                } else {
-                    // The browser reconnects (and recovers) by itself.
-                    self.start_drain(ctx);
-                }
-                return;
-            }
-        };
         let sub = match &mut self.phase {
-            // A stream's channels are announced as each one is known.
             Phase::Sse(sse) => &mut sse.sub,
             Phase::Poll(poll) => {
                 poll.awaiting = poll.awaiting.saturating_sub(1);
@@ -721,37 +682,24 @@ impl<S: Transport> Conn<S> {
             }
             _ => return,
         };
-        let recovery = outcome.recovery.as_ref().map(|(ok, missed)| (*ok, missed.len()));
-        let recovered = recovery.is_some_and(|(ok, _)| ok);
-        sub.set_position(index, &outcome.epoch, if recovered { None } else { Some(outcome.top) });
-        let missed = outcome.recovery.map(|(_, missed)| missed).unwrap_or_default();
-        let frames = client::catch_up(ctx, self.key, channel, outcome.top, missed, held);
-        self.stream_subscribed(index, recovery, frames, ctx);
-        self.answer_poll_if_due(ctx);
-    }
-
-    /// The channel's epoch changed under this subscriber (the Redis engine
-    /// lost it): a `subscribed` push with `recovered:false` on a WebSocket,
-    /// the same as an SSE event, `"recovered":false` in a poll's answer.
-    pub fn restart_notice(&mut self, notice: &Bytes, ctx: &Ctx) {
-        match &mut self.phase {
-            Phase::WebSocket(_) => {
-                self.push(notice.clone(), ctx);
+        match sub.on_subscribed(index, channel, result, &mut ctx.local) {
+            Ok(opened) => {
+                // A stream's channels are announced as each one is known.
+                self.stream_opened(opened, ctx);
+                self.answer_poll_if_due(ctx);
             }
-            Phase::Sse(sse) => {
-                if let Some((op, body)) = stream::push_body(notice) {
-                    sse.sub.restart(&body);
-                    let cursor = sse.sub.cursor();
-                    self.out.push(stream::sse_event(op, Some(&cursor), &body));
+            Err(error) => {
+                log::debug!("stream subscription failed: {}", error.message());
+                if matches!(self.phase, Phase::Poll(_)) {
+                    self.release(ctx);
+                    self.set_transport(ConnKind::Http, ctx);
+                    self.phase = Phase::Http(HttpPhase::new(ctx.now));
+                    self.respond(api::refusal(error).to_response(), ctx);
+                } else {
+                    // The browser reconnects (and recovers) by itself.
+                    self.start_drain(ctx);
                 }
             }
-            Phase::Poll(poll) => {
-                if let Some((_, body)) = stream::push_body(notice) {
-                    poll.sub.restart(&body);
-                }
-                poll.unrecovered = true;
-            }
-            _ => {}
         }
     }
 
@@ -760,7 +708,7 @@ impl<S: Transport> Conn<S> {
     /// that happened: the connection reads requests again, and one may be
     /// waiting already (drive it rather than only flush it).
     pub fn settle(&mut self, ctx: &mut Ctx) -> bool {
-        if matches!(&self.phase, Phase::Poll(poll) if !poll.messages.is_empty()) {
+        if matches!(&self.phase, Phase::Poll(poll) if !poll.answer.messages.is_empty()) {
             self.finish_poll(ctx);
             return true;
         }
@@ -817,7 +765,8 @@ impl<S: Transport> Conn<S> {
             return false;
         }
         let push = crate::protocol::unsubscribed(None, channel.as_str());
-        if self.push(websocket::encode_frame(Opcode::Text, &push), ctx) == Pushed::Queued {
+        let frame = crate::wire::frame::encode_frame(Opcode::Text, &push);
+        if self.push(frame, ctx) == Pushed::Queued {
             ctx.metrics.messages_out.inc();
         }
         true
@@ -927,7 +876,7 @@ impl<S: Transport> Conn<S> {
             Phase::Sse(sse) if now >= sse.next_ping => {
                 sse.next_ping = now + interval;
                 if self.out.len() < ctx.config.max_outbound_bytes {
-                    self.out.push(Bytes::from_static(b": ping\n\n"));
+                    self.out.push(Bytes::from_static(SSE_PING));
                 }
             }
             Phase::Sse(_) => {}
@@ -963,9 +912,6 @@ fn move_incomplete(total: &AtomicUsize, before: usize, after: usize) -> usize {
         total.fetch_sub(before - after, Ordering::Relaxed).saturating_sub(before - after)
     }
 }
-
-/// An empty ping frame: the heartbeat.
-const PING_FRAME: &[u8] = b"\x89\x00";
 
 #[cfg(test)]
 mod tests;

@@ -1,25 +1,27 @@
 //! The HTTP phase of a connection: request heads and bodies, keep-alive and pipelining, routing to an answer, an upgrade, or the server API.
 
-use super::client::ClientSession;
-use super::http::{self, MAX_HEAD_BYTES, Request};
 use super::io::Transport as SocketTransport;
-use super::stream::{
-    self, DEFAULT_POLL_TIMEOUT_SECS, MAX_POLL_TIMEOUT_SECS, MAX_STREAM_CHANNELS, StreamSub,
-    parse_cursor,
-};
-use super::websocket::{self, Opcode, WsSession};
-use super::{
-    Conn, Ctx, Endpoint, Millis, Next, Phase, PollPhase, SsePhase, WsPhase, millis, upgrade,
-};
+use super::websocket::WsSession;
+use super::{Conn, Ctx, Endpoint, Next, Phase, PollPhase, SsePhase, WsPhase};
 use crate::api::{self, Reply};
 use crate::auth::{self, Denied, Identity};
-use crate::broker::ConnRef;
-use crate::broker::Since;
-use crate::broker::channel::ChannelName;
+use crate::channel::ChannelName;
+use crate::clock::{Millis, millis};
 use crate::config::Config;
 use crate::error::{HttpError, http_head, http_response, json_response};
 use crate::metrics::{Refusal, Transport};
 use crate::protocol;
+use crate::session::ClientSession;
+use crate::stream::{
+    self, DEFAULT_POLL_TIMEOUT_SECS, MAX_POLL_TIMEOUT_SECS, MAX_STREAM_CHANNELS, Opened,
+    PollAnswer, StreamSub,
+};
+use crate::types::{ConnRef, Since};
+use crate::wire::frame::{Opcode, encode_frame};
+use crate::wire::http::{self, MAX_HEAD_BYTES, Request};
+use crate::wire::router::{self, ApiEndpoint, File, Route};
+use crate::wire::sse::{self as sse_wire, parse_cursor};
+use crate::wire::upgrade;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -55,7 +57,7 @@ pub(super) struct HttpPhase {
 /// A server API request whose answer comes later.
 #[derive(Debug, Clone, Copy)]
 struct Waiting {
-    endpoint: api::Endpoint,
+    endpoint: ApiEndpoint,
     keep_alive: bool,
 }
 
@@ -105,6 +107,11 @@ impl HttpPhase {
         self.waiting.is_some()
     }
 
+    /// The endpoint of the request waiting for its answer.
+    pub(super) fn waiting_endpoint(&self) -> Option<ApiEndpoint> {
+        self.waiting.map(|waiting| waiting.endpoint)
+    }
+
     /// Whether a request is under way (not an idle keep-alive connection,
     /// not one waiting for its answer): a deadline then refuses it.
     pub(super) fn mid_request(&self) -> bool {
@@ -115,7 +122,7 @@ impl HttpPhase {
 /// A body still to come.
 #[derive(Debug)]
 struct BodyWait {
-    endpoint: api::Endpoint,
+    endpoint: ApiEndpoint,
     query: Option<Box<str>>,
     length: usize,
     keep_alive: bool,
@@ -127,8 +134,8 @@ enum Upgrade {
     Client(Identity),
 }
 
-/// What a request head asks for.
-enum Route {
+/// What a request head asks for, once checked.
+enum Action {
     Upgrade {
         upgrade: Upgrade,
         accept: String,
@@ -139,7 +146,7 @@ enum Route {
     Static(&'static str, &'static [u8]),
     Stream(Box<StreamRequest>),
     Api {
-        endpoint: api::Endpoint,
+        endpoint: ApiEndpoint,
         query: Option<Box<str>>,
         length: usize,
         expect_continue: bool,
@@ -159,14 +166,14 @@ struct StreamRequest {
 /// A routed head: where it goes, and whether the connection may carry
 /// another request after the answer.
 struct Decision {
-    route: Result<Route, HttpError>,
+    route: Result<Action, HttpError>,
     keep_alive: bool,
     /// The request announced a body (answering before reading it means the
     /// connection cannot continue).
     has_body: bool,
     /// `Some` for a path under `/api/`, with the endpoint when there is one
     /// (for the API request counters).
-    api: Option<Option<api::Endpoint>>,
+    api: Option<Option<ApiEndpoint>>,
 }
 
 const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
@@ -287,7 +294,7 @@ impl<S: SocketTransport> Conn<S> {
     pub(super) fn api_answer_timed_out(&mut self, ctx: &mut Ctx) {
         let Phase::Http(http) = &mut self.phase else { return };
         let Some(waiting) = http.waiting.take() else { return };
-        let error = HttpError::Unavailable("the request was not carried out in time");
+        let error = HttpError::Unavailable("the request was not carried out in time".into());
         log::warn!("server API {} request: {error}", waiting.endpoint.label());
         ctx.metrics.api_request(Some(waiting.endpoint), error.status());
         self.respond(error.to_response(), ctx);
@@ -315,19 +322,25 @@ impl<S: SocketTransport> Conn<S> {
                 self.answer(error.response(keep), keep, ctx);
                 0
             }
-            Ok(Route::Health) => {
-                let body = match ctx.shared.broker.redis() {
-                    None => HEALTH_BODY.to_vec(),
-                    Some(engine) if engine.is_up() => {
-                        br#"{"status":"ok","engine":{"name":"redis","state":"up"}}"#.to_vec()
+            Ok(Action::Health) => {
+                let health = ctx.shared.engine.health();
+                // An engine with nothing outside the process to lose: the
+                // short answer.
+                let body = match (health.name, health.up) {
+                    (_, None) => HEALTH_BODY.to_vec(),
+                    (name, Some(true)) => {
+                        format!(r#"{{"status":"ok","engine":{{"name":"{name}","state":"up"}}}}"#)
+                            .into_bytes()
                     }
-                    Some(_) => br#"{"status":"degraded","engine":{"name":"redis","state":"down"}}"#
-                        .to_vec(),
+                    (name, Some(false)) => format!(
+                        r#"{{"status":"degraded","engine":{{"name":"{name}","state":"down"}}}}"#
+                    )
+                    .into_bytes(),
                 };
                 self.answer(json_response(200, "", &body, keep_alive), keep_alive, ctx);
                 0
             }
-            Ok(Route::Metrics) => {
+            Ok(Action::Metrics) => {
                 let text = ctx.shared.render_metrics();
                 let response = http_response(
                     200,
@@ -339,7 +352,7 @@ impl<S: SocketTransport> Conn<S> {
                 self.answer(response, keep_alive, ctx);
                 0
             }
-            Ok(Route::Static(content_type, body)) => {
+            Ok(Action::Static(content_type, body)) => {
                 let head = http_head(
                     200,
                     "Cache-Control: no-cache\r\n",
@@ -351,11 +364,11 @@ impl<S: SocketTransport> Conn<S> {
                 self.answer(Bytes::from_static(body), keep_alive, ctx);
                 0
             }
-            Ok(Route::Stream(stream)) => {
+            Ok(Action::Stream(stream)) => {
                 self.open_stream(*stream, keep_alive, ctx);
                 0
             }
-            Ok(Route::Api { endpoint, query, length, expect_continue }) => {
+            Ok(Action::Api { endpoint, query, length, expect_continue }) => {
                 if rest.len() >= length {
                     let body = rest.get(..length).unwrap_or_default();
                     self.answer_api(endpoint, query.as_deref(), body, keep_alive, ctx);
@@ -373,7 +386,7 @@ impl<S: SocketTransport> Conn<S> {
                 }
                 rest.len()
             }
-            Ok(Route::Upgrade { upgrade, accept }) => {
+            Ok(Action::Upgrade { upgrade, accept }) => {
                 self.upgrade(upgrade, &accept, ctx);
                 if !rest.is_empty() {
                     self.on_ws_input(rest, ctx);
@@ -389,14 +402,12 @@ impl<S: SocketTransport> Conn<S> {
     fn open_stream(&mut self, request: StreamRequest, keep_alive: bool, ctx: &mut Ctx) {
         let me = self.conn_ref(ctx);
         let channels = request.channels.len();
-        let opening = if ctx.shared.broker.redis().is_some() {
-            StreamSub::open_remote(me, request.channels, request.cursor.as_deref(), ctx)
-                .map(|sub| (sub, None))
-        } else {
-            StreamSub::open(me, request.channels, request.cursor.as_deref(), ctx)
-                .map(|(sub, opened)| (sub, Some(opened)))
-        };
-        let (sub, opened) = match opening {
+        let (sub, opened) = match StreamSub::open(
+            me,
+            request.channels,
+            request.cursor.as_deref(),
+            &mut ctx.local,
+        ) {
             Ok(opening) => opening,
             Err(error) => {
                 ctx.metrics.refused(Refusal::Status(error.status()));
@@ -404,11 +415,12 @@ impl<S: SocketTransport> Conn<S> {
                 return;
             }
         };
-        let awaiting = if opened.is_some() { 0 } else { channels };
+        // The channels the engine answers later come with their index.
+        let awaiting = channels - opened.len();
         match request.poll_timeout {
             None => {
                 self.set_transport(Transport::Sse, ctx);
-                self.out.push(stream::sse_head(request.allow_origin.as_deref()));
+                self.out.push(sse_wire::sse_head(request.allow_origin.as_deref()));
                 let next_ping = ctx.now + ctx.ping_interval();
                 self.phase = Phase::Sse(Box::new(SsePhase { sub, next_ping }));
             }
@@ -417,8 +429,7 @@ impl<S: SocketTransport> Conn<S> {
                 self.phase = Phase::Poll(Box::new(PollPhase {
                     sub,
                     deadline: ctx.now + timeout.saturating_mul(1000),
-                    messages: Vec::new(),
-                    unrecovered: false,
+                    answer: PollAnswer::default(),
                     keep_alive,
                     allow_origin: request.allow_origin,
                     awaiting,
@@ -426,60 +437,24 @@ impl<S: SocketTransport> Conn<S> {
                 }));
             }
         }
-        if let Some(opened) = opened {
-            for index in 0..channels {
-                let recovery = opened
-                    .recovery
-                    .iter()
-                    .find(|(i, ..)| *i == index)
-                    .map(|(_, ok, missed)| (*ok, *missed));
-                let frames: Vec<Bytes> = opened
-                    .missed
-                    .iter()
-                    .filter(|(i, _)| *i == index)
-                    .map(|(_, frame)| frame.clone())
-                    .collect();
-                self.stream_subscribed(index, recovery, frames, ctx);
-            }
-            self.answer_poll_if_due(ctx);
+        for channel in opened {
+            self.stream_opened(channel, ctx);
         }
+        self.answer_poll_if_due(ctx);
     }
 
     /// One channel of a stream is subscribed: the `subscribed` event and
-    /// the missed publications (`frames`, each the next offset) on SSE; the
-    /// messages and recovery for a poll's answer.
-    pub(super) fn stream_subscribed(
-        &mut self,
-        index: usize,
-        recovery: Option<(bool, usize)>,
-        frames: Vec<Bytes>,
-        ctx: &Ctx,
-    ) {
-        ctx.metrics.messages_out.add(frames.len() as u64);
+    /// the publications to send now on SSE; the messages and recovery for a
+    /// poll's answer.
+    pub(super) fn stream_opened(&mut self, opened: Opened, ctx: &Ctx) {
+        ctx.metrics.messages_out.add(opened.publications.len() as u64);
         match &mut self.phase {
             Phase::Sse(sse) => {
-                let cursor = sse.sub.cursor();
-                let body = sse.sub.describe(index, recovery);
-                self.out.push(stream::sse_event("subscribed", Some(&cursor), body.as_bytes()));
-                for frame in frames {
-                    if let Some((op, body)) = stream::push_body(&frame) {
-                        sse.sub.advance(index, sse.sub.offset(index) + 1);
-                        let cursor = sse.sub.cursor();
-                        self.out.push(stream::sse_event(op, Some(&cursor), &body));
-                    }
+                for event in stream::sse_opened(&mut sse.sub, opened) {
+                    self.out.push(event);
                 }
             }
-            Phase::Poll(poll) => {
-                if recovery.is_some_and(|(recovered, _)| !recovered) {
-                    poll.unrecovered = true;
-                }
-                for frame in frames {
-                    if let Some((_, body)) = stream::push_body(&frame) {
-                        poll.sub.advance(index, poll.sub.offset(index) + 1);
-                        poll.messages.push(body);
-                    }
-                }
-            }
+            Phase::Poll(poll) => poll.answer.opened(&mut poll.sub, opened),
             _ => {}
         }
     }
@@ -488,7 +463,7 @@ impl<S: SocketTransport> Conn<S> {
     /// has messages, lost its position, or asked not to wait.
     pub(super) fn answer_poll_if_due(&mut self, ctx: &mut Ctx) {
         if matches!(&self.phase, Phase::Poll(poll) if poll.awaiting == 0
-            && (!poll.messages.is_empty() || poll.unrecovered || poll.answer_at_once))
+            && (!poll.answer.messages.is_empty() || poll.answer.unrecovered || poll.answer_at_once))
         {
             self.finish_poll(ctx);
         }
@@ -503,26 +478,11 @@ impl<S: SocketTransport> Conn<S> {
         else {
             return;
         };
-        poll.sub.release(ctx);
-        let size: usize = poll.messages.iter().map(|m| m.len() + 1).sum();
-        let mut body = Vec::with_capacity(size + 96);
-        body.extend_from_slice(br#"{"cursor":""#);
-        body.extend_from_slice(poll.sub.cursor().as_bytes());
-        body.extend_from_slice(br#"","#);
-        if poll.unrecovered {
-            body.extend_from_slice(br#""recovered":false,"#);
-        }
-        body.extend_from_slice(br#""messages":["#);
-        for (index, message) in poll.messages.iter().enumerate() {
-            if index > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(message);
-        }
-        body.extend_from_slice(b"]}");
-        ctx.metrics.messages_out.add(poll.messages.len() as u64);
+        poll.sub.release(&mut ctx.local);
+        let body = poll.answer.body(&poll.sub);
+        ctx.metrics.messages_out.add(poll.answer.messages.len() as u64);
         self.set_transport(Transport::Http, ctx);
-        let cors = stream::cors_headers(poll.allow_origin.as_deref());
+        let cors = sse_wire::cors_headers(poll.allow_origin.as_deref());
         let response = json_response(200, &cors, &body, poll.keep_alive);
         self.answer(response, poll.keep_alive, ctx);
     }
@@ -557,11 +517,11 @@ impl<S: SocketTransport> Conn<S> {
                 let session =
                     ClientSession::new(identity, me, token_deadline, ctx.now, &ctx.config);
                 let welcome = protocol::welcome(
-                    &session.client_id(ctx),
+                    &session.client_id(&ctx.local),
                     session.user(),
                     ctx.config.ping_interval,
                 );
-                self.out.push(websocket::encode_frame(Opcode::Text, &welcome));
+                self.out.push(encode_frame(Opcode::Text, &welcome));
                 ctx.metrics.messages_out.inc();
                 (Endpoint::Client(Box::new(session)), ctx.config.max_message_bytes)
             }
@@ -578,14 +538,14 @@ impl<S: SocketTransport> Conn<S> {
 
     fn answer_api(
         &mut self,
-        endpoint: api::Endpoint,
+        endpoint: ApiEndpoint,
         query: Option<&str>,
         body: &[u8],
         keep_alive: bool,
         ctx: &mut Ctx,
     ) {
         let call = api::Call { endpoint, query, body, reply_to: self.conn_ref(ctx) };
-        let (response, keep_alive) = match api::handle(&call, ctx) {
+        let (response, keep_alive) = match api::handle(&call, &ctx.shared, &ctx.metrics) {
             Ok(Reply::Now(status, body)) => {
                 ctx.metrics.api_request(Some(endpoint), status);
                 (json_response(status, "", &body, keep_alive), keep_alive)
@@ -674,72 +634,68 @@ fn decide<S: SocketTransport>(request: &Request<'_>, ctx: &Ctx, socket: &S) -> D
             .next()
             .is_some_and(|value| value.trim_ascii() != b"0");
     let path = request.path();
-    let api = path.starts_with("/api/").then(|| api::endpoint(path));
+    let api = path.starts_with("/api/").then(|| ApiEndpoint::from_path(path));
     Decision { route: route(request, ctx, socket), keep_alive, has_body: announced, api }
 }
 
+/// What the request asks for: the pure router names the endpoint; then
+/// what the configuration and the request itself decide.
 fn route<S: SocketTransport>(
     request: &Request<'_>,
     ctx: &Ctx,
     socket: &S,
-) -> Result<Route, HttpError> {
+) -> Result<Action, HttpError> {
     let config = &ctx.config;
-    let path = request.path();
-    if path.starts_with("/api/") {
-        if !request.has_strict_line_ends() {
-            return Err(HttpError::Malformed("server API requests need CRLF line ends"));
+    match router::route(request.method, request.path())? {
+        Route::Api(endpoint) => {
+            if !request.has_strict_line_ends() {
+                return Err(HttpError::Malformed("server API requests need CRLF line ends"));
+            }
+            let length = body_length(request)?;
+            if endpoint.takes_body() && request.headers_named("content-length").next().is_none() {
+                return Err(HttpError::LengthRequired);
+            }
+            if length > config.max_api_body_bytes {
+                return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
+            }
+            api::authorize(request, &ctx.shared, || socket.peer_ip())?;
+            let expect_continue = request.has_token("expect", "100-continue");
+            let query = request.query().filter(|_| !endpoint.takes_body()).map(Box::from);
+            Ok(Action::Api { endpoint, query, length, expect_continue })
         }
-        let endpoint = api::route(request.method, path)?;
-        let length = body_length(request)?;
-        if endpoint.takes_body() && request.headers_named("content-length").next().is_none() {
-            return Err(HttpError::LengthRequired);
-        }
-        if length > config.max_api_body_bytes {
-            return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
-        }
-        api::authorize(request, &ctx.shared, || socket.peer_ip())?;
-        let expect_continue = request.has_token("expect", "100-continue");
-        let query = request.query().filter(|_| !endpoint.takes_body()).map(Box::from);
-        return Ok(Route::Api { endpoint, query, length, expect_continue });
-    }
-    let client = match path {
-        "/ws" => true,
-        "/echo" if config.echo => false,
-        "/health" | "/metrics" if request.method == "GET" => {
+        Route::Health => no_body(request).map(|()| Action::Health),
+        Route::Metrics => no_body(request).map(|()| Action::Metrics),
+        Route::Sse | Route::Poll => stream_request(request, ctx, request.path() == "/poll"),
+        Route::File(file) => {
             no_body(request)?;
-            return Ok(if path == "/health" { Route::Health } else { Route::Metrics });
-        }
-        "/health" | "/metrics" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
-        "/sse" | "/poll" => return stream_request(request, ctx, path == "/poll"),
-        "/herald.js" | "/herald.d.ts" | "/" if request.method == "GET" => {
-            no_body(request)?;
-            return match path {
-                "/herald.js" => Ok(Route::Static("text/javascript; charset=utf-8", HERALD_JS)),
-                "/herald.d.ts" => {
-                    Ok(Route::Static("application/typescript; charset=utf-8", HERALD_DTS))
+            match file {
+                File::HeraldJs => Ok(Action::Static("text/javascript; charset=utf-8", HERALD_JS)),
+                File::HeraldDts => {
+                    Ok(Action::Static("application/typescript; charset=utf-8", HERALD_DTS))
                 }
-                _ if config.dev => Ok(Route::Static("text/html; charset=utf-8", DEMO_PAGE)),
-                _ => Err(HttpError::NotFound),
-            };
+                File::DemoPage if config.dev => {
+                    Ok(Action::Static("text/html; charset=utf-8", DEMO_PAGE))
+                }
+                File::DemoPage => Err(HttpError::NotFound),
+            }
         }
-        "/herald.js" | "/herald.d.ts" => return Err(HttpError::MethodNotAllowed { allow: "GET" }),
-        _ => return Err(HttpError::NotFound),
-    };
-    if request.method != "GET" {
-        return Err(HttpError::MethodNotAllowed { allow: "GET" });
+        Route::Echo if !config.echo => Err(HttpError::NotFound),
+        Route::Echo => {
+            let accept = upgrade::validate(request, &config.allowed_origins)?;
+            Ok(Action::Upgrade { upgrade: Upgrade::Echo, accept })
+        }
+        Route::Client => {
+            let accept = upgrade::validate(request, &config.allowed_origins)?;
+            let identity = identify(request, config)?;
+            Ok(Action::Upgrade { upgrade: Upgrade::Client(identity), accept })
+        }
     }
-    let accept = upgrade::validate(request, &config.allowed_origins)?;
-    let upgrade = if client { Upgrade::Client(identify(request, config)?) } else { Upgrade::Echo };
-    Ok(Route::Upgrade { upgrade, accept })
 }
 
 /// Checks an `/sse` or `/poll` request: method, origin, identity, channels
 /// and the rules for each, cursor, timeout.
-fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route, HttpError> {
+fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Action, HttpError> {
     let config = &ctx.config;
-    if request.method != "GET" {
-        return Err(HttpError::MethodNotAllowed { allow: "GET" });
-    }
     no_body(request)?;
     let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
     let identity = identify(request, config)?;
@@ -749,7 +705,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
         let name = name?;
         let channel = ChannelName::parse(&name)
             .map_err(|invalid| HttpError::InvalidRequest(format!("channel {name:?}: {invalid}")))?;
-        ctx.shared.broker.options(&channel)?;
+        config.options(&channel).map_err(api::refusal)?;
         identity.may_access(&channel).map_err(|denied| match denied {
             Denied::Anonymous => HttpError::Unauthorized(denied.message()),
             Denied::OtherUser | Denied::NoGrant => HttpError::Forbidden(denied.message()),
@@ -802,7 +758,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Route,
     } else {
         None
     };
-    Ok(Route::Stream(Box::new(StreamRequest { poll_timeout, channels, cursor, allow_origin })))
+    Ok(Action::Stream(Box::new(StreamRequest { poll_timeout, channels, cursor, allow_origin })))
 }
 
 /// The identity of a `/ws` connection: from its token (query `token` or

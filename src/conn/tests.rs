@@ -3,11 +3,12 @@
 use super::*;
 use crate::config::Config;
 use crate::testing::client_frame as frame;
+use crate::wire::frame::{close_frame, encode_frame};
+use crate::wire::http;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self as stdio, Read, Write};
 use std::rc::Rc;
-use websocket::Opcode;
 
 /// One step a read call gets.
 #[derive(Debug)]
@@ -384,7 +385,7 @@ fn a_quiet_websocket_is_pinged_then_closed_after_two_intervals() {
     ctx.now = 3 * interval + 10;
     assert_eq!(conn.on_timer(&mut ctx), Next::Keep);
     let close = io.take_written();
-    let expected = websocket::close_frame(CloseReason::Policy("no traffic for two ping intervals"));
+    let expected = close_frame(CloseReason::Policy("no traffic for two ping intervals"));
     assert_eq!(close, expected);
     assert_eq!(&close[2..4], &1008u16.to_be_bytes());
     assert!(io.write_shut());
@@ -515,7 +516,7 @@ fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
     let mut ctx = ctx_with(config);
     let io = ScriptedIo::new();
     let mut conn = open_echo(&io, &mut ctx);
-    let push = websocket::encode_frame(Opcode::Text, &[b'x'; 1000]);
+    let push = encode_frame(Opcode::Text, &[b'x'; 1000]);
     // The socket takes half a frame and then nothing (a short write says so).
     io.write(WriteStep::Take(500));
     assert_eq!(conn.push(push.clone(), &ctx), Pushed::Queued);
@@ -530,7 +531,7 @@ fn a_slow_consumer_is_closed_with_4008_and_gets_nothing_more() {
     io.0.borrow_mut().writes_unlimited = true;
     conn.ready(false, true, &mut ctx);
     let mut expected = push.to_vec();
-    expected.extend_from_slice(&websocket::close_frame(CloseReason::SlowConsumer));
+    expected.extend_from_slice(&close_frame(CloseReason::SlowConsumer));
     assert_eq!(io.take_written(), expected);
     assert!(io.write_shut());
 }

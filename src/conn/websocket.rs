@@ -1,10 +1,12 @@
 //! The WebSocket phase: tungstenite's `WebSocketContext` driven over an adapter that reads from the shard's scratch buffer and writes to the connection's `OutQueue`.
 
-use super::Millis;
 use super::out_queue::OutQueue;
-use super::scanner::FrameScanner;
+use crate::clock::Millis;
 use crate::error::{CloseReason, WsFailure};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::wire::frame::Opcode;
+use crate::wire::frame::{frame_header, small_header};
+use crate::wire::scanner::FrameScanner;
+use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
@@ -22,71 +24,12 @@ pub const CODEC_POOL_SIZE: usize = 64;
 /// it is freed rather than kept for reuse.
 const POOLABLE_FRAME: u64 = 16 * 1024;
 
-/// Frame opcodes herald sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opcode {
-    /// A UTF-8 text message.
-    Text = 0x1,
-    /// A binary message.
-    Binary = 0x2,
-    /// Close.
-    Close = 0x8,
-    /// Ping.
-    Ping = 0x9,
-}
-
-/// The header of an unmasked, final server frame: opcode and length.
-// Each cast is within the range its match arm just checked.
-#[allow(clippy::cast_possible_truncation)]
-pub fn frame_header(opcode: Opcode, len: usize, out: &mut BytesMut) {
-    out.put_u8(0x80 | opcode as u8);
-    match len {
-        0..=125 => out.put_u8(len as u8),
-        126..=0xFFFF => {
-            out.put_u8(126);
-            out.put_u16(len as u16);
-        }
-        _ => {
-            out.put_u8(127);
-            out.put_u64(len as u64);
-        }
-    }
-}
-
-/// One whole server frame in one buffer (header and payload copied).
-pub fn encode_frame(opcode: Opcode, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 10);
-    frame_header(opcode, payload.len(), &mut out);
-    out.put_slice(payload);
-    out.freeze()
-}
-
-/// Two-byte headers of final text and binary frames of 0 to 125 bytes, so a
-/// small frame needs no allocation for its header.
-// Built at compile time: `i < 252` indexes the table and `i % 126 < 126` fits a byte.
-#[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
-static SMALL_HEADERS: [[u8; 2]; 2 * 126] = {
-    let mut table = [[0u8; 2]; 2 * 126];
-    let mut i = 0;
-    while i < 2 * 126 {
-        let opcode = if i < 126 { 0x81 } else { 0x82 };
-        table[i] = [opcode, (i % 126) as u8];
-        i += 1;
-    }
-    table
-};
-
 /// Queues a frame around a payload without copying it: the header is a
 /// chunk of its own (static for small text and binary frames).
 pub fn queue_frame(out: &mut OutQueue, opcode: Opcode, payload: Bytes) {
-    let small = match opcode {
-        Opcode::Text => SMALL_HEADERS.get(payload.len()),
-        Opcode::Binary => SMALL_HEADERS.get(126 + payload.len()).filter(|_| payload.len() < 126),
-        _ => None,
-    };
-    match small {
-        Some(header) if payload.len() < 126 => out.push(Bytes::from_static(header)),
-        _ => {
+    match small_header(opcode, payload.len()) {
+        Some(header) => out.push(Bytes::from_static(header)),
+        None => {
             let mut header = BytesMut::with_capacity(10);
             frame_header(opcode, payload.len(), &mut header);
             out.push(header.freeze());
@@ -150,15 +93,6 @@ impl CodecPool {
     pub fn is_empty(&self) -> bool {
         self.spare.is_empty()
     }
-}
-
-/// A close frame with a code and reason.
-pub fn close_frame(reason: CloseReason) -> Bytes {
-    let text = reason.reason().as_bytes();
-    let mut payload = Vec::with_capacity(2 + text.len());
-    payload.extend_from_slice(&reason.code().to_be_bytes());
-    payload.extend_from_slice(text);
-    encode_frame(Opcode::Close, &payload)
 }
 
 /// The adapter tungstenite reads and writes through: reads come from bytes
@@ -381,17 +315,6 @@ mod tests {
     }
 
     #[test]
-    fn frame_headers_use_the_shortest_length() {
-        assert_eq!(&encode_frame(Opcode::Text, b"hi")[..], b"\x81\x02hi");
-        assert_eq!(&encode_frame(Opcode::Binary, &[0; 126])[..4], b"\x82\x7e\x00\x7e");
-        assert_eq!(
-            &encode_frame(Opcode::Binary, &[0; 65536])[..10],
-            b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
-        );
-        assert_eq!(&close_frame(CloseReason::ShuttingDown)[..4], b"\x88\x16\x03\xe9");
-    }
-
-    #[test]
     fn echoes_and_drops_the_codec_when_idle() {
         let mut session = WsSession::new(1 << 20);
         let mut out = OutQueue::default();
@@ -441,7 +364,7 @@ mod tests {
         let mut session = WsSession::new(1024);
         let mut out = OutQueue::default();
         session.begin_close(CloseReason::ShuttingDown, &mut out, &mut CodecPool::default());
-        assert_eq!(drain(&mut out), close_frame(CloseReason::ShuttingDown));
+        assert_eq!(drain(&mut out), crate::wire::frame::close_frame(CloseReason::ShuttingDown));
         // Data after our close is not echoed.
         assert!(matches!(
             session.on_input(

@@ -1,19 +1,17 @@
 //! One shard: a thread with its own `mio::Poll`, `SO_REUSEPORT` listener, slab of connections, timers and inbox.
 
-pub mod inbox;
-pub mod subscribers;
 pub mod timers;
-pub mod users;
 
-use crate::api::{UserAction, UserTask};
-use crate::broker::{ConnRef, Delivery};
-use crate::conn::client::{MAX_PENDING_DELIVERIES, PENDING};
+use crate::broker::{Delivery, Event};
+use crate::clock::{Millis, millis};
 use crate::conn::io::Transport;
-use crate::conn::{Conn, Ctx, Millis, Next, Pushed, millis};
+use crate::conn::{Conn, Ctx, Next, Pushed};
 use crate::error::HttpError;
 use crate::metrics::Refusal;
-use crate::server::Shared;
-use inbox::{Inbox, Work};
+use crate::node::inbox::{Inbox, Work};
+use crate::node::local::{MAX_PENDING_DELIVERIES, PENDING};
+use crate::node::{Shared, UserTask};
+use crate::types::{ConnRef, UserAction};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -228,34 +226,22 @@ impl Shard {
                 Work::Shutdown => self.begin_shutdown(),
                 Work::ForUser(task) => {
                     let count = self.for_user(&task);
-                    task.finish(count, &self.shared);
+                    task.finish(count);
                 }
-                Work::ClientReply { to, text } => {
-                    if let Some(conn) = self.conns.get_mut(to.key as usize)
-                        && conn.generation == to.generation
-                    {
-                        conn.push_reply(&text, &self.ctx);
-                        self.mark_dirty(to.key as usize);
-                    }
-                }
-                Work::Subscribed { to, id, channel, outcome } => {
-                    if let Some(conn) = self.conns.get_mut(to.key as usize)
-                        && conn.generation == to.generation
-                    {
-                        conn.on_subscribed(id, &channel, outcome, &mut self.ctx);
-                        self.mark_dirty(to.key as usize);
-                    } else {
-                        self.ctx.pending.remove(&(to.key, channel.shared().clone()));
-                    }
-                }
-                Work::Answer { to, status, body } => {
-                    let key = to.key as usize;
+                Work::Answer { to, answer } => {
+                    let key = to.conn.key as usize;
                     let Some(conn) = self.conns.get_mut(key) else { continue };
-                    if conn.generation != to.generation {
+                    if conn.generation != to.conn.generation {
+                        if let crate::broker::EngineAnswer::Subscribed(channel, _) = answer {
+                            self.ctx.pending.remove(&(to.conn.key, channel.shared().clone()));
+                        }
                         continue;
                     }
-                    let next = conn.on_api_answer(status, &body, &mut self.ctx);
+                    let next = conn.on_engine_answer(to.id, answer, &mut self.ctx);
                     self.after(key, next);
+                    if next == Next::Keep {
+                        self.mark_dirty(key);
+                    }
                 }
             }
         }
@@ -384,7 +370,7 @@ impl Shard {
                 continue;
             }
             if token == SWEEP {
-                self.shared.broker.sweep(self.ctx.shard, self.ctx.config.threads);
+                self.shared.engine.sweep(self.ctx.shard, self.ctx.config.threads);
                 self.timers.schedule(now + millis(SWEEP_INTERVAL), SWEEP);
                 continue;
             }
@@ -623,36 +609,32 @@ pub fn fan_out<S: Transport>(
     let mut locals = std::mem::take(&mut ctx.locals);
     let mut delivered = 0;
     if let Some(subscribers) = locals.get_mut(&delivery.channel) {
-        let shard = u16::try_from(ctx.shard).unwrap_or(u16::MAX);
+        let shard = ctx.shard_id();
         for (&key, subscriber) in subscribers.iter_mut() {
-            if subscriber.last_offset == PENDING {
-                // Its subscribe waits for the Redis engine: hold it back.
-                if let Some(offset) = delivery.offset
-                    && delivery.exclude
-                        != Some(ConnRef { shard, key, generation: subscriber.generation })
-                {
-                    let held = ctx.pending.entry((key, delivery.channel.clone())).or_default();
-                    if held.len() >= MAX_PENDING_DELIVERIES {
-                        held.remove(0);
-                    }
-                    held.push((offset, delivery.frame.clone()));
-                }
-                continue;
-            }
             let who = ConnRef { shard, key, generation: subscriber.generation };
-            if let (Some(notice), Some(offset)) = (&delivery.restart, delivery.offset)
-                && let Some(conn) = conns.get_mut(key as usize)
-                && conn.generation == subscriber.generation
-            {
-                // The channel's epoch changed: start over, and say so.
-                subscriber.last_offset = offset.saturating_sub(1);
-                conn.restart_notice(notice, ctx);
-            }
-            if let Some(offset) = delivery.offset {
-                if offset <= subscriber.last_offset {
-                    continue; // a duplicate: had it already (recovery)
+            match &delivery.event {
+                // Its subscribe waits for the engine: publications are held
+                // back, the rest it will not miss.
+                Event::Publication(publication) if subscriber.last_offset == PENDING => {
+                    if delivery.exclude != Some(who) {
+                        let held = ctx.pending.entry((key, delivery.channel.clone())).or_default();
+                        if held.len() >= MAX_PENDING_DELIVERIES {
+                            held.remove(0);
+                        }
+                        held.push(publication.clone());
+                    }
+                    continue;
                 }
-                subscriber.last_offset = offset;
+                _ if subscriber.last_offset == PENDING => continue,
+                Event::Publication(publication) => {
+                    if publication.offset() <= subscriber.last_offset {
+                        continue; // a duplicate: had it already (recovery)
+                    }
+                    subscriber.last_offset = publication.offset();
+                }
+                // The channel's epoch changed: start over, and say so.
+                Event::Restart(restart) => subscriber.last_offset = restart.top,
+                Event::Presence(_) => {}
             }
             if delivery.exclude == Some(who) {
                 continue;

@@ -1,6 +1,6 @@
 //! A shard's timers: a min-heap of (deadline, token); an entry whose connection closed or re-armed is skipped when it comes due.
 
-use crate::conn::Millis;
+use crate::clock::Millis;
 use mio::Token;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -92,7 +92,7 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::http;
+    use crate::wire::http;
 
     #[test]
     fn rfc_6455_accept_vector() {

@@ -1,53 +1,27 @@
 //! A shard's inbox: work handed over by other threads, with one wake-up for many items.
 
-use std::sync::{Mutex, OnceLock};
-use std::thread::ThreadId;
-
+use super::UserTask;
+use crate::broker::{Delivery, EngineAnswer, ReplyTo};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::api::UserTask;
-use crate::broker::channel::ChannelName;
-use crate::broker::redis::SubscribeOutcome;
-use crate::broker::{ConnRef, Delivery};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
 
 /// Work another thread gives a shard.
 #[derive(Debug)]
 pub enum Work {
-    /// A push for the shard's subscribers of one channel.
+    /// An event for the shard's subscribers of one channel.
     Deliver(Delivery),
     /// Stop accepting, close every connection gracefully, and exit.
     Shutdown,
     /// A server API call on one user's connections (disconnect,
     /// unsubscribe), carried out by every shard.
     ForUser(Arc<UserTask>),
-    /// A reply to a `/ws` client's command, carried out elsewhere (the
-    /// Redis engine): one text frame.
-    ClientReply {
-        /// The client.
-        to: ConnRef,
-        /// The reply's JSON.
-        text: String,
-    },
-    /// The Redis engine's answer to a `/ws` subscribe.
-    Subscribed {
-        /// The client.
-        to: ConnRef,
-        /// The command's id.
-        id: Option<u64>,
-        /// The channel.
-        channel: ChannelName,
-        /// The position and recovery, or why it failed.
-        outcome: Result<SubscribeOutcome, String>,
-    },
-    /// The answer to a server API request that waited for other shards.
+    /// An engine's answer to a connection of this shard that asked.
     Answer {
-        /// The connection that asked.
-        to: ConnRef,
-        /// HTTP status.
-        status: u16,
-        /// JSON body.
-        body: Vec<u8>,
+        /// The connection, and its tag for the request.
+        to: ReplyTo,
+        /// The answer.
+        answer: EngineAnswer,
     },
 }
 

@@ -1,0 +1,237 @@
+//! The memory engine, the embedded default: one node, history in RAM, every answer at once.
+//!
+//! A publication takes its channel's stripe, gets the next offset, enters
+//! history, and is handed to every shard that has subscribers, all before
+//! the stripe is released: so every shard receives a channel's
+//! publications in offset order, whichever shards their publishers run on.
+//! Lock order is always stripe, then inbox.
+
+use super::publication::{Kept, Position, PresenceChange, Publication};
+use super::table::{Table, deliver_to, recover};
+use super::{Answer, Delivery, Engine, Event, Health, Host, ReplyTo, Subscription};
+use crate::channel::ChannelName;
+use crate::config::Config;
+use crate::types::{
+    BrokerError, ConnRef, HistoryPage, Member, Published, Since, UserAction, parse_client_id,
+};
+use std::sync::Arc;
+
+/// Channels of one node, in RAM.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    table: Table,
+    node: Arc<str>,
+    host: Arc<dyn Host>,
+}
+
+impl MemoryEngine {
+    /// An engine for node `node`, delivering through `host`.
+    pub fn new(config: Arc<Config>, node: Arc<str>, host: Arc<dyn Host>) -> MemoryEngine {
+        MemoryEngine { table: Table::new(config), node, host }
+    }
+
+    /// Moves the engine's clock forward (history TTLs, channel expiry).
+    #[doc(hidden)]
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.table.advance_clock(by);
+    }
+
+    fn publish_one(
+        &self,
+        channel: &ChannelName,
+        data: &[u8],
+        exclude: Option<ConnRef>,
+    ) -> Result<Published, BrokerError> {
+        let options = self.table.options(channel)?;
+        let now = self.table.now();
+        let name = channel.shared();
+        let mut stripe = self.table.lock(name);
+        let state = stripe.open(name, options)?;
+        state.top += 1;
+        let offset = state.top;
+        let publication = Publication::new(name.clone(), offset, data);
+        if state.options.history_size > 0 {
+            if state.history.len() >= state.options.history_size {
+                state.history.pop_front();
+            }
+            state.history.push_back(Kept { at: now, publication: publication.clone() });
+        }
+        deliver_to(
+            &*self.host,
+            state.interested_shards(),
+            &Delivery { channel: name.clone(), event: Event::Publication(publication), exclude },
+        );
+        let published = Published { epoch: state.epoch, offset };
+        if state.subscribers == 0 {
+            stripe.settle(name);
+        }
+        Ok(published)
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish(
+        &self,
+        channels: &[ChannelName],
+        data: &[u8],
+        exclude: Option<&str>,
+        _reply: ReplyTo,
+    ) -> Answer<Vec<(ChannelName, Published)>> {
+        // A client of another node (or of an earlier run) is simply not here.
+        let exclude = exclude.and_then(|id| parse_client_id(&self.node, id));
+        let mut results = Vec::with_capacity(channels.len());
+        for channel in channels {
+            match self.publish_one(channel, data, exclude) {
+                Ok(published) => results.push((channel.clone(), published)),
+                Err(error) => return Answer::Now(Err(error)),
+            }
+        }
+        Answer::Now(Ok(results))
+    }
+
+    fn subscribe(&self, subscription: Subscription<'_>, _reply: ReplyTo) -> Answer<Position> {
+        let Subscription { channel, who, member, since, replay_limit } = subscription;
+        let options = match self.table.options(channel) {
+            Ok(options) => options,
+            Err(error) => return Answer::Now(Err(error)),
+        };
+        let name = channel.shared();
+        let mut stripe = self.table.lock(name);
+        let state = match stripe.open(name, options) {
+            Ok(state) => state,
+            Err(error) => return Answer::Now(Err(error)),
+        };
+        state.add_subscriber(who);
+        let recovery = since.map(|since| recover(state, since, replay_limit));
+        if let Some(member) = member
+            && state.options.presence
+        {
+            state.presence.insert(member.client.clone(), member.user.clone());
+            if state.options.join_leave {
+                let change = PresenceChange::new(true, name.clone(), member.clone());
+                deliver_to(
+                    &*self.host,
+                    state.shards_besides(who),
+                    &Delivery {
+                        channel: name.clone(),
+                        event: Event::Presence(change),
+                        exclude: Some(who),
+                    },
+                );
+            }
+        }
+        Answer::Now(Ok(Position { epoch: state.epoch, offset: state.top, recovery }))
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>) {
+        let name = channel.shared();
+        let mut stripe = self.table.lock(name);
+        let Some(state) = stripe.get(name) else { return };
+        state.remove_subscriber(who);
+        let removed = member.is_some_and(|member| state.presence.remove(&member.client).is_some());
+        if let Some(member) = member
+            && removed
+            && state.options.join_leave
+        {
+            let change = PresenceChange::new(false, name.clone(), member.clone());
+            deliver_to(
+                &*self.host,
+                state.interested_shards(),
+                &Delivery {
+                    channel: name.clone(),
+                    event: Event::Presence(change),
+                    exclude: Some(who),
+                },
+            );
+        }
+        if state.subscribers == 0 {
+            stripe.settle(name);
+        }
+    }
+
+    fn presence(&self, channel: &ChannelName, _reply: ReplyTo) -> Answer<Vec<Member>> {
+        match self.table.options(channel) {
+            Err(error) => return Answer::Now(Err(error)),
+            Ok(options) if !options.presence => return Answer::Now(Err(BrokerError::PresenceOff)),
+            Ok(_) => {}
+        }
+        let mut stripe = self.table.lock(channel.as_str());
+        Answer::Now(Ok(stripe
+            .get(channel.as_str())
+            .map(|state| state.members())
+            .unwrap_or_default()))
+    }
+
+    fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&Since>,
+        limit: usize,
+        _reply: ReplyTo,
+    ) -> Answer<HistoryPage> {
+        match self.table.options(channel) {
+            Err(error) => return Answer::Now(Err(error)),
+            Ok(options) if options.history_size == 0 => {
+                return Answer::Now(Err(BrokerError::HistoryOff));
+            }
+            Ok(_) => {}
+        }
+        let now = self.table.now();
+        let mut stripe = self.table.lock(channel.as_str());
+        let Some(state) = stripe.get(channel.as_str()) else {
+            // Nothing was published, or all of it expired: an empty channel
+            // with an epoch of its own (not kept: there is nothing to keep).
+            return Answer::Now(Ok(HistoryPage {
+                epoch: self.table.next_epoch(),
+                offset: 0,
+                publications: Vec::new(),
+            }));
+        };
+        state.trim(now);
+        let after = match since {
+            Some(since) if since.epoch == state.epoch.as_str() => since.offset,
+            _ => 0,
+        };
+        let publications = state
+            .history
+            .iter()
+            .filter(|kept| kept.publication.offset() > after)
+            .take(limit)
+            .map(|kept| (kept.publication.offset(), kept.publication.data()))
+            .collect();
+        Answer::Now(Ok(HistoryPage { epoch: state.epoch, offset: state.top, publications }))
+    }
+
+    fn act_on_user(&self, user: Arc<str>, action: UserAction, reply: ReplyTo) -> Answer<usize> {
+        // Every connection lives on this node: its shards carry it out, and
+        // the last to finish has the answer sent.
+        let host = self.host.clone();
+        self.host.act_on_user(
+            user,
+            action,
+            Box::new(move |count| host.answer(reply, super::EngineAnswer::Users(Ok(count)))),
+        );
+        Answer::Later
+    }
+
+    fn subscribed_channels(&self, prefix: &str) -> Vec<(Arc<str>, u32)> {
+        self.table.subscribed_channels(prefix)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.table.channel_count()
+    }
+
+    fn sweep(&self, shard: usize, shards: usize) {
+        self.table.sweep(shard, shards);
+    }
+
+    fn health(&self) -> Health {
+        Health { name: "memory", up: None, refused: 0 }
+    }
+
+    fn stop(&self) {}
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,427 @@
+//! The command thread: one Redis connection, the jobs the shards queued, answered through the host; subscribes wait for the node's Redis subscription without holding up other jobs.
+
+use super::pubsub::{MAX_BACKOFF, MIN_BACKOFF, bytes_of, note_epoch, number, stream_entry, text};
+use super::scripts::{POSITION_SCRIPT, PUBLISH_SCRIPT};
+use super::{Inner, Job, answer, control, presence};
+use crate::broker::publication::{Position, Publication, Recovery};
+use crate::broker::{EngineAnswer, ReplyTo};
+use crate::channel::ChannelName;
+use crate::types::{BrokerError, Epoch, HistoryPage, Published, Since};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long a subscribe waits for the node's Redis subscription to be
+/// confirmed before it is answered `unavailable`.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// How long a channel without history keeps its epoch and offset in Redis
+/// after its last publication or subscription.
+const IDLE_CHANNEL_TTL_MS: u64 = 24 * 3600 * 1000;
+/// A connection idle this long is checked with a `PING` before a job uses
+/// it: after Redis restarted, the first job would otherwise fail on the
+/// dead connection.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Why a job failed.
+#[derive(Debug)]
+enum JobError {
+    /// No connection to Redis.
+    Down,
+    /// The connection failed during the job.
+    Lost(redis::RedisError),
+    /// Redis answered with an error, or with something unexpected.
+    Failed(String),
+}
+
+impl From<redis::RedisError> for JobError {
+    fn from(error: redis::RedisError) -> Self {
+        if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+            JobError::Lost(error)
+        } else {
+            JobError::Failed(error.to_string())
+        }
+    }
+}
+
+impl JobError {
+    fn refusal(&self) -> BrokerError {
+        match self {
+            JobError::Down | JobError::Lost(_) => super::unavailable(),
+            JobError::Failed(what) => {
+                BrokerError::Unavailable(format!("the engine failed: {what}"))
+            }
+        }
+    }
+}
+
+/// The command connection and when to try for one.
+struct Link {
+    connection: Option<redis::Connection>,
+    backoff: Duration,
+    next_attempt: Instant,
+    last_used: Instant,
+}
+
+impl Link {
+    /// Connects if there is no connection and the backoff allows.
+    fn connect_if_due(&mut self, inner: &Inner) {
+        if self.connection.is_some() || Instant::now() < self.next_attempt {
+            return;
+        }
+        match inner.connect() {
+            Ok(connected) => {
+                log::info!("redis engine: connected");
+                self.connection = Some(connected);
+                self.last_used = Instant::now();
+                inner.up.store(true, Ordering::Release);
+                self.backoff = MIN_BACKOFF;
+            }
+            Err(error) => {
+                if inner.up.swap(false, Ordering::AcqRel) || self.backoff == MIN_BACKOFF {
+                    log::warn!("redis engine: cannot connect: {error}");
+                }
+                self.next_attempt = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// The connection for a job: one idle for a while is checked first, and
+    /// replaced at once if Redis went away meanwhile (a restart).
+    fn fresh(&mut self, inner: &Inner) -> Option<&mut redis::Connection> {
+        if self.last_used.elapsed() >= IDLE_CHECK
+            && let Some(con) = &mut self.connection
+            && redis::cmd("PING").query::<String>(con).is_err()
+        {
+            log::info!("redis engine: the idle connection was lost; reconnecting");
+            self.connection = None;
+            self.next_attempt = Instant::now();
+        }
+        self.connect_if_due(inner);
+        self.last_used = Instant::now();
+        self.connection.as_mut()
+    }
+
+    fn lost(&mut self, inner: &Inner, cause: &redis::RedisError) {
+        log::warn!("redis engine: connection lost: {cause}");
+        self.connection = None;
+        inner.up.store(false, Ordering::Release);
+        self.next_attempt = Instant::now();
+    }
+}
+
+/// A subscribe waiting for the node's Redis subscription.
+struct Parked {
+    channel: ChannelName,
+    since: Option<Since>,
+    replay_limit: usize,
+    reply: ReplyTo,
+    deadline: Instant,
+}
+
+/// Runs jobs until the engine stops.
+pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
+    let scripts = Scripts {
+        publish: redis::Script::new(PUBLISH_SCRIPT),
+        position: redis::Script::new(POSITION_SCRIPT),
+    };
+    let mut link = Link {
+        connection: None,
+        backoff: MIN_BACKOFF,
+        next_attempt: Instant::now(),
+        last_used: Instant::now(),
+    };
+    // By pub/sub channel: subscribes waiting for its confirmation.
+    let mut parked: HashMap<String, Vec<Parked>> = HashMap::new();
+    let mut next_refresh = Instant::now() + presence::PRESENCE_REFRESH;
+    while !inner.stop.load(Ordering::Acquire) {
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + presence::PRESENCE_REFRESH;
+            if let Some(con) = link.fresh(inner)
+                && let Err(error) = presence::refresh(inner, con)
+            {
+                log::warn!("redis engine: presence refresh failed: {error}");
+            }
+        }
+        link.connect_if_due(inner);
+        control::expire(inner);
+        expire_parked(inner, &mut parked);
+        let job = match jobs.recv_timeout(Duration::from_millis(50)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if job.is_bounded() {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        match job {
+            Job::Listen(name) => inner.subscriptions.write(&name, true),
+            Job::Unlisten(name) => inner.subscriptions.write(&name, false),
+            Job::Confirmed(name) => {
+                for waiting in parked.remove(&name).unwrap_or_default() {
+                    subscribe(inner, &mut link, &scripts, waiting);
+                }
+            }
+            Job::Subscribe { channel, since, replay_limit, reply } => {
+                let name = inner.pubsub_channel(channel.as_str());
+                let waiting = Parked {
+                    channel,
+                    since,
+                    replay_limit,
+                    reply,
+                    deadline: Instant::now() + SUBSCRIBE_WAIT,
+                };
+                if inner.subscriptions.is_confirmed(&name) {
+                    subscribe(inner, &mut link, &scripts, waiting);
+                } else {
+                    // Other jobs go on meanwhile; the confirmation (or
+                    // the deadline) takes it up.
+                    parked.entry(name).or_default().push(waiting);
+                }
+            }
+            job => {
+                let outcome = match link.fresh(inner) {
+                    Some(con) => run_job(inner, con, &scripts, &job),
+                    None => Err(JobError::Down),
+                };
+                if let Err(error) = outcome {
+                    if let JobError::Lost(cause) = &error {
+                        link.lost(inner, cause);
+                    }
+                    fail(inner, job, &error);
+                }
+            }
+        }
+    }
+}
+
+struct Scripts {
+    publish: redis::Script,
+    position: redis::Script,
+}
+
+/// Answers subscribes whose node subscription was not confirmed in time.
+fn expire_parked(inner: &Inner, parked: &mut HashMap<String, Vec<Parked>>) {
+    let now = Instant::now();
+    parked.retain(|_, waiting| {
+        waiting.retain(|subscribe| {
+            if subscribe.deadline > now {
+                return true;
+            }
+            let refusal = BrokerError::Unavailable(
+                "the node's Redis subscription was not confirmed in time, retry".into(),
+            );
+            let channel = subscribe.channel.clone();
+            answer(inner, subscribe.reply, EngineAnswer::Subscribed(channel, Err(refusal)));
+            false
+        });
+        !waiting.is_empty()
+    });
+}
+
+/// Reads a subscriber's position (and what it missed) and answers it.
+fn subscribe(inner: &Inner, link: &mut Link, scripts: &Scripts, waiting: Parked) {
+    let outcome = match link.fresh(inner) {
+        Some(con) => position(inner, con, scripts, &waiting),
+        None => Err(JobError::Down),
+    };
+    let result = match outcome {
+        Ok(position) => Ok(position),
+        Err(error) => {
+            if let JobError::Lost(cause) = &error {
+                link.lost(inner, cause);
+            }
+            Err(error.refusal())
+        }
+    };
+    answer(inner, waiting.reply, EngineAnswer::Subscribed(waiting.channel, result));
+}
+
+fn position(
+    inner: &Inner,
+    con: &mut redis::Connection,
+    scripts: &Scripts,
+    waiting: &Parked,
+) -> Result<Position, JobError> {
+    let channel = waiting.channel.as_str();
+    let options = inner.config.options(&waiting.channel).cloned().unwrap_or_default();
+    let keep_ms = if options.history_size > 0 {
+        options.history_ttl_secs.saturating_mul(1000)
+    } else {
+        IDLE_CHANNEL_TTL_MS
+    };
+    let (meta, history) = inner.keys(channel);
+    let since = waiting.since.as_ref();
+    let values: Vec<redis::Value> = scripts
+        .position
+        .key(meta)
+        .key(history)
+        .arg(inner.table.next_epoch().as_str())
+        .arg(since.map_or("", |s| s.epoch.as_str()))
+        .arg(since.map_or(0, |s| s.offset))
+        .arg(keep_ms.max(1))
+        .invoke(con)?;
+    let position =
+        parse_position(waiting.channel.shared(), &values, since.is_some(), waiting.replay_limit)
+            .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
+    note_epoch(inner, channel, position.epoch);
+    Ok(position)
+}
+
+fn run_job(
+    inner: &Inner,
+    con: &mut redis::Connection,
+    scripts: &Scripts,
+    job: &Job,
+) -> Result<(), JobError> {
+    match job {
+        Job::Publish { channels, data, exclude, reply } => {
+            let exclude = exclude.as_deref().unwrap_or_default();
+            let mut results = Vec::with_capacity(channels.len());
+            for channel in channels {
+                let options = inner.config.options(channel).cloned().unwrap_or_default();
+                let (meta, history) = inner.keys(channel.as_str());
+                let ttl_ms = options.history_ttl_secs.saturating_mul(1000).max(1);
+                let (epoch, offset): (String, u64) = scripts
+                    .publish
+                    .key(meta)
+                    .key(history)
+                    .arg(data.as_ref())
+                    .arg(options.history_size)
+                    .arg(ttl_ms)
+                    .arg(inner.table.next_epoch().as_str())
+                    .arg(inner.pubsub_channel(channel.as_str()))
+                    .arg(exclude)
+                    .arg(IDLE_CHANNEL_TTL_MS)
+                    .invoke(con)?;
+                results.push((channel.clone(), Published { epoch: epoch_of(&epoch), offset }));
+            }
+            answer(inner, *reply, EngineAnswer::Published(Ok(results)));
+            Ok(())
+        }
+        Job::PresenceJoin { channel, member, announce } => {
+            Ok(presence::join(con, inner, channel.as_str(), member, *announce)?)
+        }
+        Job::PresenceLeave { channel, member, announce } => {
+            Ok(presence::leave(con, inner, channel.as_str(), member, *announce)?)
+        }
+        Job::Presence { channel, reply } => {
+            let members = presence::members(con, inner, channel.as_str())?;
+            answer(inner, *reply, EngineAnswer::Presence(channel.clone(), Ok(members)));
+            Ok(())
+        }
+        Job::UserCall { user, action, reply } => {
+            Ok(control::call(inner, con, user, action, *reply)?)
+        }
+        Job::ControlReply { origin, id, count } => {
+            Ok(control::report(inner, con, origin, *id, *count)?)
+        }
+        Job::History { channel, since, limit, reply } => {
+            let page = history(inner, con, channel, since.as_ref(), *limit)?;
+            answer(inner, *reply, EngineAnswer::History(channel.clone(), Ok(page)));
+            Ok(())
+        }
+        // Handled by `run` without the command connection.
+        Job::Listen(_) | Job::Unlisten(_) | Job::Confirmed(_) | Job::Subscribe { .. } => Ok(()),
+    }
+}
+
+fn history(
+    inner: &Inner,
+    con: &mut redis::Connection,
+    channel: &ChannelName,
+    since: Option<&Since>,
+    limit: usize,
+) -> Result<HistoryPage, JobError> {
+    let (meta, history) = inner.keys(channel.as_str());
+    let (position, entries): ((Option<String>, Option<u64>), Vec<redis::Value>) = redis::pipe()
+        .atomic()
+        .cmd("HMGET")
+        .arg(&meta)
+        .arg("epoch")
+        .arg("top")
+        .cmd("XRANGE")
+        .arg(&history)
+        .arg("-")
+        .arg("+")
+        .query(con)?;
+    let epoch = position.0.map_or_else(|| inner.table.next_epoch(), |epoch| epoch_of(&epoch));
+    // With the channel's epoch, only what follows the position; otherwise
+    // all of history.
+    let after = match since {
+        Some(since) if since.epoch == epoch.as_str() => since.offset,
+        _ => 0,
+    };
+    let publications = entries
+        .iter()
+        .filter_map(stream_entry)
+        .filter(|(offset, _, _)| *offset > after)
+        .take(limit)
+        .map(|(offset, data, _)| (offset, Bytes::copy_from_slice(data)))
+        .collect();
+    Ok(HistoryPage { epoch, offset: position.1.unwrap_or(0), publications })
+}
+
+/// Tells whoever waits for `job` that it failed.
+fn fail(inner: &Inner, job: Job, error: &JobError) {
+    let refusal = error.refusal();
+    let (reply, failure) = match job {
+        Job::Publish { reply, .. } => (reply, EngineAnswer::Published(Err(refusal))),
+        Job::Presence { channel, reply } => (reply, EngineAnswer::Presence(channel, Err(refusal))),
+        Job::History { channel, reply, .. } => {
+            (reply, EngineAnswer::History(channel, Err(refusal)))
+        }
+        Job::UserCall { reply, .. } => (reply, EngineAnswer::Users(Err(refusal))),
+        Job::Subscribe { channel, reply, .. } => {
+            (reply, EngineAnswer::Subscribed(channel, Err(refusal)))
+        }
+        // Presence entries are refreshed from the node's own table every
+        // PRESENCE_REFRESH: a join lost now is written then; a leave lost
+        // now expires with PRESENCE_TTL. The asking node answers a control
+        // call with the counts it got at its timeout.
+        Job::PresenceJoin { .. }
+        | Job::PresenceLeave { .. }
+        | Job::ControlReply { .. }
+        | Job::Listen(_)
+        | Job::Unlisten(_)
+        | Job::Confirmed(_) => return,
+    };
+    answer(inner, reply, failure);
+}
+
+/// An epoch as Redis keeps it (herald wrote it: eight hex digits).
+fn epoch_of(text: &str) -> Epoch {
+    Epoch::parse(text).unwrap_or(Epoch::from_u32(0))
+}
+
+/// The position script's answer: `{epoch, top}`, or with a position
+/// `{epoch, top, recovered, offset1, data1, ...}`.
+fn parse_position(
+    channel: &std::sync::Arc<str>,
+    values: &[redis::Value],
+    with_since: bool,
+    replay_limit: usize,
+) -> Option<Position> {
+    let epoch = epoch_of(&text(values.first()?)?);
+    let top = number(values.get(1)?)?;
+    if !with_since {
+        return Some(Position { epoch, offset: top, recovery: None });
+    }
+    let mut recovered = number(values.get(2)?)? == 1;
+    let mut missed = Vec::new();
+    let mut size = 0usize;
+    for pair in values.get(3..)?.chunks(2) {
+        let [offset, data] = pair else { return None };
+        let publication = Publication::new(channel.clone(), number(offset)?, bytes_of(data)?);
+        size += publication.ws_frame().len();
+        if size > replay_limit {
+            recovered = false;
+            missed.clear();
+            break;
+        }
+        missed.push(publication);
+    }
+    Some(Position { epoch, offset: top, recovery: Some(Recovery { recovered, missed }) })
+}

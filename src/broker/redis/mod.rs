@@ -1,0 +1,419 @@
+//! The Redis engine: offsets, history, presence and fan-out between nodes kept in Redis, reached only from the engine's own threads.
+//!
+//! Two threads per node. The command thread (`commands.rs`) owns one Redis
+//! connection and runs jobs from a bounded queue (a publication is one Lua
+//! script, `scripts.rs`: next offset, history, `PUBLISH`, atomically); it
+//! also writes the node's `SUBSCRIBE`s. The pub/sub thread (`pubsub.rs`)
+//! owns the subscriber connection and hands every publication of a channel
+//! this node has subscribers for to the shards, in offset order, through
+//! the host. Calls on users' connections travel between nodes on a control
+//! channel (`control.rs`). A shard never does Redis I/O and never waits: it
+//! queues a job, or is refused at once when the queue is full.
+
+mod commands;
+mod control;
+mod presence;
+mod pubsub;
+mod scripts;
+
+use super::table::{Table, deliver_to};
+use super::{
+    Answer, Delivery, Engine, EngineAnswer, Event, Health, Host, Position, PresenceChange, ReplyTo,
+    Subscription,
+};
+use crate::channel::ChannelName;
+use crate::config::Config;
+use crate::types::{BrokerError, ConnRef, HistoryPage, Member, Published, Since, UserAction};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Jobs the shards may have waiting for the command thread at once. Past
+/// it, a call is answered `unavailable` at once (and counted in
+/// `herald_engine_refusals_total`) rather than queued behind a Redis that
+/// does not keep up. Jobs the engine gives itself (leaving a channel,
+/// confirmations, replies to other nodes) are not counted: each follows
+/// one that was.
+pub const QUEUE_BOUND: usize = 16_384;
+/// How long one Redis call may take before the connection counts as lost.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Work for the command thread.
+#[derive(Debug)]
+enum Job {
+    /// Publish `data` to each of `channels` (one for `publish`, several for
+    /// `broadcast`: all are answered together).
+    Publish {
+        channels: Vec<ChannelName>,
+        /// Raw JSON.
+        data: Bytes,
+        /// The client id of a connection that must not get it (on any node).
+        exclude: Option<String>,
+        reply: ReplyTo,
+    },
+    /// The node's first subscriber of a channel came: `SUBSCRIBE` in Redis.
+    Listen(String),
+    /// The node's last subscriber of a channel left: `UNSUBSCRIBE`.
+    Unlisten(String),
+    /// Redis confirmed the node's subscription to this pub/sub channel.
+    Confirmed(String),
+    /// A subscriber's position in Redis (once the node's subscription is
+    /// confirmed) and what it missed.
+    Subscribe { channel: ChannelName, since: Option<Since>, replay_limit: usize, reply: ReplyTo },
+    /// A client entered a channel's presence (and `join` goes to the others).
+    PresenceJoin { channel: ChannelName, member: Member, announce: bool },
+    /// A client left a channel's presence (and `leave` goes to the others).
+    PresenceLeave { channel: ChannelName, member: Member, announce: bool },
+    /// The channel's presence on every node.
+    Presence { channel: ChannelName, reply: ReplyTo },
+    /// A channel's history.
+    History { channel: ChannelName, since: Option<Since>, limit: usize, reply: ReplyTo },
+    /// `disconnect` or `unsubscribe` on every node, through the control
+    /// channel; answered when every node reported its count.
+    UserCall { user: Arc<str>, action: UserAction, reply: ReplyTo },
+    /// This node's count for another node's call.
+    ControlReply { origin: String, id: u64, count: usize },
+}
+
+impl Job {
+    /// Whether the job counts against [`QUEUE_BOUND`]: one a shard asked for.
+    fn is_bounded(&self) -> bool {
+        matches!(
+            self,
+            Job::Publish { .. }
+                | Job::Subscribe { .. }
+                | Job::Presence { .. }
+                | Job::History { .. }
+                | Job::UserCall { .. }
+        )
+    }
+}
+
+/// What the engine's threads share.
+#[derive(Debug)]
+struct Inner {
+    config: Arc<Config>,
+    client: redis::Client,
+    prefix: String,
+    node: Arc<str>,
+    host: Arc<dyn Host>,
+    /// This node's subscribers per shard, presence entries, and where it is
+    /// in each channel (Redis has the history).
+    table: Table,
+    jobs: Sender<Job>,
+    /// Bounded jobs queued and not yet taken by the command thread.
+    queued: AtomicUsize,
+    /// Calls refused because the queue was full.
+    refused: AtomicU64,
+    /// The command connection is up.
+    up: AtomicBool,
+    subscriptions: pubsub::Subscriptions,
+    calls: control::Calls,
+    stop: AtomicBool,
+}
+
+impl Inner {
+    /// Queues a job a shard asked for, unless the queue is full.
+    fn submit(&self, job: Job) -> Result<(), BrokerError> {
+        if job.is_bounded() && self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE_BOUND {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::Unavailable(
+                "the engine (Redis) is not keeping up: its queue is full, retry".into(),
+            ));
+        }
+        self.jobs.send(job).map_err(|_| unavailable())
+    }
+
+    /// Queues a job the engine gives itself.
+    fn submit_internal(&self, job: Job) {
+        let _ = self.jobs.send(job);
+    }
+
+    fn pubsub_channel(&self, channel: &str) -> String {
+        format!("{}:pub:{channel}", self.prefix)
+    }
+
+    fn control_channel(&self) -> String {
+        format!("{}:ctl", self.prefix)
+    }
+
+    fn reply_channel(&self, node: &str) -> String {
+        format!("{}:ctl:{node}", self.prefix)
+    }
+
+    fn presence_keys(&self, channel: &str) -> (String, String) {
+        (format!("{}:pr:{channel}", self.prefix), format!("{}:prz:{channel}", self.prefix))
+    }
+
+    fn keys(&self, channel: &str) -> (String, String) {
+        (format!("{}:ch:{channel}:m", self.prefix), format!("{}:ch:{channel}:h", self.prefix))
+    }
+
+    /// A connection for commands, with every call bounded in time.
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let connection = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+        connection.set_read_timeout(Some(CALL_TIMEOUT))?;
+        connection.set_write_timeout(Some(CALL_TIMEOUT))?;
+        Ok(connection)
+    }
+
+    /// Hands a publication or presence change from Redis to this node's
+    /// shards that have subscribers of `channel`.
+    fn deliver(&self, channel: &str, make: impl FnOnce(Arc<str>) -> (Event, Option<ConnRef>)) {
+        let mut stripe = self.table.lock(channel);
+        let Some((name, state)) = stripe.get_named(channel) else { return };
+        let (event, exclude) = make(name.clone());
+        deliver_to(
+            &*self.host,
+            state.interested_shards(),
+            &Delivery { channel: name, event, exclude },
+        );
+    }
+}
+
+/// The answer for a Redis that cannot be reached.
+fn unavailable() -> BrokerError {
+    BrokerError::Unavailable("the engine (Redis) is unavailable, retry".into())
+}
+
+/// The Redis engine of one node.
+#[derive(Debug)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+impl RedisEngine {
+    /// Starts the engine's threads; they connect lazily, and reconnect until
+    /// Redis answers.
+    pub fn start(
+        config: Arc<Config>,
+        node: Arc<str>,
+        host: Arc<dyn Host>,
+    ) -> Result<RedisEngine, String> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|error| format!("redis_url: {error}"))?;
+        let (send, receive) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            client,
+            prefix: config.redis_prefix.clone(),
+            table: Table::new(config.clone()),
+            config,
+            node,
+            host,
+            jobs: send,
+            queued: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            subscriptions: pubsub::Subscriptions::default(),
+            calls: control::Calls::default(),
+            stop: AtomicBool::new(false),
+        });
+        // Every node listens for calls on users' connections, and for the
+        // counts answering its own.
+        inner.subscriptions.want(inner.control_channel());
+        inner.subscriptions.want(inner.reply_channel(&inner.node));
+        let commands = inner.clone();
+        std::thread::Builder::new()
+            .name("herald-redis-commands".into())
+            .spawn(move || commands::run(&commands, &receive))
+            .map_err(|e| e.to_string())?;
+        let reader = inner.clone();
+        std::thread::Builder::new()
+            .name("herald-redis-pubsub".into())
+            .spawn(move || pubsub::run(&reader))
+            .map_err(|e| e.to_string())?;
+        Ok(RedisEngine { inner })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn publish(
+        &self,
+        channels: &[ChannelName],
+        data: &[u8],
+        exclude: Option<&str>,
+        reply: ReplyTo,
+    ) -> Answer<Vec<(ChannelName, Published)>> {
+        let job = Job::Publish {
+            channels: channels.to_vec(),
+            data: Bytes::copy_from_slice(data),
+            exclude: exclude.map(str::to_string),
+            reply,
+        };
+        match self.inner.submit(job) {
+            Ok(()) => Answer::Later,
+            Err(error) => Answer::Now(Err(error)),
+        }
+    }
+
+    fn subscribe(&self, subscription: Subscription<'_>, reply: ReplyTo) -> Answer<Position> {
+        let Subscription { channel, who, member, since, replay_limit } = subscription;
+        let inner = &self.inner;
+        // History lives in Redis: the node's table keeps none.
+        let mut options = match inner.table.options(channel) {
+            Ok(options) => options.clone(),
+            Err(error) => return Answer::Now(Err(error)),
+        };
+        options.history_size = 0;
+        let name = channel.shared();
+        let mut stripe = inner.table.lock(name);
+        let state = match stripe.open(name, &options) {
+            Ok(state) => state,
+            Err(error) => return Answer::Now(Err(error)),
+        };
+        let first = state.add_subscriber(who);
+        let joined = member.filter(|_| state.options.presence);
+        if let Some(member) = joined {
+            state.presence.insert(member.client.clone(), member.user.clone());
+        }
+        let announce = state.options.join_leave;
+        drop(stripe);
+        // The position comes from Redis; the client's deliveries are held
+        // back until it does.
+        let job =
+            Job::Subscribe { channel: channel.clone(), since: since.cloned(), replay_limit, reply };
+        if let Err(error) = inner.submit(job) {
+            // Refused at once: as if it had never come.
+            let mut stripe = inner.table.lock(name);
+            if let Some(state) = stripe.get(name) {
+                state.remove_subscriber(who);
+                if let Some(member) = joined {
+                    state.presence.remove(&member.client);
+                }
+                if state.subscribers == 0 {
+                    stripe.settle(name);
+                }
+            }
+            return Answer::Now(Err(error));
+        }
+        if first && inner.subscriptions.want(inner.pubsub_channel(name)) {
+            inner.submit_internal(Job::Listen(inner.pubsub_channel(name)));
+        }
+        if let Some(member) = joined {
+            inner.submit_internal(Job::PresenceJoin {
+                channel: channel.clone(),
+                member: member.clone(),
+                announce,
+            });
+        }
+        Answer::Later
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>) {
+        let inner = &self.inner;
+        let name = channel.shared();
+        let mut stripe = inner.table.lock(name);
+        let Some(state) = stripe.get(name) else { return };
+        state.remove_subscriber(who);
+        let removed = member.filter(|member| state.presence.remove(&member.client).is_some());
+        let announce = state.options.join_leave;
+        let last = state.subscribers == 0;
+        if last {
+            stripe.settle(name);
+        }
+        drop(stripe);
+        if let Some(member) = removed {
+            // Every node's subscribers hear it through Redis.
+            inner.submit_internal(Job::PresenceLeave {
+                channel: channel.clone(),
+                member: member.clone(),
+                announce,
+            });
+        }
+        if last && inner.subscriptions.unwant(&inner.pubsub_channel(name)) {
+            inner.submit_internal(Job::Unlisten(inner.pubsub_channel(name)));
+        }
+    }
+
+    fn presence(&self, channel: &ChannelName, reply: ReplyTo) -> Answer<Vec<Member>> {
+        match self.inner.table.options(channel) {
+            Err(error) => Answer::Now(Err(error)),
+            Ok(options) if !options.presence => Answer::Now(Err(BrokerError::PresenceOff)),
+            Ok(_) => match self.inner.submit(Job::Presence { channel: channel.clone(), reply }) {
+                Ok(()) => Answer::Later,
+                Err(error) => Answer::Now(Err(error)),
+            },
+        }
+    }
+
+    fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&Since>,
+        limit: usize,
+        reply: ReplyTo,
+    ) -> Answer<HistoryPage> {
+        match self.inner.table.options(channel) {
+            Err(error) => Answer::Now(Err(error)),
+            Ok(options) if options.history_size == 0 => Answer::Now(Err(BrokerError::HistoryOff)),
+            Ok(_) => {
+                let job =
+                    Job::History { channel: channel.clone(), since: since.cloned(), limit, reply };
+                match self.inner.submit(job) {
+                    Ok(()) => Answer::Later,
+                    Err(error) => Answer::Now(Err(error)),
+                }
+            }
+        }
+    }
+
+    fn act_on_user(&self, user: Arc<str>, action: UserAction, reply: ReplyTo) -> Answer<usize> {
+        match self.inner.submit(Job::UserCall { user, action, reply }) {
+            Ok(()) => Answer::Later,
+            Err(error) => Answer::Now(Err(error)),
+        }
+    }
+
+    fn subscribed_channels(&self, prefix: &str) -> Vec<(Arc<str>, u32)> {
+        self.inner.table.subscribed_channels(prefix)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.inner.table.channel_count()
+    }
+
+    fn sweep(&self, shard: usize, shards: usize) {
+        self.inner.table.sweep(shard, shards);
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            name: "redis",
+            up: Some(self.inner.up.load(Ordering::Acquire)),
+            refused: self.inner.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.subscriptions.close();
+    }
+}
+
+/// Sends `answer` to `reply` through the host.
+fn answer(inner: &Inner, reply: ReplyTo, answer: EngineAnswer) {
+    inner.host.answer(reply, answer);
+}
+
+/// A presence change from Redis (`J:CLIENT:JSON`) for this node's
+/// subscribers of `channel`, but that client.
+fn deliver_presence(
+    inner: &Inner,
+    channel: &str,
+    joined: bool,
+    member: Member,
+    exclude: Option<ConnRef>,
+) {
+    inner.deliver(channel, |name| {
+        (Event::Presence(PresenceChange::new(joined, name, member)), exclude)
+    });
+}
+
+/// The lock of a mutex whose holder panicked is still usable: every
+/// critical section here leaves the data consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

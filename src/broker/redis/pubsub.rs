@@ -1,0 +1,449 @@
+//! The pub/sub thread: the node's subscriber connection to Redis, which channels it wants and Redis confirmed, and every publication from it handed to the shards in offset order.
+
+use super::{Inner, Job, deliver_presence, lock};
+use crate::broker::publication::{Publication, Restart};
+use crate::broker::table::deliver_to;
+use crate::broker::{Delivery, Event};
+use crate::types::{Epoch, Member, parse_client_id};
+use std::collections::HashSet;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// First wait before reconnecting to Redis; doubles up to [`MAX_BACKOFF`].
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The Redis channels this node wants, those Redis confirmed, and the
+/// connection `SUBSCRIBE`s are written on. Shards only change the sets
+/// (no I/O under these locks on a shard); engine threads write.
+#[derive(Debug, Default)]
+pub(super) struct Subscriptions {
+    state: Mutex<State>,
+    /// Held while writing, so that commands from two threads never mix.
+    writer: Mutex<Option<TcpStream>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    wanted: HashSet<String>,
+    confirmed: HashSet<String>,
+}
+
+impl Subscriptions {
+    /// Wants `name`; true if it was not wanted before.
+    pub(super) fn want(&self, name: String) -> bool {
+        lock(&self.state).wanted.insert(name)
+    }
+
+    /// No longer wants `name`; true if it was wanted.
+    pub(super) fn unwant(&self, name: &str) -> bool {
+        let mut state = lock(&self.state);
+        state.confirmed.remove(name);
+        state.wanted.remove(name)
+    }
+
+    /// Whether Redis confirmed the node's subscription to `name`.
+    pub(super) fn is_confirmed(&self, name: &str) -> bool {
+        lock(&self.state).confirmed.contains(name)
+    }
+
+    /// Whether `name` is wanted.
+    pub(super) fn is_wanted(&self, name: &str) -> bool {
+        lock(&self.state).wanted.contains(name)
+    }
+
+    /// Redis confirmed `name`; true if it is still wanted.
+    fn confirm(&self, name: &str) -> bool {
+        let mut state = lock(&self.state);
+        state.wanted.contains(name) && state.confirmed.insert(name.to_string())
+    }
+
+    /// Writes `SUBSCRIBE name` (or `UNSUBSCRIBE`) if the connection is up and
+    /// the node still wants it (or no longer does). A failed write closes
+    /// the connection: the reader notices and reconnects, subscribing to
+    /// everything wanted then.
+    pub(super) fn write(&self, name: &str, subscribe: bool) {
+        let mut writer = lock(&self.writer);
+        let Some(stream) = writer.as_mut() else { return };
+        if self.is_wanted(name) != subscribe {
+            return;
+        }
+        let command = redis::cmd(if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" })
+            .arg(name)
+            .get_packed_command();
+        if let Err(error) = stream.write_all(&command) {
+            log::warn!("redis engine: writing to the pub/sub connection failed: {error}");
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            *writer = None;
+        }
+    }
+
+    /// Closes the connection (at shutdown): the reader's blocking read ends.
+    pub(super) fn close(&self) {
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The pub/sub thread: connects, reads until the connection fails, and
+/// again, with backoff, until the engine stops.
+pub(super) fn run(inner: &Inner) {
+    let mut backoff = MIN_BACKOFF;
+    while !inner.stop.load(Ordering::Acquire) {
+        match open(inner) {
+            Ok(reader) => {
+                log::debug!("redis engine: pub/sub connected");
+                backoff = MIN_BACKOFF;
+                read(inner, reader);
+            }
+            Err(error) => log::debug!("redis engine: pub/sub connection failed: {error}"),
+        }
+        *lock(&inner.subscriptions.writer) = None;
+        lock(&inner.subscriptions.state).confirmed.clear();
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !inner.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(20).min(backoff));
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Opens the subscriber connection, authenticates, and subscribes to every
+/// channel the node wants; the writer is set under its lock, so a channel
+/// wanted meanwhile is written on this connection by the command thread.
+fn open(inner: &Inner) -> std::io::Result<TcpStream> {
+    let info = inner.client.get_connection_info();
+    let addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => return Err(std::io::Error::other(format!("unsupported Redis address {other}"))),
+    };
+    let mut stream = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+        .next()
+        .map(|addr| TcpStream::connect_timeout(&addr, super::CALL_TIMEOUT))
+        .ok_or_else(|| std::io::Error::other("Redis address resolves to nothing"))??;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(super::CALL_TIMEOUT))?;
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = settings.username() {
+            auth.arg(user);
+        }
+        stream.write_all(&auth.arg(password).get_packed_command())?;
+    }
+    let mut writer = lock(&inner.subscriptions.writer);
+    let wanted: Vec<String> = lock(&inner.subscriptions.state).wanted.iter().cloned().collect();
+    for name in &wanted {
+        stream.write_all(&redis::cmd("SUBSCRIBE").arg(name).get_packed_command())?;
+    }
+    *writer = Some(stream.try_clone()?);
+    Ok(stream)
+}
+
+/// Reads until the connection fails: subscription confirmations, calls
+/// between nodes, and publications for the shards.
+fn read(inner: &Inner, stream: TcpStream) {
+    let mut reader = BufReader::new(stream);
+    let mut parser = redis::Parser::new();
+    // A command connection for reading history when publications were
+    // missed (the pub/sub connection itself can only listen).
+    let mut catch_up: Option<redis::Connection> = None;
+    let prefix = format!("{}:pub:", inner.prefix);
+    let control = inner.control_channel();
+    let replies = inner.reply_channel(&inner.node);
+    loop {
+        let value = match parser.parse_value(&mut reader) {
+            Ok(value) => value,
+            Err(error) => {
+                if !inner.stop.load(Ordering::Acquire) {
+                    log::warn!("redis engine: pub/sub connection lost: {error}");
+                }
+                return;
+            }
+        };
+        let redis::Value::Array(items) = value else { continue };
+        let kind = items.first().and_then(text).unwrap_or_default();
+        let name = items.get(1).and_then(text).unwrap_or_default();
+        match kind.as_str() {
+            "subscribe" => {
+                log::debug!("redis engine: subscribed to {name}");
+                if inner.subscriptions.confirm(&name) {
+                    inner.submit_internal(Job::Confirmed(name.clone()));
+                }
+                // Subscribed again after a lost connection: what was
+                // published meanwhile comes from history, before anything
+                // newer is read from this connection.
+                if let Some(channel) = name.strip_prefix(&prefix)
+                    && remote_top(inner, channel).is_some()
+                    && !catch_up_to_redis(inner, &mut catch_up, channel)
+                {
+                    mark_restart(inner, channel);
+                }
+            }
+            "message" if name == control || name == replies => {
+                let Some(payload) = items.get(2).and_then(bytes_of) else { continue };
+                if name == control {
+                    super::control::on_call(inner, payload);
+                } else {
+                    super::control::on_count(inner, payload);
+                }
+            }
+            "message" => {
+                let (Some(channel), Some(payload)) =
+                    (name.strip_prefix(&prefix), items.get(2).and_then(bytes_of))
+                else {
+                    continue;
+                };
+                if let Some(event) = payload.strip_prefix(b"J:") {
+                    on_presence(inner, channel, event);
+                    continue;
+                }
+                if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
+                    let filled = fill_gap(inner, &mut catch_up, channel, epoch, offset);
+                    deliver(inner, channel, epoch, offset, exclude, data, !filled);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `J:CLIENT:JOINED:USER` (`JOINED` is `1` or `0`): a join or leave, for
+/// everyone but that client.
+fn on_presence(inner: &Inner, channel: &str, event: &[u8]) {
+    let mut parts = event.splitn(3, |b| *b == b':');
+    let (Some(client), Some(joined), Some(user)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let (Ok(client), Ok(user)) = (std::str::from_utf8(client), std::str::from_utf8(user)) else {
+        return;
+    };
+    let exclude = parse_client_id(&inner.node, client);
+    let member = Member { client: client.into(), user: user.into() };
+    deliver_presence(inner, channel, joined == b"1", member, exclude);
+}
+
+/// A publication from Redis, for this node's subscribers of `channel`.
+/// Publications arrive in offset order (one Redis connection, one reader);
+/// repeats and older ones are dropped. With `restart`, or when the epoch
+/// changed under subscribers, every subscriber is first told that it starts
+/// over.
+fn deliver(
+    inner: &Inner,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    exclude: &str,
+    data: &[u8],
+    restart: bool,
+) {
+    let mut stripe = inner.table.lock(channel);
+    let Some((name, state)) = stripe.get_named(channel) else { return };
+    let restart = restart || std::mem::take(&mut state.restart_pending);
+    let mut notice = None;
+    match Epoch::parse(epoch) {
+        Some(epoch) if epoch != state.epoch || restart => {
+            if state.remote_position || restart {
+                log::info!("channel {channel}: epoch changed in Redis; subscribers start over");
+                notice = Some(Restart::new(name.clone(), epoch, offset.saturating_sub(1)));
+            }
+            state.epoch = epoch;
+            state.top = offset.saturating_sub(1);
+            state.remote_position = true;
+        }
+        _ => {}
+    }
+    if offset <= state.top {
+        return;
+    }
+    state.top = offset;
+    if let Some(notice) = notice {
+        let delivery =
+            Delivery { channel: name.clone(), event: Event::Restart(notice), exclude: None };
+        deliver_to(&*inner.host, state.interested_shards(), &delivery);
+    }
+    let delivery = Delivery {
+        channel: name.clone(),
+        event: Event::Publication(Publication::new(name, offset, data)),
+        exclude: parse_client_id(&inner.node, exclude),
+    };
+    deliver_to(&*inner.host, state.interested_shards(), &delivery);
+}
+
+/// Where the node is in `channel` (epoch and newest offset delivered), once
+/// a publication from Redis set it.
+fn remote_top(inner: &Inner, channel: &str) -> Option<(Epoch, u64)> {
+    let mut stripe = inner.table.lock(channel);
+    let state = stripe.get(channel)?;
+    (state.remote_position && state.top > 0).then_some((state.epoch, state.top))
+}
+
+/// Publications of `channel` were missed and cannot be read back: its next
+/// delivery says so to every subscriber.
+fn mark_restart(inner: &Inner, channel: &str) {
+    if let Some(state) = inner.table.lock(channel).get(channel) {
+        state.restart_pending = true;
+    }
+}
+
+/// A subscribe read the channel's epoch in Redis. From now on another
+/// epoch from Redis means the channel was lost there. (Its offset is not
+/// taken: publications below it may still be on their way to other
+/// subscribers of this node.)
+pub(super) fn note_epoch(inner: &Inner, channel: &str, epoch: Epoch) {
+    if let Some(state) = inner.table.lock(channel).get(channel)
+        && !state.remote_position
+    {
+        state.epoch = epoch;
+        state.top = 0;
+        state.remote_position = true;
+    }
+}
+
+/// Before publication `offset` of `channel` is delivered: if the node
+/// delivered an earlier one of the same epoch and some between were missed
+/// (the pub/sub connection was down), delivers them from history, in
+/// order. Returns false when history no longer holds them all: subscribers
+/// are then told they start over.
+fn fill_gap(
+    inner: &Inner,
+    catch_up: &mut Option<redis::Connection>,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+) -> bool {
+    let Some((known, top)) = remote_top(inner, channel) else { return true };
+    if known.as_str() != epoch || offset <= top + 1 {
+        return true;
+    }
+    log::info!(
+        "channel {channel}: publications {} to {} came not through pub/sub; reading history",
+        top + 1,
+        offset - 1
+    );
+    if catch_up.is_none() {
+        *catch_up = inner.connect().ok();
+    }
+    let Some(con) = catch_up else { return false };
+    let history = inner.keys(channel).1;
+    let entries: Vec<redis::Value> =
+        match redis::cmd("XRANGE").arg(&history).arg("-").arg("+").query(con) {
+            Ok(entries) => entries,
+            Err(_) => {
+                *catch_up = None;
+                return false;
+            }
+        };
+    let mut missed = Vec::new();
+    let mut next = top + 1;
+    for (entry_offset, data, exclude) in entries.iter().filter_map(stream_entry) {
+        if entry_offset < next || entry_offset >= offset {
+            continue;
+        }
+        if entry_offset != next {
+            break;
+        }
+        missed.push((entry_offset, exclude, data));
+        next += 1;
+    }
+    if next != offset {
+        return false;
+    }
+    for (entry_offset, exclude, data) in missed {
+        let exclude = std::str::from_utf8(exclude).unwrap_or_default();
+        deliver(inner, channel, epoch, entry_offset, exclude, data, false);
+    }
+    true
+}
+
+/// After a re-subscription: delivers whatever the node missed of `channel`
+/// up to its newest offset in Redis. False when history no longer holds it.
+fn catch_up_to_redis(
+    inner: &Inner,
+    catch_up: &mut Option<redis::Connection>,
+    channel: &str,
+) -> bool {
+    if catch_up.is_none() {
+        *catch_up = inner.connect().ok();
+    }
+    let Some(con) = catch_up else { return false };
+    let meta = inner.keys(channel).0;
+    let position: redis::RedisResult<(Option<String>, Option<u64>)> =
+        redis::cmd("HMGET").arg(&meta).arg("epoch").arg("top").query(con);
+    match position {
+        Ok((Some(epoch), Some(top))) => fill_gap(inner, catch_up, channel, &epoch, top + 1),
+        // The channel is gone from Redis: its next publication has a new epoch.
+        Ok(_) => true,
+        Err(_) => {
+            *catch_up = None;
+            false
+        }
+    }
+}
+
+/// `EPOCH:OFFSET:EXCLUDE:DATA`.
+fn split_payload(payload: &[u8]) -> Option<(&str, u64, &str, &[u8])> {
+    let mut parts = payload.splitn(4, |b| *b == b':');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let exclude = std::str::from_utf8(parts.next()?).ok()?;
+    Some((epoch, offset, exclude, parts.next()?))
+}
+
+/// `(offset, data, exclude)` of a history stream entry
+/// (`[id, ["o", N, "d", DATA, "x", CLIENT]]`).
+pub(super) fn stream_entry(entry: &redis::Value) -> Option<(u64, &[u8], &[u8])> {
+    let redis::Value::Array(parts) = entry else { return None };
+    let Some(redis::Value::Array(fields)) = parts.get(1) else { return None };
+    let offset = number(fields.get(1)?)?;
+    let data = bytes_of(fields.get(3)?)?;
+    let exclude = fields.get(5).and_then(bytes_of).unwrap_or_default();
+    Some((offset, data, exclude))
+}
+
+/// A Redis value as text.
+pub(super) fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        redis::Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A Redis value as a number.
+pub(super) fn number(value: &redis::Value) -> Option<u64> {
+    match value {
+        redis::Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// A Redis bulk string's bytes.
+pub(super) fn bytes_of(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_at_the_first_three_colons() {
+        assert_eq!(
+            split_payload(br#"5e0c1a2b:46:n1-0-3-9:{"a":"b:c"}"#),
+            Some(("5e0c1a2b", 46, "n1-0-3-9", &br#"{"a":"b:c"}"#[..]))
+        );
+        assert_eq!(split_payload(b"5e0c1a2b:46::1"), Some(("5e0c1a2b", 46, "", &b"1"[..])));
+        assert_eq!(split_payload(b"5e0c1a2b:x::1"), None);
+    }
+}

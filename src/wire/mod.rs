@@ -1,0 +1,8 @@
+//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE.
+
+pub mod frame;
+pub mod http;
+pub mod router;
+pub mod scanner;
+pub mod sse;
+pub mod upgrade;
