@@ -8,6 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Largest request head, request line and headers together (over it: 431).
+/// Browsers send 0.5-2 KiB; cookies for a big site stay under 8 KiB, which
+/// is also nginx's and Node's default. Bounds what a connection buffers
+/// before it has proved anything.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Most headers in one request (over it: 431). httparse parses into a
+/// fixed array of this many on the stack.
+pub const MAX_HEADERS: usize = 64;
 /// Address the listener binds when nothing else is set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// A quiet connection is pinged this often, and closed after two such

@@ -116,10 +116,10 @@ impl HttpError {
         match self {
             HttpError::Malformed(what) => format!("malformed request: {what}"),
             HttpError::HeadTooLarge => {
-                format!("request head larger than {} bytes", crate::wire::http::MAX_HEAD_BYTES)
+                format!("request head larger than {} bytes", crate::config::MAX_HEAD_BYTES)
             }
             HttpError::TooManyHeaders => {
-                format!("more than {} request headers", crate::wire::http::MAX_HEADERS)
+                format!("more than {} request headers", crate::config::MAX_HEADERS)
             }
             HttpError::NotFound => "no such endpoint".to_string(),
             HttpError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),

@@ -11,10 +11,10 @@
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod sys;
 pub mod types;
 // 1: wire formats, pure
-pub mod error;
 pub mod protocol;
 pub mod wire;
 // 2: the broker

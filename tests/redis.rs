@@ -513,3 +513,181 @@ fn sse_and_long_poll_work_across_nodes_with_cursors() {
     let body = read_response(&mut held, &mut Vec::new()).json();
     assert_eq!(body["messages"][0]["offset"], 5, "{body}");
 }
+
+/// A TCP proxy in front of Redis that can be stalled: while stalled it
+/// neither reads what herald sends nor passes on what Redis answers, as a
+/// Redis that hangs (or a network that drops everything) would. Its
+/// sockets have small buffers, so herald's writes fill them quickly.
+struct Proxy {
+    port: u16,
+    stalled: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // Accepted sockets inherit the small receive buffer.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        socket.listen(64).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let port = listener.local_addr().unwrap().port();
+        let stalled =
+            std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let gate = stalled.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for (from, to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let gate = gate.clone();
+                    std::thread::spawn(move || forward(from, to, &gate));
+                }
+            }
+        });
+        Proxy { port, stalled }
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        *self.stalled.0.lock().unwrap() = stalled;
+        self.stalled.1.notify_all();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Copies `from` to `to`, waiting (not reading) while the gate is closed.
+fn forward(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    gate: &(std::sync::Mutex<bool>, std::sync::Condvar),
+) {
+    let mut buf = [0u8; 4096];
+    loop {
+        drop(gate.1.wait_while(gate.0.lock().unwrap(), |stalled| *stalled).unwrap());
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_stalled_redis_never_stalls_a_shard() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let url = proxy.url();
+    let a = start_server(2, move |config| {
+        config.engine = Engine::Redis;
+        config.redis_url = url;
+        config.redis_prefix = "t10".into();
+        config.max_channels_per_connection = 4096;
+        config.command_rate_per_sec = 1_000_000;
+        config.command_burst = 1_000_000;
+    });
+    wait_engine_up(&a);
+    let (mut subscriber, _) = WsClient::open_client(a.addr);
+    assert_eq!(subscriber.subscribe("news")["op"], "subscribed");
+    let mut echo = WsClient::open(a.addr, "/echo");
+    let (mut pinger, _) = WsClient::open_client(a.addr);
+    proxy.set_stalled(true);
+    // 16,000 new channels with long names: each makes the node subscribe
+    // in Redis, and those writes (4.5 MB, more than the kernel buffers
+    // take) pile up against the stalled connection.
+    let mut subscribers: Vec<WsClient> = (0..16).map(|_| WsClient::open_client(a.addr).0).collect();
+    for (n, client) in subscribers.iter_mut().enumerate() {
+        let batch: Vec<u8> = (0..1000)
+            .flat_map(|c| {
+                let channel = format!("stall.{n:02}-{c:04}-{}", "x".repeat(230));
+                client_frame(
+                    true,
+                    0x1,
+                    json!({"op": "subscribe", "channel": channel}).to_string().as_bytes(),
+                )
+            })
+            .collect();
+        client.send_raw(&batch);
+    }
+    let mut api = ApiClient::new(a.addr, &a.api_key);
+    api.stream.write_all(
+        format!(
+            "POST /api/publish HTTP/1.1\r\nAuthorization: apikey {}\r\nContent-Length: 27\r\n\r\n{{\"channel\":\"news\",\"data\":1}}",
+            a.api_key
+        )
+        .as_bytes(),
+    ).unwrap();
+    // Once the shards have taken the subscribes (the engine queues them),
+    // everything that needs no Redis is answered at once on both shards,
+    // for two seconds of the stall.
+    wait_until("the subscribes are taken", || metric(a.addr, "herald_channels ") > 16_000.0);
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(2) {
+        let round = Instant::now();
+        echo.send_text("still here");
+        assert_eq!(echo.read_frame().text(), "still here");
+        assert_eq!(pinger.ok(json!({"op": "ping"}))["op"], "pong");
+        assert_eq!(request(a.addr, "GET /health HTTP/1.1\r\n\r\n").status, 200);
+        assert!(metric(a.addr, "herald_connections{transport=\"websocket\"} ") >= 6.0);
+        assert_eq!(request(a.addr, "GET /herald.js HTTP/1.1\r\n\r\n").status, 200);
+        worst = worst.max(round.elapsed());
+    }
+    assert!(worst < Duration::from_millis(100), "a round took {worst:?}");
+    // Their clients leave while Redis is stalled; Redis comes back: the
+    // queued work is carried out or refused, and the node serves as before.
+    drop(subscribers);
+    wait_until("the subscribers are gone", || metric(a.addr, "herald_channels ") < 10.0);
+    proxy.set_stalled(false);
+    let answer = read_response(&mut api.stream, &mut api.rest);
+    assert!(matches!(answer.status, 200 | 503), "{}", answer.body);
+    let (mut late, _) = WsClient::open_client(a.addr);
+    wait_until("a subscribe is served again", || {
+        late.call(json!({"op": "subscribe", "channel": "after-the-stall"}))["op"] == "subscribed"
+    });
+    assert_eq!(a.publish("news", json!("after"))["offset"].as_u64().map(|o| o >= 1), Some(true));
+    wait_until("the first subscriber gets what follows", || {
+        subscriber
+            .frame_within(Duration::from_millis(100))
+            .is_some_and(|f| f.json()["data"] == "after")
+    });
+}
+
+#[test]
+fn after_redis_restarts_a_new_subscribe_on_an_idle_node_is_served() {
+    let mut redis = Redis::start();
+    let (a, b) = (node(&redis, "t11"), node(&redis, "t11"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    let (mut subscriber, _) = WsClient::open_client(a.addr);
+    assert_eq!(subscriber.subscribe("news")["op"], "subscribed");
+    redis.stop();
+    assert!(redis.run(), "redis restarts on its port");
+    // Publishing on B works again and A's subscriber receives: A's pub/sub
+    // connection is back. A itself has run no command since the restart.
+    let mut api = ApiClient::new(b.addr, &b.api_key);
+    wait_until("a publication on B reaches A's subscriber", || {
+        if api.publish("news", json!("after")).status != 200 {
+            return false;
+        }
+        while let Some(frame) = subscriber.frame_within(Duration::from_millis(200)) {
+            if frame.json()["data"] == "after" {
+                return true;
+            }
+        }
+        false
+    });
+    // The first command A runs after the restart: served, not `unavailable`.
+    let (mut client, _) = WsClient::open_client(a.addr);
+    let reply = client.call(json!({"op": "subscribe", "channel": "fresh"}));
+    assert_eq!(reply["op"], "subscribed", "{reply}");
+}

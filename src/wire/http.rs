@@ -1,16 +1,8 @@
 //! HTTP/1.1 request heads: find the end scanning only new bytes, then parse once with httparse.
 
+pub use crate::config::{MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::error::HttpError;
 use std::borrow::Cow;
-
-/// Largest request head, request line and headers together (over it: 431).
-/// Browsers send 0.5-2 KiB; cookies for a big site stay under 8 KiB, which
-/// is also nginx's and Node's default. Bounds what a connection buffers
-/// before it has proved anything.
-pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Most headers in one request (over it: 431). httparse parses into a
-/// fixed array of this many on the stack.
-pub const MAX_HEADERS: usize = 64;
 
 /// Where a request head ends in `buf`: the index just past the blank line.
 /// Only bytes from `from` on are new since the last call, and only they are

@@ -20,8 +20,8 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// after its last publication or subscription.
 const IDLE_CHANNEL_TTL_MS: u64 = 24 * 3600 * 1000;
 /// A connection idle this long is checked with a `PING` before a job uses
-/// it: after Redis restarted, the first job would otherwise fail on the
-/// dead connection.
+/// it (as is one in use when the pub/sub connection was lost): after Redis
+/// restarted, the first job would otherwise fail on the dead connection.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a job failed.
@@ -88,10 +88,12 @@ impl Link {
         }
     }
 
-    /// The connection for a job: one idle for a while is checked first, and
-    /// replaced at once if Redis went away meanwhile (a restart).
+    /// The connection for a job: one idle for a while, or in doubt since
+    /// the pub/sub connection was lost, is checked first, and replaced at
+    /// once if Redis went away meanwhile (a restart).
     fn fresh(&mut self, inner: &Inner) -> Option<&mut redis::Connection> {
-        if self.last_used.elapsed() >= IDLE_CHECK
+        let in_doubt = inner.suspect.swap(false, Ordering::AcqRel);
+        if (in_doubt || self.last_used.elapsed() >= IDLE_CHECK)
             && let Some(con) = &mut self.connection
             && redis::cmd("PING").query::<String>(con).is_err()
         {
@@ -102,6 +104,23 @@ impl Link {
         self.connect_if_due(inner);
         self.last_used = Instant::now();
         self.connection.as_mut()
+    }
+
+    /// Runs `work` on a fresh connection; a lost connection is dropped (and
+    /// replaced on the next call).
+    fn run<T>(
+        &mut self,
+        inner: &Inner,
+        work: impl FnOnce(&mut redis::Connection) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        let outcome = match self.fresh(inner) {
+            Some(con) => work(con),
+            None => Err(JobError::Down),
+        };
+        if let Err(JobError::Lost(cause)) = &outcome {
+            self.lost(inner, cause);
+        }
+        outcome
     }
 
     fn lost(&mut self, inner: &Inner, cause: &redis::RedisError) {
@@ -121,6 +140,48 @@ struct Parked {
     deadline: Instant,
 }
 
+/// Subscribes waiting for confirmations, by pub/sub channel, and the
+/// order their deadlines come in (all wait the same time: arrival order),
+/// so that neither a confirmation nor the deadline check scans them all.
+#[derive(Default)]
+struct ParkedSubscribes {
+    by_channel: HashMap<String, Vec<Parked>>,
+    deadlines: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl ParkedSubscribes {
+    fn park(&mut self, name: String, waiting: Parked) {
+        self.deadlines.push_back((waiting.deadline, name.clone()));
+        self.by_channel.entry(name).or_default().push(waiting);
+    }
+
+    fn confirmed(&mut self, name: &str) -> Vec<Parked> {
+        self.by_channel.remove(name).unwrap_or_default()
+    }
+
+    /// Answers subscribes whose node subscription was not confirmed in time.
+    fn expire(&mut self, inner: &Inner) {
+        let now = Instant::now();
+        while let Some((deadline, _)) = self.deadlines.front()
+            && *deadline <= now
+        {
+            let Some((_, name)) = self.deadlines.pop_front() else { break };
+            let Some(waiting) = self.by_channel.get_mut(&name) else { continue };
+            // Oldest first: those due are at the front.
+            let due = waiting.iter().take_while(|parked| parked.deadline <= now).count();
+            for parked in waiting.drain(..due) {
+                let refusal = BrokerError::Unavailable(
+                    "the node's Redis subscription was not confirmed in time, retry".into(),
+                );
+                answer(inner, parked.reply, EngineAnswer::Subscribed(parked.channel, Err(refusal)));
+            }
+            if waiting.is_empty() {
+                self.by_channel.remove(&name);
+            }
+        }
+    }
+}
+
 /// Runs jobs until the engine stops.
 pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
     let scripts = Scripts {
@@ -133,8 +194,7 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
         next_attempt: Instant::now(),
         last_used: Instant::now(),
     };
-    // By pub/sub channel: subscribes waiting for its confirmation.
-    let mut parked: HashMap<String, Vec<Parked>> = HashMap::new();
+    let mut parked = ParkedSubscribes::default();
     let mut next_refresh = Instant::now() + presence::PRESENCE_REFRESH;
     while !inner.stop.load(Ordering::Acquire) {
         if Instant::now() >= next_refresh {
@@ -147,7 +207,7 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
         }
         link.connect_if_due(inner);
         control::expire(inner);
-        expire_parked(inner, &mut parked);
+        parked.expire(inner);
         let job = match jobs.recv_timeout(Duration::from_millis(50)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -160,7 +220,7 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
             Job::Listen(name) => inner.subscriptions.write(&name, true),
             Job::Unlisten(name) => inner.subscriptions.write(&name, false),
             Job::Confirmed(name) => {
-                for waiting in parked.remove(&name).unwrap_or_default() {
+                for waiting in parked.confirmed(&name) {
                     subscribe(inner, &mut link, &scripts, waiting);
                 }
             }
@@ -178,18 +238,20 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
                 } else {
                     // Other jobs go on meanwhile; the confirmation (or
                     // the deadline) takes it up.
-                    parked.entry(name).or_default().push(waiting);
+                    parked.park(name, waiting);
                 }
             }
             job => {
-                let outcome = match link.fresh(inner) {
-                    Some(con) => run_job(inner, con, &scripts, &job),
-                    None => Err(JobError::Down),
-                };
+                let mut outcome = link.run(inner, |con| run_job(inner, con, &scripts, &job));
+                // A job that only reads is tried once more on a new
+                // connection: the one lost may have died long before (Redis
+                // restarted). One that writes or publishes is not: it may
+                // have been carried out before the answer was lost.
+                let repeatable = matches!(job, Job::Presence { .. } | Job::History { .. });
+                if repeatable && matches!(outcome, Err(JobError::Lost(_))) {
+                    outcome = link.run(inner, |con| run_job(inner, con, &scripts, &job));
+                }
                 if let Err(error) = outcome {
-                    if let JobError::Lost(cause) = &error {
-                        link.lost(inner, cause);
-                    }
                     fail(inner, job, &error);
                 }
             }
@@ -202,40 +264,15 @@ struct Scripts {
     position: redis::Script,
 }
 
-/// Answers subscribes whose node subscription was not confirmed in time.
-fn expire_parked(inner: &Inner, parked: &mut HashMap<String, Vec<Parked>>) {
-    let now = Instant::now();
-    parked.retain(|_, waiting| {
-        waiting.retain(|subscribe| {
-            if subscribe.deadline > now {
-                return true;
-            }
-            let refusal = BrokerError::Unavailable(
-                "the node's Redis subscription was not confirmed in time, retry".into(),
-            );
-            let channel = subscribe.channel.clone();
-            answer(inner, subscribe.reply, EngineAnswer::Subscribed(channel, Err(refusal)));
-            false
-        });
-        !waiting.is_empty()
-    });
-}
-
 /// Reads a subscriber's position (and what it missed) and answers it.
 fn subscribe(inner: &Inner, link: &mut Link, scripts: &Scripts, waiting: Parked) {
-    let outcome = match link.fresh(inner) {
-        Some(con) => position(inner, con, scripts, &waiting),
-        None => Err(JobError::Down),
-    };
-    let result = match outcome {
-        Ok(position) => Ok(position),
-        Err(error) => {
-            if let JobError::Lost(cause) = &error {
-                link.lost(inner, cause);
-            }
-            Err(error.refusal())
-        }
-    };
+    let mut outcome = link.run(inner, |con| position(inner, con, scripts, &waiting));
+    // Reading a position changes nothing if run twice: once more on a new
+    // connection if the one lost had died before.
+    if matches!(outcome, Err(JobError::Lost(_))) {
+        outcome = link.run(inner, |con| position(inner, con, scripts, &waiting));
+    }
+    let result = outcome.map_err(|error| error.refusal());
     answer(inner, waiting.reply, EngineAnswer::Subscribed(waiting.channel, result));
 }
 

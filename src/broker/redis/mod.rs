@@ -109,6 +109,10 @@ struct Inner {
     refused: AtomicU64,
     /// The command connection is up.
     up: AtomicBool,
+    /// The pub/sub connection was lost since the command thread last used
+    /// its connection: Redis may have restarted, and the command
+    /// connection be dead too.
+    suspect: AtomicBool,
     subscriptions: pubsub::Subscriptions,
     calls: control::Calls,
     stop: AtomicBool,
@@ -207,6 +211,7 @@ impl RedisEngine {
             queued: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
             subscriptions: pubsub::Subscriptions::default(),
             calls: control::Calls::default(),
             stop: AtomicBool::new(false),

@@ -105,6 +105,7 @@ pub(super) fn run(inner: &Inner) {
         }
         *lock(&inner.subscriptions.writer) = None;
         lock(&inner.subscriptions.state).confirmed.clear();
+        inner.suspect.store(true, Ordering::Release);
         let until = Instant::now() + backoff;
         while Instant::now() < until && !inner.stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20).min(backoff));
