@@ -107,6 +107,16 @@ impl ConfigError {
     fn setting(key: &str, source: &Source, problem: impl fmt::Display) -> Self {
         ConfigError(format!("invalid setting `{key}` (from {source}): {problem}"))
     }
+
+    /// Several problems, reported together, one per line.
+    fn all(errors: Vec<ConfigError>) -> Self {
+        if errors.len() == 1 {
+            return errors.into_iter().next().unwrap_or_else(|| ConfigError::new(""));
+        }
+        let lines: Vec<String> =
+            errors.into_iter().map(|error| format!("  - {}", error.0)).collect();
+        ConfigError(format!("{} problems with the settings:\n{}", lines.len(), lines.join("\n")))
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -224,10 +234,11 @@ impl OriginPolicy {
     }
 }
 
-/// The namespace `--dev` adds (unless the config file defines it) for the
-/// demo page at `/`: `demo:...` channels with history, presence, join/leave
-/// and client publish.
-pub const DEV_DEMO_NAMESPACE: &str = "demo";
+/// The namespaces `--dev` adds (unless the config file defines them), for
+/// the demo page at `/` and the README's examples: `demo:...` and
+/// `chat:...` channels with history, presence, join/leave and client
+/// publish.
+pub const DEV_NAMESPACES: [&str; 2] = ["demo", "chat"];
 
 /// Options of one channel namespace (`[channels]` or `[namespaces.NAME]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -436,6 +447,8 @@ enum Raw {
 }
 
 struct Layers {
+    /// Every problem found so far: all are reported at once.
+    errors: std::cell::RefCell<Vec<ConfigError>>,
     values: BTreeMap<&'static str, (Raw, Source)>,
     file_source: Source,
     channels: Option<NamespaceOptions>,
@@ -445,6 +458,7 @@ struct Layers {
 impl Layers {
     fn new(file: Option<(&Path, &str)>, overrides: Vec<Override>) -> Result<Layers, ConfigError> {
         let mut layers = Layers {
+            errors: std::cell::RefCell::default(),
             values: BTreeMap::new(),
             file_source: Source::File(PathBuf::from("herald.toml")),
             channels: None,
@@ -506,6 +520,21 @@ impl Layers {
             }
         }
         Ok(())
+    }
+
+    /// The value, or `None` with the problem noted for the report.
+    fn check<T>(&self, result: Result<Option<T>, ConfigError>) -> Option<T> {
+        result.unwrap_or_else(|error| {
+            self.errors.borrow_mut().push(error);
+            None
+        })
+    }
+
+    /// Notes a problem for the report.
+    fn refuse(&self, result: Result<(), ConfigError>) {
+        if let Err(error) = result {
+            self.errors.borrow_mut().push(error);
+        }
     }
 
     fn raw(&self, key: &'static str) -> Option<&(Raw, Source)> {
@@ -689,24 +718,31 @@ impl Layers {
     }
 
     fn build(self, dev_default: bool) -> Result<Config, ConfigError> {
-        let dev = self.boolean("dev")?.unwrap_or(dev_default);
+        let dev = self.check(self.boolean("dev")).unwrap_or(dev_default);
         let mut generated = Vec::new();
 
-        let listen = match self.string("listen")? {
+        let listen = match self.check(self.string("listen")) {
             None => parse_listen(DEFAULT_LISTEN).unwrap_or_else(|_| unreachable!()),
-            Some((text, source)) => parse_listen(&text)
-                .map_err(|problem| ConfigError::setting("listen", &source, problem))?,
+            Some((text, source)) => self
+                .check(
+                    parse_listen(&text)
+                        .map(Some)
+                        .map_err(|problem| ConfigError::setting("listen", &source, problem)),
+                )
+                .unwrap_or_else(|| parse_listen(DEFAULT_LISTEN).unwrap_or_else(|_| unreachable!())),
         };
 
-        let threads = match self.integer("threads", 1, 1024)? {
+        let threads = match self.check(self.integer("threads", 1, 1024)) {
             Some(threads) => usize::try_from(threads).unwrap_or(1024),
             None => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         };
 
-        let api_key = match self.string("api_key")? {
+        let api_key = match self.check(self.string("api_key")) {
             Some((key, source)) => {
-                validate_api_key(&key)
-                    .map_err(|problem| ConfigError::setting("api_key", &source, problem))?;
+                self.refuse(
+                    validate_api_key(&key)
+                        .map_err(|problem| ConfigError::setting("api_key", &source, problem)),
+                );
                 Secret::new(key)
             }
             None if dev => {
@@ -714,17 +750,20 @@ impl Layers {
                 Secret::new(random_token(24))
             }
             None => {
-                return Err(ConfigError::new(
+                self.refuse(Err(ConfigError::new(
                     "no API key: set api_key in the config file, HERALD_API_KEY, or --api-key \
                      (or run with --dev to generate one)",
-                ));
+                )));
+                Secret::new("")
             }
         };
 
-        let token_secret = match self.string("token_secret")? {
+        let token_secret = match self.check(self.string("token_secret")) {
             Some((secret, source)) => {
-                validate_token_secret(&secret)
-                    .map_err(|problem| ConfigError::setting("token_secret", &source, problem))?;
+                self.refuse(
+                    validate_token_secret(&secret)
+                        .map_err(|problem| ConfigError::setting("token_secret", &source, problem)),
+                );
                 Secret::new(secret)
             }
             None if dev => {
@@ -732,117 +771,130 @@ impl Layers {
                 Secret::new(random_token(32))
             }
             None => {
-                return Err(ConfigError::new(
+                self.refuse(Err(ConfigError::new(
                     "no token secret: set token_secret in the config file, HERALD_TOKEN_SECRET, \
                      or --token-secret (at least 32 bytes; or run with --dev to generate one)",
-                ));
+                )));
+                Secret::new("")
             }
         };
 
-        let allowed_origins = match self.string_list("allowed_origins")? {
-            Some((entries, source)) => OriginPolicy::parse(&entries)
-                .map_err(|problem| ConfigError::setting("allowed_origins", &source, problem))?,
-            None if dev => OriginPolicy::any(),
-            None => OriginPolicy::default(),
-        };
+        let allowed_origins =
+            match self.check(self.string_list("allowed_origins")) {
+                Some((entries, source)) => self
+                    .check(OriginPolicy::parse(&entries).map(Some).map_err(|problem| {
+                        ConfigError::setting("allowed_origins", &source, problem)
+                    }))
+                    .unwrap_or_default(),
+                None if dev => OriginPolicy::any(),
+                None => OriginPolicy::default(),
+            };
 
-        let allow_anonymous = self.boolean("allow_anonymous")?.unwrap_or(dev);
+        let allow_anonymous = self.check(self.boolean("allow_anonymous")).unwrap_or(dev);
 
-        let engine = match self.string("engine")? {
+        let engine = match self.check(self.string("engine")) {
             None => Engine::Memory,
             Some((name, source)) => match name.trim() {
                 "memory" => Engine::Memory,
                 "redis" => Engine::Redis,
                 other => {
-                    return Err(ConfigError::setting(
+                    self.refuse(Err(ConfigError::setting(
                         "engine",
                         &source,
                         format_args!("expected memory or redis, got {other:?}"),
-                    ));
+                    )));
+                    Engine::Memory
                 }
             },
         };
 
-        let redis_url = match self.string("redis_url")? {
+        let redis_url = match self.check(self.string("redis_url")) {
             None => "redis://127.0.0.1:6379".to_string(),
             Some((url, source)) => {
-                validate_redis_url(&url)
-                    .map_err(|problem| ConfigError::setting("redis_url", &source, problem))?;
+                self.refuse(
+                    validate_redis_url(&url)
+                        .map_err(|problem| ConfigError::setting("redis_url", &source, problem)),
+                );
                 url
             }
         };
 
-        let redis_prefix = match self.string("redis_prefix")? {
+        let redis_prefix = match self.check(self.string("redis_prefix")) {
             None => "herald".to_string(),
             Some((prefix, source)) => {
                 let ok = !prefix.is_empty()
                     && prefix.len() <= 64
                     && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
                 if !ok {
-                    return Err(ConfigError::setting(
+                    self.refuse(Err(ConfigError::setting(
                         "redis_prefix",
                         &source,
                         format_args!("1 to 64 of A-Z a-z 0-9 _ - . expected, got {prefix:?}"),
-                    ));
+                    )));
                 }
                 prefix
             }
         };
 
-        let max_connections = match self.integer("max_connections", 1, 10_000_000)? {
+        let max_connections = match self.check(self.integer("max_connections", 1, 10_000_000)) {
             Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
             None => default_max_connections(),
         };
-        let max_pending_handshakes = match self.integer("max_pending_handshakes", 1, 10_000_000)? {
-            Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
-            None => (max_connections / 4).max(1024),
-        };
+        let max_pending_handshakes =
+            match self.check(self.integer("max_pending_handshakes", 1, 10_000_000)) {
+                Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
+                None => (max_connections / 4).max(1024),
+            };
 
         // `/echo` serves unauthenticated 16 MiB messages: for conformance
         // runs and benchmarks, so only where asked for (or in --dev).
-        let echo =
-            self.boolean("echo")?.unwrap_or(dev) && !self.boolean("no_echo")?.unwrap_or(false);
-        let ping_interval =
-            self.seconds("ping_interval_secs", 0.1, 3600.0)?.unwrap_or(DEFAULT_PING_INTERVAL);
+        let echo = self.check(self.boolean("echo")).unwrap_or(dev)
+            && !self.check(self.boolean("no_echo")).unwrap_or(false);
+        let ping_interval = self
+            .check(self.seconds("ping_interval_secs", 0.1, 3600.0))
+            .unwrap_or(DEFAULT_PING_INTERVAL);
         let handshake_timeout = self
-            .seconds("handshake_timeout_secs", 0.1, 300.0)?
+            .check(self.seconds("handshake_timeout_secs", 0.1, 300.0))
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-        let shutdown_timeout =
-            self.seconds("shutdown_timeout_secs", 0.0, 3600.0)?.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        let shutdown_timeout = self
+            .check(self.seconds("shutdown_timeout_secs", 0.0, 3600.0))
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         let max_outbound_bytes = self
-            .bytes("max_outbound_bytes", 4 << 10, 1 << 30)?
+            .check(self.bytes("max_outbound_bytes", 4 << 10, 1 << 30))
             .unwrap_or(DEFAULT_MAX_OUTBOUND_BYTES);
         let max_message_bytes = self
-            .bytes("max_message_bytes", 1 << 10, 64 << 20)?
+            .check(self.bytes("max_message_bytes", 1 << 10, 64 << 20))
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         let max_echo_message_bytes = self
-            .bytes("max_echo_message_bytes", 1 << 10, 64 << 20)?
+            .check(self.bytes("max_echo_message_bytes", 1 << 10, 64 << 20))
             .unwrap_or(DEFAULT_MAX_ECHO_MESSAGE_BYTES);
         let max_api_body_bytes = self
-            .bytes("max_api_body_bytes", 1 << 10, 64 << 20)?
+            .check(self.bytes("max_api_body_bytes", 1 << 10, 64 << 20))
             .unwrap_or(DEFAULT_MAX_API_BODY_BYTES);
         let max_incomplete_bytes = self
-            .bytes("max_incomplete_bytes", 64 << 10, 1 << 40)?
+            .check(self.bytes("max_incomplete_bytes", 64 << 10, 1 << 40))
             .unwrap_or(DEFAULT_MAX_INCOMPLETE_BYTES);
-        let message_timeout =
-            self.seconds("message_timeout_secs", 0.1, 3600.0)?.unwrap_or(DEFAULT_MESSAGE_TIMEOUT);
+        let message_timeout = self
+            .check(self.seconds("message_timeout_secs", 0.1, 3600.0))
+            .unwrap_or(DEFAULT_MESSAGE_TIMEOUT);
         let command_rate_per_sec = self
-            .integer("command_rate_per_sec", 1, 1_000_000)?
+            .check(self.integer("command_rate_per_sec", 1, 1_000_000))
             .map_or(DEFAULT_COMMAND_RATE_PER_SEC, |rate| u32::try_from(rate).unwrap_or(u32::MAX));
         let command_burst = self
-            .integer("command_burst", 1, 1_000_000)?
+            .check(self.integer("command_burst", 1, 1_000_000))
             .map_or(DEFAULT_COMMAND_BURST, |burst| u32::try_from(burst).unwrap_or(u32::MAX));
-        let max_channels = match self.integer("max_channels", 1, 1 << 32)? {
+        let max_channels = match self.check(self.integer("max_channels", 1, 1 << 32)) {
             Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
             None => max_connections.max(MIN_DEFAULT_MAX_CHANNELS),
         };
         let max_channels_per_connection = self
-            .integer("max_channels_per_connection", 1, 65_536)?
+            .check(self.integer("max_channels_per_connection", 1, 65_536))
             .map_or(DEFAULT_MAX_CHANNELS_PER_CONNECTION, |max| {
                 usize::try_from(max).unwrap_or(usize::MAX)
             });
-        let send_buffer_bytes =
-            self.bytes("send_buffer_bytes", 0, 64 << 20)?.unwrap_or(DEFAULT_SEND_BUFFER_BYTES);
+        let send_buffer_bytes = self
+            .check(self.bytes("send_buffer_bytes", 0, 64 << 20))
+            .unwrap_or(DEFAULT_SEND_BUFFER_BYTES);
         // A publication (from a client or the API) goes into every
         // subscriber's outbound queue; if it could not fit there with room to
         // spare, every subscriber would be closed as a slow consumer.
@@ -850,27 +902,42 @@ impl Layers {
             [("max_message_bytes", max_message_bytes), ("max_api_body_bytes", max_api_body_bytes)]
         {
             if value > max_outbound_bytes / 4 {
-                return Err(ConfigError::new(format!(
+                self.refuse(Err(ConfigError::new(format!(
                     "invalid setting `{key}`: {} must be at most a quarter of max_outbound_bytes \
                      ({}), so that a publication fits in every subscriber's outbound queue; \
                      lower {key} or raise max_outbound_bytes",
                     format_byte_size(value),
                     format_byte_size(max_outbound_bytes)
-                )));
+                ))));
             }
+        }
+        let errors = self.errors.take();
+        if !errors.is_empty() {
+            return Err(ConfigError::all(errors));
         }
 
         let mut namespaces = self.namespaces;
+        let mut channels = self.channels;
         if dev {
-            // The demo page's channels: clients may publish, see each other,
-            // and recover what they missed.
-            namespaces.entry(DEV_DEMO_NAMESPACE.to_string()).or_insert(NamespaceOptions {
+            // What the README and the demo page use, unless the file says
+            // otherwise: the default namespace keeps a modest history (so
+            // SSE and long-poll clients recover across reconnects), and
+            // `chat:...` and the demo page's `demo:...` channels also let
+            // clients publish and see each other.
+            channels.get_or_insert(NamespaceOptions {
                 history_size: 100,
                 history_ttl_secs: 600,
-                presence: true,
-                join_leave: true,
-                client_publish: true,
+                ..NamespaceOptions::default()
             });
+            for namespace in DEV_NAMESPACES {
+                namespaces.entry(namespace.to_string()).or_insert(NamespaceOptions {
+                    history_size: 100,
+                    history_ttl_secs: 600,
+                    presence: true,
+                    join_leave: true,
+                    client_publish: true,
+                });
+            }
         }
         Ok(Config {
             listen,
@@ -900,7 +967,7 @@ impl Layers {
             max_channels,
             max_channels_per_connection,
             send_buffer_bytes,
-            channels: self.channels.unwrap_or_default(),
+            channels: channels.unwrap_or_default(),
             namespaces,
             generated,
         })
@@ -1086,6 +1153,37 @@ mod tests {
         assert!(!config.allow_anonymous);
         assert!(config.generated.is_empty());
         assert!(!config.allowed_origins.allows("https://evil.example", Some("herald.example")));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let error = Config::load(
+            Some((Path::new("h.toml"), "max_message_bytes = \"lots\"")),
+            vec![env("threads", "0")],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        for problem in ["HERALD_API_KEY", "HERALD_TOKEN_SECRET", "`threads`", "`max_message_bytes`"]
+        {
+            assert!(error.contains(problem), "{problem} missing from {error}");
+        }
+        assert!(error.starts_with("4 problems with the settings:"), "{error}");
+    }
+
+    #[test]
+    fn dev_mode_keeps_history_and_has_the_readme_namespaces() {
+        let config = Config::dev();
+        assert_eq!((config.channels.history_size, config.channels.history_ttl_secs), (100, 600));
+        for namespace in DEV_NAMESPACES {
+            let options = &config.namespaces[namespace];
+            assert!(options.client_publish && options.presence && options.history_size > 0);
+        }
+        // The file's own sections win.
+        let file = "[channels]\nhistory_size = 0\n[namespaces.chat]\npresence = true\n";
+        let config = Config::load(Some((Path::new("h.toml"), file)), vec![], true).unwrap();
+        assert_eq!(config.channels.history_size, 0);
+        assert!(!config.namespaces["chat"].client_publish);
     }
 
     #[test]

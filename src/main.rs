@@ -216,6 +216,7 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
         }
     };
     let listen = config.listen;
+    let dev_key = config.dev.then(|| config.api_key.expose().to_string());
     let handle = match Server::start(config) {
         Ok(handle) => handle,
         Err(error) => {
@@ -223,7 +224,18 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("herald listening on {}", handle.local_addr());
+    let addr = handle.local_addr();
+    println!("herald listening on {addr}");
+    if let Some(key) = dev_key {
+        // Where to go next, for the developer at the terminal.
+        println!("demo page: http://{addr}/");
+        println!("publish from a shell:");
+        println!("  export HERALD_API_KEY={key}");
+        println!(
+            "  curl -s http://{addr}/api/publish -H \"Authorization: apikey $HERALD_API_KEY\" \\\n    \
+             -d '{{\"channel\":\"news\",\"data\":{{\"title\":\"hello\"}}}}'"
+        );
+    }
     let _ = std::io::stdout().flush();
 
     wait_for_signal(signals, handle)

@@ -346,3 +346,49 @@ fn a_thousand_held_polls_are_answered_by_one_publish() {
     }
     assert_eq!(server.handle.channel_count(), 1);
 }
+
+#[test]
+fn cross_origin_browsers_get_a_cors_preflight_and_may_send_a_bearer_token() {
+    let server = start_server(1, |config| {
+        config.allowed_origins =
+            herald::config::OriginPolicy::parse(&["https://app.example.com"]).unwrap();
+        config.allow_anonymous = false;
+    });
+    let token = server.token("42", &[]);
+    for path in ["/sse", "/poll"] {
+        let preflight = request(
+            server.addr,
+            &format!(
+                "OPTIONS {path}?channel=news HTTP/1.1\r\nHost: herald\r\n\
+                 Origin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\n\
+                 Access-Control-Request-Headers: authorization\r\n\r\n"
+            ),
+        );
+        assert_eq!(preflight.status, 204, "{path}: {}", preflight.body);
+        assert_eq!(
+            preflight.header("access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(preflight.header("access-control-allow-methods"), Some("GET"));
+        let headers = preflight.header("access-control-allow-headers").unwrap().to_lowercase();
+        assert!(headers.contains("authorization") && headers.contains("last-event-id"));
+        let refused = request(
+            server.addr,
+            &format!(
+                "OPTIONS {path}?channel=news HTTP/1.1\r\nHost: herald\r\n\
+                 Origin: https://evil.example\r\nAccess-Control-Request-Method: GET\r\n\r\n"
+            ),
+        );
+        assert_eq!(refused.status, 403);
+    }
+    // The request the preflight allowed: a poll with the token in a header.
+    let answer = request(
+        server.addr,
+        &format!(
+            "GET /poll?channel=news&timeout=0 HTTP/1.1\r\nHost: herald\r\n\
+             Origin: https://app.example.com\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("access-control-allow-origin"), Some("https://app.example.com"));
+}

@@ -142,6 +142,8 @@ enum Action {
     },
     Health,
     Metrics,
+    /// A CORS preflight, from this allowed origin (if it named one).
+    Preflight(Option<Box<str>>),
     /// A file built into the binary: content type and bytes.
     Static(&'static str, &'static [u8]),
     Stream(Box<StreamRequest>),
@@ -338,6 +340,10 @@ impl<S: SocketTransport> Conn<S> {
                     .into_bytes(),
                 };
                 self.answer(json_response(200, "", &body, keep_alive), keep_alive, ctx);
+                0
+            }
+            Ok(Action::Preflight(origin)) => {
+                self.answer(sse_wire::preflight(origin.as_deref(), keep_alive), keep_alive, ctx);
                 0
             }
             Ok(Action::Metrics) => {
@@ -666,6 +672,11 @@ fn route<S: SocketTransport>(
         Route::Health => no_body(request).map(|()| Action::Health),
         Route::Metrics => no_body(request).map(|()| Action::Metrics),
         Route::Sse | Route::Poll => stream_request(request, ctx, request.path() == "/poll"),
+        Route::Preflight => {
+            no_body(request)?;
+            let origin = upgrade::check_origin(request, &config.allowed_origins)?;
+            Ok(Action::Preflight(origin.map(Box::from)))
+        }
         Route::File(file) => {
             no_body(request)?;
             match file {

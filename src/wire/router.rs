@@ -13,6 +13,9 @@ pub enum Route {
     Sse,
     /// `GET /poll`.
     Poll,
+    /// `OPTIONS /sse` or `OPTIONS /poll`: a browser's CORS preflight before
+    /// a cross-origin request with `Authorization` or `Last-Event-ID`.
+    Preflight,
     /// `GET /health`.
     Health,
     /// `GET /metrics`.
@@ -119,6 +122,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         };
     }
     let route = match path {
+        "/sse" | "/poll" if method == "OPTIONS" => return Ok(Route::Preflight),
         "/ws" => Route::Client,
         "/echo" => Route::Echo,
         "/sse" => Route::Sse,
@@ -158,5 +162,8 @@ mod tests {
         assert_eq!(route("GET", "/"), Ok(Route::File(File::DemoPage)));
         assert_eq!(route("POST", "/"), Err(HttpError::NotFound));
         assert_eq!(route("GET", "/nope"), Err(HttpError::NotFound));
+        assert_eq!(route("OPTIONS", "/sse"), Ok(Route::Preflight));
+        assert_eq!(route("OPTIONS", "/poll"), Ok(Route::Preflight));
+        assert_eq!(route("OPTIONS", "/ws"), Err(HttpError::MethodNotAllowed { allow: "GET" }));
     }
 }

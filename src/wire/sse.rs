@@ -103,6 +103,23 @@ pub fn sse_head(allow_origin: Option<&str>) -> Bytes {
 /// The comment an SSE stream sends as its heartbeat.
 pub const SSE_PING: &[u8] = b": ping\n\n";
 
+/// The answer to a CORS preflight of `/sse` or `/poll`: `origin` (an
+/// allowed one) may send `GET` with the headers these endpoints read.
+pub fn preflight(origin: Option<&str>, keep_alive: bool) -> Bytes {
+    let allow = match origin {
+        Some(origin) => format!(
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Methods: GET\r\n\
+             Access-Control-Allow-Headers: Authorization, Last-Event-ID, Cache-Control\r\n\
+             Access-Control-Max-Age: 600\r\nVary: Origin\r\n"
+        ),
+        None => String::new(),
+    };
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    Bytes::from(format!(
+        "HTTP/1.1 204 No Content\r\n{allow}Content-Length: 0\r\nConnection: {connection}\r\n\r\n"
+    ))
+}
+
 /// `Access-Control-Allow-Origin` for an allowed cross-origin browser.
 pub fn cors_headers(allow_origin: Option<&str>) -> String {
     match allow_origin {
