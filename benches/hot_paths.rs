@@ -72,7 +72,7 @@ fn frame_reading(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(input.len() as u64));
         let mut pool = CodecPool::default();
         group.bench_function(label, |b| {
-            let mut session = WsSession::new(1 << 20);
+            let mut session = WsSession::new(1 << 20, None);
             let mut out = OutQueue::default();
             b.iter(|| {
                 let mut handler = Count(0);

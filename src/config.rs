@@ -70,6 +70,12 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
 /// and echo alike, docs/BENCHMARKS.md). It allows 1 MiB/s per connection
 /// at 100 ms round trip, far more than notifications need.
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 64 << 10;
+/// Messages shorter than this go uncompressed on connections that agreed
+/// to permessage-deflate: below it, JSON notifications shrink by less than
+/// a TCP segment's own headers, so compressing them costs the sender and
+/// the receiver time for next to nothing on the wire (measured:
+/// docs/BENCHMARKS.md, "Where compression pays").
+pub const DEFAULT_COMPRESSION_THRESHOLD_BYTES: usize = 256;
 /// With the Redis engine, how long a presence entry lives without being
 /// renewed by its node (renewed every sixth of it): a node that dies
 /// leaves members that are gone within about a minute.
@@ -357,6 +363,12 @@ pub struct Config {
     pub max_channels_per_connection: usize,
     /// `SO_SNDBUF` of each accepted socket (0: the kernel's autotuning).
     pub send_buffer_bytes: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with WebSocket clients that
+    /// offer it.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed, also to clients that
+    /// agreed to compression.
+    pub compression_threshold_bytes: usize,
     /// Options of channels without a namespace.
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
@@ -469,6 +481,8 @@ pub const KEYS: &[&str] = &[
     "max_channels",
     "max_channels_per_connection",
     "send_buffer_bytes",
+    "compression",
+    "compression_threshold_bytes",
     "pusher_path_prefix",
     "presence_ttl_secs",
 ];
@@ -937,6 +951,10 @@ impl Layers {
         let send_buffer_bytes = self
             .check(self.bytes("send_buffer_bytes", 0, 64 << 20))
             .unwrap_or(DEFAULT_SEND_BUFFER_BYTES);
+        let compression = self.check(self.boolean("compression")).unwrap_or(true);
+        let compression_threshold_bytes = self
+            .check(self.bytes("compression_threshold_bytes", 0, 64 << 20))
+            .unwrap_or(DEFAULT_COMPRESSION_THRESHOLD_BYTES);
         let pusher_path_prefix = match self.check(self.string("pusher_path_prefix")) {
             None => String::new(),
             Some((prefix, source)) => {
@@ -1041,6 +1059,8 @@ impl Layers {
             max_channels,
             max_channels_per_connection,
             send_buffer_bytes,
+            compression,
+            compression_threshold_bytes,
             channels: channels.unwrap_or_default(),
             namespaces,
             apps,

@@ -290,6 +290,8 @@ pub enum CloseReason {
     UnsupportedData,
     /// 1007: a text message that is not UTF-8.
     InvalidUtf8,
+    /// 1007: a compressed message that is not a valid deflate stream.
+    InvalidCompressedData,
     /// 1008: the peer broke a rule of this server (token expired, no
     /// traffic for two ping intervals, control-frame flood).
     Policy(&'static str),
@@ -314,7 +316,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => 1001,
             CloseReason::Protocol(_) => 1002,
             CloseReason::UnsupportedData => 1003,
-            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::InvalidUtf8 | CloseReason::InvalidCompressedData => 1007,
             CloseReason::Policy(_) => 1008,
             CloseReason::MessageTooBig => 1009,
             CloseReason::Internal => 1011,
@@ -333,6 +335,7 @@ impl CloseReason {
             CloseReason::Protocol(what) | CloseReason::Policy(what) => what,
             CloseReason::UnsupportedData => "binary frames are not accepted here",
             CloseReason::InvalidUtf8 => "invalid UTF-8 in text message",
+            CloseReason::InvalidCompressedData => "invalid compressed data",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::Internal => "internal error",
             CloseReason::DisconnectedByApi => "disconnected",
@@ -349,6 +352,7 @@ impl CloseReason {
             CloseReason::Protocol(_)
                 | CloseReason::UnsupportedData
                 | CloseReason::InvalidUtf8
+                | CloseReason::InvalidCompressedData
                 | CloseReason::MessageTooBig
                 | CloseReason::Internal
         )
@@ -453,6 +457,7 @@ mod tests {
         assert_eq!(CloseReason::InvalidUtf8.code(), 1007);
         assert_eq!(CloseReason::MessageTooBig.code(), 1009);
         assert_eq!(CloseReason::SlowConsumer.code(), 4008);
+        assert_eq!(CloseReason::InvalidCompressedData.code(), 1007);
         for reason in
             [CloseReason::ShuttingDown, CloseReason::InvalidUtf8, CloseReason::SlowConsumer]
         {

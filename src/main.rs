@@ -142,6 +142,12 @@ struct ServeArgs {
     /// SO_SNDBUF of each connection's socket (0: the kernel's autotuning).
     #[arg(long, env = "HERALD_SEND_BUFFER_BYTES", value_name = "BYTES")]
     send_buffer_bytes: Option<String>,
+    /// Negotiate permessage-deflate with WebSocket clients that offer it (default true).
+    #[arg(long, env = "HERALD_COMPRESSION", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    compression: Option<String>,
+    /// Messages shorter than this go uncompressed, also where compression was agreed.
+    #[arg(long, env = "HERALD_COMPRESSION_THRESHOLD_BYTES", value_name = "BYTES")]
+    compression_threshold_bytes: Option<String>,
     /// Path prefix a proxy leaves on Pusher requests (/herald): stripped before signatures are checked.
     #[arg(long, env = "HERALD_PUSHER_PATH_PREFIX", value_name = "PATH")]
     pusher_path_prefix: Option<String>,

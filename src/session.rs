@@ -19,6 +19,12 @@ use std::sync::Arc;
 pub trait Outbox {
     /// Queues one frame.
     fn push(&mut self, frame: Bytes);
+
+    /// Queues a publication's WebSocket frame: the plain one, unless the
+    /// connection took up compression.
+    fn push_publication(&mut self, publication: &Publication) {
+        self.push(publication.websocket_frame().clone());
+    }
 }
 
 /// A reply as a text frame.
@@ -444,7 +450,7 @@ fn subscribed(
     out.push(text_frame(&reply));
     let sent = 1 + publications.len() as u64;
     for publication in publications {
-        out.push(publication.ws_frame().clone());
+        out.push_publication(&publication);
     }
     sent
 }

@@ -95,3 +95,36 @@ pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(byte, key)| byte ^ key));
     out
 }
+
+/// `payload` as one message of permessage-deflate: a raw deflate stream of
+/// its own, sync-flushed, its trailer cut (RFC 7692 section 7.2.1).
+pub fn deflate(payload: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress};
+    let mut compress = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    let mut input = payload;
+    loop {
+        let before = compress.total_in();
+        if compress.compress_vec(input, &mut out, FlushCompress::Sync).is_err() {
+            break;
+        }
+        let used = usize::try_from(compress.total_in() - before).unwrap_or(usize::MAX);
+        input = input.get(used..).unwrap_or_default();
+        if input.is_empty() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity().max(64));
+    }
+    out.truncate(out.len().saturating_sub(4));
+    out
+}
+
+/// A masked client frame of a compressed message (RSV1 set), as
+/// [`client_frame`]; `payload` is already compressed (see [`deflate`]).
+pub fn compressed_client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = client_frame(fin, opcode, payload);
+    if let Some(first) = frame.first_mut() {
+        *first |= 0x40;
+    }
+    frame
+}

@@ -3,7 +3,8 @@
 use crate::clock::Millis;
 use crate::protocol;
 use crate::types::{ConnRef, Epoch, Member};
-use crate::wire::frame::{Opcode, encode_frame};
+use crate::wire::deflate::Deflater;
+use crate::wire::frame::{Opcode, encode_frame, payload_of};
 use crate::wire::{pusher, sse};
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
@@ -23,6 +24,9 @@ pub struct Publication {
     json: OnceLock<Bytes>,
     /// The Pusher event frame, for an app's channel.
     pusher: OnceLock<Bytes>,
+    /// [`Publication::websocket_frame`] compressed (permessage-deflate),
+    /// or `None` where compressing did not make it smaller.
+    deflated: OnceLock<Option<Bytes>>,
 }
 
 impl Publication {
@@ -36,6 +40,7 @@ impl Publication {
             data_start,
             json: OnceLock::new(),
             pusher: OnceLock::new(),
+            deflated: OnceLock::new(),
         })
     }
 
@@ -58,6 +63,28 @@ impl Publication {
     /// The `/ws` `message` push frame, the same bytes for every subscriber.
     pub fn ws_frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The frame WebSocket subscribers of the channel get: the Pusher event
+    /// for an app's channel (only Pusher clients subscribe to those), the
+    /// `/ws` push for any other.
+    pub fn websocket_frame(&self) -> &Bytes {
+        if self.channel.contains(';') { self.pusher_frame() } else { &self.frame }
+    }
+
+    /// The length of [`Publication::websocket_frame`]'s payload.
+    pub fn websocket_payload_len(&self) -> usize {
+        payload_of(self.websocket_frame()).len()
+    }
+
+    /// [`Publication::websocket_frame`] compressed, RSV1 set: built once
+    /// per node by the first subscriber that takes it (with its shard's
+    /// compressor) and shared by every other; `None` where compressing
+    /// does not make it smaller.
+    pub fn deflated_frame(&self, deflater: &mut Deflater) -> Option<&Bytes> {
+        self.deflated
+            .get_or_init(|| deflater.frame(Opcode::Text, payload_of(self.websocket_frame())))
+            .as_ref()
     }
 
     /// The message as SSE and long-poll clients get it.

@@ -6,9 +6,10 @@ mod request;
 pub mod websocket;
 
 use crate::api;
-use crate::broker::{Delivery, EngineAnswer, Event};
+use crate::broker::{Delivery, EngineAnswer, Event, Publication};
 use crate::channel::ChannelName;
 use crate::clock::{Millis, millis};
+use crate::config::Config;
 use crate::error::{CloseReason, HttpError};
 use crate::metrics::{Refusal, Transport as ConnKind};
 use crate::node::Shared;
@@ -16,6 +17,7 @@ use crate::node::local::Local;
 use crate::pusher::{self, PusherSession};
 use crate::session::{ClientSession, Outbox};
 use crate::stream::{self, PollAnswer, StreamSub};
+use crate::wire::deflate::{Deflater, fits_window};
 use crate::wire::frame::Opcode;
 use crate::wire::frame::{PING_FRAME, close_frame};
 use crate::wire::sse::SSE_PING;
@@ -73,8 +75,10 @@ pub struct Ctx {
     pub local: Local,
     /// The read buffer every socket read on this shard goes through.
     pub scratch: Box<[u8]>,
-    /// tungstenite contexts kept for reuse.
+    /// tungstenite contexts kept for reuse, and the inflater.
     pub codecs: websocket::CodecPool,
+    /// The compressor of every frame this shard compresses.
+    pub deflater: Deflater,
 }
 
 impl Deref for Ctx {
@@ -98,6 +102,7 @@ impl Ctx {
             local: Local::new(shared, shard),
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             codecs: websocket::CodecPool::default(),
+            deflater: Deflater::default(),
         }
     }
 
@@ -115,6 +120,72 @@ impl Ctx {
 impl Outbox for OutQueue {
     fn push(&mut self, frame: Bytes) {
         OutQueue::push(self, frame);
+    }
+}
+
+/// permessage-deflate on one connection: the client's window, the shard's
+/// compressor, and the size below which messages go uncompressed.
+struct Compress<'a> {
+    window_bits: u8,
+    deflater: &'a mut Deflater,
+    threshold: usize,
+}
+
+impl Compress<'_> {
+    /// On a connection whose session agreed to compression (`window_bits`),
+    /// unless `compression_threshold_bytes` turns it off.
+    fn on<'a>(
+        deflater: &'a mut Deflater,
+        config: &Config,
+        window_bits: Option<u8>,
+    ) -> Option<Compress<'a>> {
+        let threshold = config.compression_threshold_bytes;
+        Some(Compress { window_bits: window_bits?, deflater, threshold })
+    }
+
+    /// Whether a message of `len` bytes goes compressed: at or above the
+    /// threshold, and within the client's window.
+    fn takes(&self, len: usize) -> bool {
+        len >= self.threshold && fits_window(len, self.window_bits)
+    }
+
+    /// The frame of `publication` for this connection: its compressed frame,
+    /// built once per node and shared, where that is worth it; else its
+    /// plain frame.
+    fn publication<'p>(&mut self, publication: &'p Publication) -> &'p Bytes {
+        if self.takes(publication.websocket_payload_len())
+            && let Some(frame) = publication.deflated_frame(self.deflater)
+        {
+            return frame;
+        }
+        publication.websocket_frame()
+    }
+
+    /// A message of this connection's own (an echo) compressed, where that
+    /// is worth it.
+    fn message(&mut self, opcode: Opcode, payload: &[u8]) -> Option<Bytes> {
+        if self.takes(payload.len()) { self.deflater.frame(opcode, payload) } else { None }
+    }
+}
+
+/// A WebSocket's outbound queue as front ends write to it: publications go
+/// compressed where the connection agreed to it.
+struct Queue<'a> {
+    out: &'a mut OutQueue,
+    compress: Option<Compress<'a>>,
+}
+
+impl Outbox for Queue<'_> {
+    fn push(&mut self, frame: Bytes) {
+        self.out.push(frame);
+    }
+
+    fn push_publication(&mut self, publication: &Publication) {
+        let frame = match &mut self.compress {
+            Some(compress) => compress.publication(publication),
+            None => publication.websocket_frame(),
+        };
+        self.out.push(frame.clone());
     }
 }
 
@@ -163,29 +234,33 @@ impl Endpoint {
 struct Dispatch<'a> {
     endpoint: &'a mut Endpoint,
     ctx: &'a mut Ctx,
+    /// The session's permessage-deflate window, where it agreed to it.
+    compression: Option<u8>,
 }
 
 impl Handler for Dispatch<'_> {
     fn on_message(&mut self, message: Message, out: &mut OutQueue) -> Result<(), CloseReason> {
+        let compress =
+            Compress::on(&mut self.ctx.deflater, &self.ctx.local.config, self.compression);
         match (&mut *self.endpoint, message) {
             (Endpoint::Echo, Message::Text(text)) => {
-                self.ctx.metrics.messages_in.inc();
-                self.ctx.metrics.messages_out.inc();
-                websocket::queue_frame(out, Opcode::Text, Bytes::from(text));
+                self.ctx.local.metrics.messages_in.inc();
+                self.ctx.local.metrics.messages_out.inc();
+                echo(out, compress, Opcode::Text, Bytes::from(text));
             }
             (Endpoint::Echo, Message::Binary(data)) => {
-                self.ctx.metrics.messages_in.inc();
-                self.ctx.metrics.messages_out.inc();
-                websocket::queue_frame(out, Opcode::Binary, data);
+                self.ctx.local.metrics.messages_in.inc();
+                self.ctx.local.metrics.messages_out.inc();
+                echo(out, compress, Opcode::Binary, data);
             }
             (Endpoint::Client(_), Message::Binary(_)) => return Err(CloseReason::UnsupportedData),
             (Endpoint::Client(session), Message::Text(text)) => {
-                self.ctx.metrics.messages_in.inc();
-                session.on_text(&text, out, &mut self.ctx.local)?;
+                self.ctx.local.metrics.messages_in.inc();
+                session.on_text(&text, &mut Queue { out, compress }, &mut self.ctx.local)?;
             }
             (Endpoint::Pusher(session), Message::Text(text)) => {
-                self.ctx.metrics.messages_in.inc();
-                session.on_text(&text, out, &mut self.ctx.local)?;
+                self.ctx.local.metrics.messages_in.inc();
+                session.on_text(&text, &mut Queue { out, compress }, &mut self.ctx.local)?;
             }
             (Endpoint::Pusher(_), Message::Binary(_)) => {
                 // Pusher has no binary frames; the connection stays.
@@ -195,6 +270,15 @@ impl Handler for Dispatch<'_> {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Queues the echo of a message: compressed where the connection agreed to
+/// it and that is worth it, else the payload as it came behind a header.
+fn echo(out: &mut OutQueue, compress: Option<Compress<'_>>, opcode: Opcode, payload: Bytes) {
+    match compress.and_then(|mut compress| compress.message(opcode, &payload)) {
+        Some(frame) => out.push(frame),
+        None => websocket::queue_frame(out, opcode, payload),
     }
 }
 
@@ -531,7 +615,8 @@ impl<S: Transport> Conn<S> {
         let Phase::WebSocket(ws) = &mut self.phase else { return };
         // The pool leaves the context while the dispatcher holds it.
         let mut codecs = std::mem::take(&mut ctx.codecs);
-        let mut dispatch = Dispatch { endpoint: &mut ws.endpoint, ctx };
+        let compression = ws.session.compression();
+        let mut dispatch = Dispatch { endpoint: &mut ws.endpoint, ctx, compression };
         let incomplete_before = ws.session.incomplete_bytes();
         let input = ws.session.on_input(input, &mut self.out, &mut dispatch, &mut codecs);
         ctx.codecs = codecs;
@@ -650,12 +735,16 @@ impl<S: Transport> Conn<S> {
     /// Queues a delivery for this connection, in its transport's form: the
     /// shared frame on a WebSocket, an event on an SSE stream, a message in
     /// a held poll's answer.
-    pub fn deliver(&mut self, delivery: &Delivery, ctx: &Ctx) -> Pushed {
+    pub fn deliver(&mut self, delivery: &Delivery, ctx: &mut Ctx) -> Pushed {
         match &mut self.phase {
             Phase::WebSocket(ws) => {
                 let frame = match (&ws.endpoint, &delivery.event) {
-                    (Endpoint::Pusher(_), Event::Publication(publication)) => {
-                        publication.pusher_frame()
+                    (_, Event::Publication(publication)) => {
+                        let window_bits = ws.session.compression();
+                        match Compress::on(&mut ctx.deflater, &ctx.local.config, window_bits) {
+                            Some(mut compress) => compress.publication(publication),
+                            None => publication.websocket_frame(),
+                        }
                     }
                     (Endpoint::Pusher(_), Event::Presence(change)) => {
                         let Some(frame) = change.pusher_frame() else { return Pushed::Dropped };
@@ -663,7 +752,6 @@ impl<S: Transport> Conn<S> {
                     }
                     (Endpoint::Pusher(_), Event::Restart(restart)) => restart.pusher_frame(),
                     (Endpoint::Pusher(_), Event::Relay(relayed)) => relayed.frame(),
-                    (_, Event::Publication(publication)) => publication.ws_frame(),
                     (_, Event::Presence(change)) => change.ws_frame(),
                     (_, Event::Restart(restart)) => restart.ws_frame(),
                     (_, Event::Relay(_)) => return Pushed::Dropped,
@@ -714,16 +802,21 @@ impl<S: Transport> Conn<S> {
                 };
                 return self.on_api_answer(status, &body, ctx);
             }
-            Phase::WebSocket(ws) => match &mut ws.endpoint {
-                Endpoint::Client(session) => {
-                    let sent = session.on_answer(id, answer, &mut self.out, &mut ctx.local);
-                    ctx.metrics.messages_out.add(sent);
+            Phase::WebSocket(ws) => {
+                let compress =
+                    Compress::on(&mut ctx.deflater, &ctx.local.config, ws.session.compression());
+                let mut out = Queue { out: &mut self.out, compress };
+                match &mut ws.endpoint {
+                    Endpoint::Client(session) => {
+                        let sent = session.on_answer(id, answer, &mut out, &mut ctx.local);
+                        ctx.local.metrics.messages_out.add(sent);
+                    }
+                    Endpoint::Pusher(session) => {
+                        session.on_answer(answer, &mut out, &mut ctx.local)
+                    }
+                    Endpoint::Echo => {}
                 }
-                Endpoint::Pusher(session) => {
-                    session.on_answer(answer, &mut self.out, &mut ctx.local)
-                }
-                Endpoint::Echo => {}
-            },
+            }
             Phase::Sse(_) | Phase::Poll(_) => {
                 if let EngineAnswer::Subscribed(channel, result) = answer {
                     let index = id.and_then(|id| usize::try_from(id).ok()).unwrap_or(usize::MAX);

@@ -18,6 +18,7 @@ use crate::stream::{
     PollAnswer, StreamSub,
 };
 use crate::types::{ConnRef, Since};
+use crate::wire::deflate::Agreed;
 use crate::wire::frame::{Opcode, encode_frame};
 use crate::wire::http::{self, MAX_HEAD_BYTES, Request};
 use crate::wire::router::{self, ApiEndpoint, File, PusherEndpoint, Route};
@@ -170,6 +171,8 @@ enum Action {
     Upgrade {
         upgrade: Upgrade,
         accept: String,
+        /// permessage-deflate, where agreed.
+        deflate: Option<Agreed>,
     },
     Health,
     Metrics,
@@ -434,8 +437,8 @@ impl<S: SocketTransport> Conn<S> {
                 }
                 rest.len()
             }
-            Ok(Action::Upgrade { upgrade, accept }) => {
-                self.upgrade(upgrade, &accept, ctx);
+            Ok(Action::Upgrade { upgrade, accept, deflate }) => {
+                self.upgrade(upgrade, &accept, deflate, ctx);
                 if !rest.is_empty() {
                     self.on_ws_input(rest, ctx);
                 }
@@ -544,8 +547,8 @@ impl<S: SocketTransport> Conn<S> {
         }
     }
 
-    fn upgrade(&mut self, upgrade: Upgrade, accept: &str, ctx: &mut Ctx) {
-        self.out.push(Bytes::from(upgrade::switching_protocols(accept)));
+    fn upgrade(&mut self, upgrade: Upgrade, accept: &str, deflate: Option<Agreed>, ctx: &mut Ctx) {
+        self.out.push(Bytes::from(upgrade::switching_protocols(accept, deflate.as_ref())));
         let me = self.conn_ref(ctx);
         let transport = match upgrade {
             Upgrade::Echo => Transport::Echo,
@@ -578,7 +581,7 @@ impl<S: SocketTransport> Conn<S> {
                 // Opened to say why it closes: pusher-js acts on the code.
                 let reason = refusal.close_reason();
                 self.phase = Phase::WebSocket(WsPhase {
-                    session: WsSession::new(ctx.config.max_message_bytes),
+                    session: WsSession::new(ctx.config.max_message_bytes, deflate),
                     endpoint: Endpoint::Echo,
                     last_rx: ctx.now,
                     pinged: false,
@@ -602,7 +605,7 @@ impl<S: SocketTransport> Conn<S> {
             }
         };
         self.phase = Phase::WebSocket(WsPhase {
-            session: WsSession::new(max_message),
+            session: WsSession::new(max_message, deflate),
             endpoint,
             last_rx: ctx.now,
             pinged: false,
@@ -823,7 +826,8 @@ fn route<S: SocketTransport>(
                         .get(app)
                         .map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed))
                 });
-            Ok(Action::Upgrade { upgrade: Upgrade::Pusher(opening), accept })
+            let deflate = upgrade::compression(request, config.compression);
+            Ok(Action::Upgrade { upgrade: Upgrade::Pusher(opening), accept, deflate })
         }
         Route::Health => no_body(request).map(|()| Action::Health),
         Route::Metrics => no_body(request).map(|()| Action::Metrics),
@@ -849,12 +853,14 @@ fn route<S: SocketTransport>(
         Route::Echo if !config.echo => Err(HttpError::NotFound),
         Route::Echo => {
             let accept = upgrade::validate(request, &config.allowed_origins)?;
-            Ok(Action::Upgrade { upgrade: Upgrade::Echo, accept })
+            let deflate = upgrade::compression(request, config.compression);
+            Ok(Action::Upgrade { upgrade: Upgrade::Echo, accept, deflate })
         }
         Route::Client => {
             let accept = upgrade::validate(request, &config.allowed_origins)?;
             let identity = identify(request, config)?;
-            Ok(Action::Upgrade { upgrade: Upgrade::Client(identity), accept })
+            let deflate = upgrade::compression(request, config.compression);
+            Ok(Action::Upgrade { upgrade: Upgrade::Client(identity), accept, deflate })
         }
     }
 }

@@ -490,7 +490,7 @@ impl PusherSession {
 
     fn send_events(&self, publications: &[Arc<Publication>], out: &mut impl Outbox, local: &Local) {
         for publication in publications {
-            out.push(publication.pusher_frame().clone());
+            out.push_publication(publication);
         }
         local.metrics.messages_out.add(publications.len() as u64);
     }

@@ -16,13 +16,17 @@ pub enum Opcode {
     Ping = 0x9,
 }
 
+/// RSV1, the first reserved bit: set on the first frame of a compressed
+/// message (RFC 7692).
+pub const RSV1: u8 = 0x40;
+
 /// An empty ping frame: the heartbeat.
 pub const PING_FRAME: &[u8] = b"\x89\x00";
 
 /// The header of an unmasked, final server frame: opcode and length.
 // Each cast is within the range its match arm just checked.
 #[allow(clippy::cast_possible_truncation)]
-pub fn frame_header(opcode: Opcode, len: usize, out: &mut BytesMut) {
+pub fn frame_header(opcode: Opcode, len: usize, out: &mut impl BufMut) {
     out.put_u8(0x80 | opcode as u8);
     match len {
         0..=125 => out.put_u8(len as u8),
@@ -43,6 +47,18 @@ pub fn encode_frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     frame_header(opcode, payload.len(), &mut out);
     out.put_slice(payload);
     out.freeze()
+}
+
+/// The payload of a whole frame the server wrote (unmasked, its length as
+/// the header says).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let start = match frame.get(1).map(|second| second & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => frame.len(),
+    };
+    frame.get(start..).unwrap_or_default()
 }
 
 /// Two-byte headers of final text and binary frames of 0 to 125 bytes, so a
@@ -93,6 +109,15 @@ mod tests {
             b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
         );
         assert_eq!(&close_frame(CloseReason::ShuttingDown)[..4], b"\x88\x16\x03\xe9");
+    }
+
+    #[test]
+    fn payloads_are_found_behind_every_header_length() {
+        for len in [0, 125, 126, 65535, 65536] {
+            let payload = vec![7u8; len];
+            assert_eq!(payload_of(&encode_frame(Opcode::Binary, &payload)), &payload[..]);
+        }
+        assert_eq!(payload_of(b""), b"");
     }
 
     #[test]

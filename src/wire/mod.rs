@@ -1,5 +1,6 @@
-//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE, the Pusher protocol.
+//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake, frames and their compression, SSE, the Pusher protocol.
 
+pub mod deflate;
 pub mod frame;
 pub mod http;
 pub mod pusher;

@@ -1,5 +1,6 @@
 //! The WebSocket opening handshake (RFC 6455 section 4.2), validated by hand and answered with 101.
 
+use super::deflate::{self, Agreed};
 use super::http::{Repeated, Request};
 use crate::config::OriginPolicy;
 use crate::error::HttpError;
@@ -88,11 +89,25 @@ pub fn check_origin<'h>(
     }
 }
 
-/// The `101 Switching Protocols` answer.
-pub fn switching_protocols(accept: &str) -> Vec<u8> {
+/// permessage-deflate for this upgrade, where herald offers it (`enabled`)
+/// and the client does: the first of its offers herald can honour. A
+/// browser known to break `client_no_context_takeover` (Safari 15.0-15.3)
+/// gets none.
+pub fn compression(request: &Request<'_>, enabled: bool) -> Option<Agreed> {
+    if !enabled || request.headers_named("user-agent").any(deflate::breaks_no_context_takeover) {
+        return None;
+    }
+    deflate::negotiate(request.headers_named("sec-websocket-extensions"))
+}
+
+/// The `101 Switching Protocols` answer, with the extension agreed to.
+pub fn switching_protocols(accept: &str, deflate: Option<&Agreed>) -> Vec<u8> {
+    let extensions = deflate
+        .map(|agreed| format!("Sec-WebSocket-Extensions: {}\r\n", agreed.response()))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{extensions}\r\n"
     )
     .into_bytes()
 }
@@ -157,5 +172,31 @@ mod tests {
         assert!(check("Origin: http://example.com\r\n", "", &none).is_ok(), "same origin");
         let listed = OriginPolicy::parse(&["https://app.example"]).unwrap();
         assert!(check("Origin: https://app.example\r\n", "", &listed).is_ok());
+    }
+
+    fn compression_for(extra: &str, enabled: bool) -> Option<Agreed> {
+        let head = format!("{GOOD}{extra}\r\n");
+        http::parse(head.as_bytes(), |request| compression(request, enabled)).unwrap()
+    }
+
+    #[test]
+    fn compression_is_agreed_where_offered_and_allowed() {
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+        let agreed = compression_for(offer, true).unwrap();
+        let answer = String::from_utf8(switching_protocols("k", Some(&agreed))).unwrap();
+        assert!(
+            answer.contains(
+                "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n\r\n"
+            ),
+            "{answer}"
+        );
+        assert_eq!(compression_for(offer, false), None, "turned off");
+        assert_eq!(compression_for("", true), None, "not offered");
+        let plain = String::from_utf8(switching_protocols("k", None)).unwrap();
+        assert!(!plain.contains("Extensions"), "{plain}");
+        let safari_15_2 = "User-Agent: Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) \
+                           AppleWebKit/605.1.15 (KHTML, like Gecko) Version/15.2 Safari/605.1.15\r\n";
+        assert_eq!(compression_for(&format!("{safari_15_2}{offer}"), true), None);
     }
 }
