@@ -22,10 +22,13 @@ work="$root/target/autobahn"
 venv="$work/venv"
 cache="$work/cache"
 py27_root="$work/py27"
-# Cases: the whole RFC 6455 suite; 12.* and 13.* (permessage-deflate) are
-# left out until herald negotiates the extension.
-cases='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*"]'
-deadline="${AUTOBAHN_TIMEOUT:-600}"
+# Cases: the whole RFC 6455 suite, and 12.* and 13.* (permessage-deflate,
+# RFC 7692: compressed messages of many sizes under every offer).
+cases='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*","12.*","13.*"]'
+# AUTOBAHN_CASES='["12.1.*"]' runs some only (while working on them; the
+# comparison then reports the others as missing).
+cases="${AUTOBAHN_CASES:-$cases}"
+deadline="${AUTOBAHN_TIMEOUT:-900}"
 
 die() { echo "autobahn: $*" >&2; exit 2; }
 
