@@ -23,6 +23,7 @@ pub mod broker;
 pub mod auth;
 pub mod metrics;
 pub mod node;
+pub mod webhook;
 // 4: front ends
 pub mod api;
 pub mod pusher;

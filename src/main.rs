@@ -148,6 +148,12 @@ struct ServeArgs {
     /// With Redis: seconds a presence entry lives unless its node renews it.
     #[arg(long, env = "HERALD_PRESENCE_TTL_SECS", value_name = "SECS")]
     presence_ttl_secs: Option<String>,
+    /// Secret that signs the webhooks of namespaces (X-Herald-Signature).
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Notices a scope's webhook queue holds before new ones are dropped.
+    #[arg(long, env = "HERALD_WEBHOOK_QUEUE_SIZE", value_name = "N")]
+    webhook_queue_size: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +213,14 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             match *name {
                 "api_key" => println!("  api_key = {}", config.api_key.expose()),
                 "token_secret" => println!("  token_secret = {}", config.token_secret.expose()),
+                "webhook_secret" => {
+                    let secret =
+                        config.webhooks.iter().find_map(|webhook| match &webhook.signing {
+                            herald::config::WebhookSigning::Herald(secret) => Some(secret.expose()),
+                            herald::config::WebhookSigning::Pusher { .. } => None,
+                        });
+                    println!("  webhook_secret = {}", secret.unwrap_or_default());
+                }
                 _ => {
                     for app in &config.apps {
                         println!(

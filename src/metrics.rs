@@ -246,6 +246,61 @@ pub struct NodeFigures {
     pub incomplete_bytes: usize,
     /// Calls the engine refused at once because its queue was full.
     pub engine_refusals: u64,
+    /// Webhook notices dropped because a queue was full.
+    pub notices_dropped: u64,
+}
+
+/// One webhook's counters.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Notices the backend took (2xx).
+    pub delivered: Counter,
+    /// Tries that failed and were repeated.
+    pub retried: Counter,
+    /// Notices given up after five minutes of failures.
+    pub failed: Counter,
+    /// Leaves and joins that cancelled out within the grace.
+    pub cancelled: Counter,
+}
+
+/// A family of webhook counters: its name, its help, how to read it.
+type WebhookFamily = (&'static str, &'static str, fn(&WebhookCounters) -> u64);
+
+/// Renders the webhooks' counters, by webhook name.
+pub fn render_webhooks(out: &mut String, webhooks: &[(&str, &WebhookCounters)], dropped: u64) {
+    let rows: [WebhookFamily; 4] = [
+        ("herald_webhook_delivered_total", "Notices a webhook's backend took.", |c| {
+            c.delivered.get()
+        }),
+        (
+            "herald_webhook_retries_total",
+            "Webhook requests that failed and were tried again.",
+            |c| c.retried.get(),
+        ),
+        (
+            "herald_webhook_failed_total",
+            "Notices given up after five minutes of failed tries.",
+            |c| c.failed.get(),
+        ),
+        (
+            "herald_webhook_cancelled_total",
+            "Leaves and joins that cancelled out within the grace.",
+            |c| c.cancelled.get(),
+        ),
+    ];
+    for (name, help, read) in rows {
+        family(out, name, "counter", help);
+        for (webhook, counters) in webhooks {
+            let _ = writeln!(out, "{name}{{webhook=\"{webhook}\"}} {}", read(counters));
+        }
+    }
+    family(
+        out,
+        "herald_webhook_notices_dropped_total",
+        "counter",
+        "Notices dropped because their scope's queue was full.",
+    );
+    let _ = writeln!(out, "herald_webhook_notices_dropped_total {dropped}");
 }
 
 /// Renders every shard's counters, summed, in Prometheus text format
@@ -474,7 +529,13 @@ mod tests {
         shards[0].turn(Duration::from_secs(5));
         let text = render(
             &shards,
-            &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0, engine_refusals: 0 },
+            &NodeFigures {
+                channels: 2,
+                uptime_secs: 9,
+                incomplete_bytes: 0,
+                engine_refusals: 0,
+                notices_dropped: 0,
+            },
         );
         for line in [
             "herald_publications_total 7",

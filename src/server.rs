@@ -5,6 +5,7 @@ use crate::node::Shared;
 use crate::node::inbox::{Inbox, Work};
 use crate::shard::{Shard, WAKER};
 use crate::sys;
+use crate::webhook::Webhooks;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -50,6 +51,7 @@ impl Server {
         }
         let shared =
             Arc::new(Shared::new(config, node, inboxes.clone()).map_err(io::Error::other)?);
+        let webhooks = Some(Webhooks::start(&shared));
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
@@ -69,7 +71,7 @@ impl Server {
             shared.node,
             threads.len()
         );
-        Ok(ServerHandle { local_addr, inboxes, threads, shared })
+        Ok(ServerHandle { local_addr, inboxes, threads, shared, webhooks })
     }
 }
 
@@ -80,6 +82,8 @@ pub struct ServerHandle {
     inboxes: Vec<Arc<Inbox>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Webhook delivery, stopped once the shards are.
+    webhooks: Option<Webhooks>,
 }
 
 impl ServerHandle {
@@ -118,6 +122,9 @@ impl ServerHandle {
             if thread.join().is_err() {
                 log::error!("a shard thread panicked");
             }
+        }
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop();
         }
     }
 }

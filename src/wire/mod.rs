@@ -1,4 +1,4 @@
-//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE, the Pusher protocol.
+//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE, the Pusher protocol, webhook requests.
 
 pub mod frame;
 pub mod http;
@@ -7,3 +7,4 @@ pub mod router;
 pub mod scanner;
 pub mod sse;
 pub mod upgrade;
+pub mod webhook;

@@ -8,6 +8,8 @@
 )]
 
 pub mod pusher;
+pub mod receiver;
+pub mod redis;
 
 use herald::config::{NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
@@ -72,6 +74,7 @@ pub fn channel_config(config: &mut Config) {
             presence: true,
             join_leave: true,
             client_publish: true,
+            ..Default::default()
         },
     );
     config.namespaces.insert(
