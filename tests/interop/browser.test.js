@@ -29,7 +29,7 @@ before(async () => {
     files: {
       "/": [
         "text/html; charset=utf-8",
-        () => fs.readFileSync(path.join(here, "browser/page.html"), "utf8").replace("HERALD", herald.url),
+        () => fs.readFileSync(path.join(here, "browser/page.html"), "utf8").replaceAll("{{herald}}", herald.url),
       ],
       "/page.js": [js, path.join(here, "browser/page.js")],
       "/pusher.min.js": [js, path.join(modules, "pusher-js/dist/web/pusher.min.js")],

@@ -171,6 +171,38 @@ export function presenceData(user) {
 
 const clients = new Set();
 
+/** Calls `fn(connection)` for each connection pusher-js makes, before its own "connected" listeners run. */
+function onEachConnection(client, fn) {
+  const manager = client.connection;
+  const setConnection = manager.setConnection;
+  manager.setConnection = function (connection) {
+    const result = setConnection.call(this, connection);
+    fn(connection);
+    return result;
+  };
+}
+
+/**
+ * Keeps a client from holding the test process open: pusher-js closes its
+ * socket again after herald closed it with a 40xx code, and faye-websocket
+ * (in pusher-js's Node build) then waits 30 s for a close handshake that
+ * cannot come. That timer is left to run, unreferenced.
+ */
+function track(client) {
+  clients.add(client);
+  onEachConnection(client, (connection) => {
+    const socket = connection.transport && connection.transport.socket;
+    if (!socket || typeof socket.close !== "function") return;
+    const close = socket.close;
+    socket.close = function (...args) {
+      const result = close.apply(this, args);
+      if (this._closeTimer && this._closeTimer.unref) this._closeTimer.unref();
+      return result;
+    };
+  });
+  return client;
+}
+
 /**
  * A pusher-js client (its Node build) of the test app, as in PUSHER.md §6.2:
  * it authorizes channels and signs in with the SDK in a customHandler, as
@@ -201,8 +233,7 @@ export function pusherClient(herald, { user = USERS.u1, app = APP, ...options } 
     },
     ...options,
   });
-  clients.add(client);
-  return client;
+  return track(client);
 }
 
 /**
@@ -231,7 +262,7 @@ export function echo(herald, auth, { user = "u1", broadcaster = "pusher", ...opt
   };
   if (broadcaster === "pusher") settings.cluster = "mt1";
   const instance = new Echo(settings);
-  clients.add(instance.connector.pusher);
+  track(instance.connector.pusher);
   return instance;
 }
 
@@ -298,6 +329,8 @@ export function record(client) {
       return send(data);
     };
   };
+  // Before pusher-js's own "connected" listeners, which send the subscribes.
+  onEachConnection(client, hook);
   client.connection.bind("connected", hook);
   client.connection.bind("state_change", ({ current }) => seen.states.push(current));
   client.connection.bind("error", (error) => seen.errors.push(error));
@@ -396,7 +429,10 @@ export async function authServer(herald, { files = {} } = {}) {
     url: `http://127.0.0.1:${port}`,
     port,
     requests,
-    close: () => new Promise((resolve) => http_.close(resolve)),
+    close: () => {
+      http_.closeAllConnections();
+      return new Promise((resolve) => http_.close(resolve));
+    },
   };
 }
 
@@ -494,19 +530,17 @@ export class RawSocket {
 
 /**
  * A TCP proxy in front of herald that the test can cut: `cut()` destroys
- * every proxied connection and refuses new ones until `restore()`.
- * `accepted` counts the connections it let through.
+ * every proxied connection, and holds new ones (accepted, nothing passed
+ * on, as on a network that is down) until `restore()` passes them on.
+ * Holding rather than refusing keeps pusher-js from backing off for many
+ * seconds, so a test's outage lasts as long as the test wants.
+ * `accepted` counts the connections it took, `held` those it held.
  */
 export async function startProxy(target) {
   const sockets = new Set();
-  const proxy = { accepted: 0, refused: 0, refusing: false };
-  const server = net.createServer((client) => {
-    if (proxy.refusing) {
-      proxy.refused++;
-      client.destroy();
-      return;
-    }
-    proxy.accepted++;
+  const waiting = [];
+  const proxy = { accepted: 0, held: 0, cutting: false };
+  const pass = (client) => {
     const upstream = net.connect(target.port, target.host);
     for (const [from, to] of [
       [client, upstream],
@@ -520,18 +554,30 @@ export async function startProxy(target) {
         to.destroy();
       });
     }
+  };
+  const server = net.createServer((client) => {
+    proxy.accepted++;
+    if (!proxy.cutting) return pass(client);
+    proxy.held++;
+    client.pause();
+    client.on("error", () => {});
+    waiting.push(client);
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   proxy.host = "127.0.0.1";
   proxy.port = server.address().port;
   proxy.addr = `127.0.0.1:${proxy.port}`;
   proxy.cut = () => {
-    proxy.refusing = true;
+    proxy.cutting = true;
     for (const socket of sockets) socket.destroy();
   };
-  proxy.restore = () => (proxy.refusing = false);
+  proxy.restore = () => {
+    proxy.cutting = false;
+    for (const client of waiting.splice(0)) if (!client.destroyed) pass(client);
+  };
   proxy.close = () => {
     proxy.cut();
+    for (const client of waiting.splice(0)) client.destroy();
     return new Promise((resolve) => server.close(resolve));
   };
   return proxy;
