@@ -91,8 +91,9 @@ export function configToml({ top = {}, app = {}, quiet = {} } = {}) {
 }
 
 /**
- * Starts herald with `configToml(options)` on 127.0.0.1:0 and resolves once it
- * prints `herald listening on IP:PORT`. `stop()` kills it.
+ * Starts herald on 127.0.0.1:0 with the config file `options.text`, or else
+ * `configToml(options)`, and resolves once it prints `herald listening on
+ * IP:PORT`. `stop()` kills it.
  */
 export async function startHerald(options = {}) {
   if (!fs.existsSync(HERALD_BIN)) {
@@ -100,7 +101,7 @@ export async function startHerald(options = {}) {
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-interop-"));
   const config = path.join(dir, "herald.toml");
-  fs.writeFileSync(config, configToml(options));
+  fs.writeFileSync(config, options.text ?? configToml(options));
   const child = spawn(HERALD_BIN, ["serve", "--config", config, "--listen", "127.0.0.1:0"], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
@@ -596,7 +597,7 @@ export function hmac(secret, text) {
 /**
  * A Pusher HTTP API request signed as PUSHER.md §4.2 says, each part
  * overridable so a test can get it wrong on purpose: `signedPath` (default:
- * the path), `timestamp`, `bodyMd5`, `app` (key and secret), `sendParams`
+ * the path), `skew` (seconds added to the timestamp), `bodyMd5`, `app` (key and secret), `sendParams`
  * (query parameters added or changed after signing). Resolves to
  * {status, text, json}.
  */
@@ -604,7 +605,7 @@ export async function apiRequest(herald, { method = "GET", path: urlPath, params
   const text = body === undefined ? "" : typeof body === "string" ? body : JSON.stringify(body);
   const query = {
     auth_key: app.key,
-    auth_timestamp: String(wrong.timestamp ?? Math.floor(Date.now() / 1000)),
+    auth_timestamp: String(Math.floor(Date.now() / 1000) + (wrong.skew ?? 0)),
     auth_version: "1.0",
     ...params,
   };
