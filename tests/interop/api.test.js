@@ -1,29 +1,20 @@
 // API-1..API-3 of the interop matrix: the HTTP API's channel queries
 // through the Node SDK, request signatures got wrong on purpose, and a
 // mount prefix that a proxy leaves on the path (the PHP SDK's `path`).
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as h from "./lib/harness.js";
 
-let herald;
-let server;
-before(async () => {
-  herald = await h.startHerald();
-  server = h.sdk(herald);
-});
-after(() => {
-  h.disconnectAll();
-  herald.stop();
-});
+const s = h.setup();
 
 test("API-1 channels, channel and users queries answer Pusher's shapes", async () => {
-  const [u1, u2] = [h.pusherClient(herald), h.pusherClient(herald, { user: h.USERS.u2 })];
+  const [u1, u2] = [h.pusherClient(s.herald), h.pusherClient(s.herald, { user: h.USERS.u2 })];
   await Promise.all([
     h.subscribed(u1.subscribe("presence-api1")),
     h.subscribed(u2.subscribe("presence-api1")),
     h.subscribed(u1.subscribe("api1-public")),
   ]);
-  const get = (path, params) => h.json(server.get({ path, params }));
+  const get = (path, params) => h.json(s.server.get({ path, params }));
 
   assert.deepEqual(await get("/channels", { filter_by_prefix: "presence-", info: "user_count" }), {
     channels: { "presence-api1": { user_count: 2 } },
@@ -32,10 +23,10 @@ test("API-1 channels, channel and users queries answer Pusher's shapes", async (
   assert.deepEqual(await get("/channels", { info: "subscription_count" }), {
     channels: { "presence-api1": { subscription_count: 2 }, "api1-public": { subscription_count: 1 } },
   });
-  const empty = await h.apiRequest(herald, { path: "/apps/1/channels", params: { filter_by_prefix: "nothing-" } });
+  const empty = await h.apiRequest(s.herald, { path: "/apps/1/channels", params: { filter_by_prefix: "nothing-" } });
   assert.equal(empty.status, 200);
   assert.match(empty.text, /"channels":\{\}/, "an empty channel map is {} (the PHP SDK needs an object)");
-  assert.equal(await h.statusOf(server.get({ path: "/channels", params: { info: "user_count" } })), 400);
+  assert.equal(await h.statusOf(s.server.get({ path: "/channels", params: { info: "user_count" } })), 400);
 
   assert.deepEqual(await get("/channels/presence-api1", { info: "user_count,subscription_count" }), {
     occupied: true,
@@ -47,19 +38,19 @@ test("API-1 channels, channel and users queries answer Pusher's shapes", async (
     subscription_count: 1,
   });
   assert.deepEqual(await get("/channels/api1-nobody"), { occupied: false });
-  assert.equal(await h.statusOf(server.get({ path: "/channels/api1-public", params: { info: "user_count" } })), 400);
+  assert.equal(await h.statusOf(s.server.get({ path: "/channels/api1-public", params: { info: "user_count" } })), 400);
 
   const users = await get("/channels/presence-api1/users");
   assert.deepEqual(users.users.map((u) => u.id).sort(), ["u1", "u2"]);
   assert.deepEqual(await get("/channels/presence-api1-nobody/users"), { users: [] });
-  assert.equal(await h.statusOf(server.get({ path: "/channels/api1-public/users" })), 400);
+  assert.equal(await h.statusOf(s.server.get({ path: "/channels/api1-public/users" })), 400);
 });
 
 test("API-2 a wrong secret, stale timestamp, body_md5, app or tampered parameter is 401", async () => {
   const body = { name: "Signed", channels: ["api2"], data: "{}" };
   const post = { method: "POST", path: "/apps/1/events", body };
   const query = { path: "/apps/1/channels", params: { filter_by_prefix: "presence-", info: "user_count" } };
-  const status = async (request) => (await h.apiRequest(herald, request)).status;
+  const status = async (request) => (await h.apiRequest(s.herald, request)).status;
 
   // What is right passes, so that every 401 below is for its one mistake.
   assert.equal(await status(post), 200);

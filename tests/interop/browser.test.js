@@ -15,27 +15,23 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const modules = path.join(here, "node_modules");
 
-let herald;
-let proxy;
-let app;
+const js = "text/javascript; charset=utf-8";
+// Only the page's WebSocket goes through the proxy; `auth` is the page's app server.
+const s = h.setup({
+  proxy: true,
+  files: {
+    "/": [
+      "text/html; charset=utf-8",
+      () => fs.readFileSync(path.join(here, "browser/page.html"), "utf8").replaceAll("{{herald}}", s.herald.url),
+    ],
+    "/page.js": [js, path.join(here, "browser/page.js")],
+    "/pusher.min.js": [js, path.join(modules, "pusher-js/dist/web/pusher.min.js")],
+    "/echo.iife.js": [js, path.join(modules, "laravel-echo/dist/echo.iife.js")],
+  },
+});
 let browser;
 before(async () => {
   assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: install the Debian package chromium (.ci/run does)`);
-  herald = await h.startHerald();
-  // Only the page's WebSocket goes through the proxy.
-  proxy = await h.startProxy(herald);
-  const js = "text/javascript; charset=utf-8";
-  app = await h.authServer(herald, {
-    files: {
-      "/": [
-        "text/html; charset=utf-8",
-        () => fs.readFileSync(path.join(here, "browser/page.html"), "utf8").replaceAll("{{herald}}", herald.url),
-      ],
-      "/page.js": [js, path.join(here, "browser/page.js")],
-      "/pusher.min.js": [js, path.join(modules, "pusher-js/dist/web/pusher.min.js")],
-      "/echo.iife.js": [js, path.join(modules, "laravel-echo/dist/echo.iife.js")],
-    },
-  });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -53,10 +49,6 @@ before(async () => {
 });
 after(async () => {
   if (browser) await browser.close();
-  h.disconnectAll();
-  if (proxy) await proxy.close();
-  if (app) await app.close();
-  if (herald) herald.stop();
 });
 
 test("BR-1 Chromium: Echo private/presence via /broadcasting/auth, whispers, recovery after a cut", async () => {
@@ -74,26 +66,25 @@ test("BR-1 Chromium: Echo private/presence via /broadcasting/auth, whispers, rec
       throw new Error(`${what}: ${error.message}\nresults: ${JSON.stringify(await results())}\nconsole: ${console_.join("\n")}`);
     }
   };
-  const server = h.sdk(herald);
   const publish = (n) =>
     Promise.all([
-      server.trigger("news", "Published", { n }),
-      server.trigger("private-orders.1", "OrderShipped", { n }),
+      s.server.trigger("news", "Published", { n }),
+      s.server.trigger("private-orders.1", "OrderShipped", { n }),
     ]);
   const eventsOf = (r, channel) => r.events.filter((e) => e.channel === channel).map((e) => e.data.n);
 
-  await page.goto(`${app.url}/?key=${h.APP.key}&wsHost=${proxy.host}&wsPort=${proxy.port}&user=u1`);
+  await page.goto(`${s.auth.url}/?key=${h.APP.key}&wsHost=${s.proxy.host}&wsPort=${s.proxy.port}&user=u1`);
   await until("three subscriptions", (r) => r.subscribed.length === 3 && r.here !== null && r.herald.length === 3);
   let r = await results();
   assert.deepEqual(r.errors, []);
   assert.deepEqual(r.here, [{ id: "u1", name: "Ada" }], "here() includes the page itself");
   assert.ok(
-    app.requests.some((q) => q.path === "/broadcasting/auth" && q.channel === "presence-room.1" && q.user === "u1"),
+    s.auth.requests.some((q) => q.path === "/broadcasting/auth" && q.channel === "presence-room.1" && q.user === "u1"),
     "the page authorized through its own origin's endpoint",
   );
 
   // Another member, from Node: joining on the page, whispers both ways.
-  const bob = h.echo(herald, app, { user: "u2" });
+  const bob = h.echo(s.herald, s.auth, { user: "u2" });
   const room = bob.join("room.1");
   const bobWhispers = [];
   room.listenForWhisper("typing", (data, metadata) => bobWhispers.push({ data, metadata }));
@@ -111,10 +102,10 @@ test("BR-1 Chromium: Echo private/presence via /broadcasting/auth, whispers, rec
   // Recovery: events published while the page's connection is cut arrive after it reconnects.
   await publish(1);
   await until("n=1", (r) => r.events.length === 2);
-  proxy.cut();
+  s.proxy.cut();
   await until("the page to notice the cut", (r) => r.states.at(-1) !== "connected");
   for (const n of [2, 3, 4]) await publish(n);
-  proxy.restore();
+  s.proxy.restore();
   await until("the missed events", (r) => r.events.length >= 8);
   await publish(5);
   await until("n=5", (r) => r.events.length >= 10);

@@ -2,31 +2,12 @@
 // python/test_pysher.py), CE-1 and CE-2 of the interop matrix: private and
 // presence channels and client events through pusher-js 8.6.0 and Laravel
 // Echo 2.5.0, authorized by a customHandler and by a real auth endpoint.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as h from "./lib/harness.js";
 
-let herald;
-let auth;
-let server;
-before(async () => {
-  herald = await h.startHerald();
-  auth = await h.authServer(herald);
-  server = h.sdk(herald);
-});
-after(async () => {
-  h.disconnectAll();
-  await auth.close();
-  herald.stop();
-});
+const s = h.setup();
 
-/** Collects a channel's events: [[event, data, metadata], ...]. */
-function collect(channel, ...events) {
-  const got = [];
-  const subscription = channel.subscription || channel;
-  for (const event of events) subscription.bind(event, (data, metadata) => got.push([event, data, metadata]));
-  return got;
-}
 
 /** Records what Echo's presence callbacks report. */
 function presenceLog(channel) {
@@ -41,28 +22,28 @@ function presenceLog(channel) {
 const ids = (members) => members.map((m) => m.id).sort();
 
 test("PRIV-1 private channel via customHandler, via the XHR auth endpoint and via Echo", async () => {
-  const custom = h.pusherClient(herald);
-  const viaEndpoint = h.pusherClient(herald, {
+  const custom = h.pusherClient(s.herald);
+  const viaEndpoint = h.pusherClient(s.herald, {
     channelAuthorization: {
-      endpoint: `${auth.url}/broadcasting/auth`,
+      endpoint: `${s.auth.url}/broadcasting/auth`,
       transport: "ajax",
       headers: { Authorization: "Bearer u2" },
     },
   });
-  const laravel = h.echo(herald, auth, { user: "u3" });
+  const laravel = h.echo(s.herald, s.auth, { user: "u3" });
   const channels = [custom.subscribe("private-orders.1"), viaEndpoint.subscribe("private-orders.1")];
   const echoed = [];
   const echoChannel = laravel.private("orders.1").listen(".OrderShipped", (data) => echoed.push(data));
   await Promise.all([...channels.map(h.subscribed), h.subscribed(echoChannel)]);
-  const got = channels.map((channel) => collect(channel, "OrderShipped"));
+  const got = channels.map((channel) => h.collect(channel, "OrderShipped"));
 
-  await server.trigger("private-orders.1", "OrderShipped", { id: 1 });
+  await s.server.trigger("private-orders.1", "OrderShipped", { id: 1 });
   await h.waitFor(() => got.every((g) => g.length === 1) && echoed.length === 1, () => JSON.stringify({ got, echoed }));
-  for (const g of got) assert.deepEqual(g[0].slice(0, 2), ["OrderShipped", { id: 1 }]);
+  for (const g of got) assert.deepEqual(g, [["OrderShipped", { id: 1 }]]);
   assert.deepEqual(echoed, [{ id: 1 }]);
 
   // The endpoint was asked as Laravel is: form-encoded, with this socket's id.
-  const asked = auth.requests.filter((r) => r.channel === "private-orders.1");
+  const asked = s.auth.requests.filter((r) => r.channel === "private-orders.1");
   assert.deepEqual(asked.map((r) => r.user).sort(), ["u2", "u3"]);
   for (const request of asked) {
     assert.equal(request.contentType, "application/x-www-form-urlencoded");
@@ -77,7 +58,7 @@ test("PRIV-1 private channel via customHandler, via the XHR auth endpoint and vi
 
 test("PRIV-2 tampered auth: Echo's .error() gets AuthError 401, no events, the connection stays", async () => {
   for (const how of ["key", "signature", "socket", "channel", "secret"]) {
-    const laravel = h.echo(herald, auth, { auth: { headers: { "X-Tamper": how } } });
+    const laravel = h.echo(s.herald, s.auth, { auth: { headers: { "X-Tamper": how } } });
     const pusher = laravel.connector.pusher;
     const seen = h.record(pusher);
     const errors = [];
@@ -98,8 +79,8 @@ test("PRIV-2 tampered auth: Echo's .error() gets AuthError 401, no events, the c
     assert.equal(typeof frame.data.error, "string");
 
     const socketId = pusher.connection.socket_id;
-    await server.trigger(`private-priv2.${how}`, "Leak", { secret: true });
-    await server.trigger(`priv2-marker.${how}`, "Marker", { how });
+    await s.server.trigger(`private-priv2.${how}`, "Leak", { secret: true });
+    await s.server.trigger(`priv2-marker.${how}`, "Marker", { how });
     await h.waitFor(() => got.length >= 1, `${how}: the marker`);
     assert.deepEqual(got, [{ how }], `${how}: no event of the refused channel`);
     assert.equal(pusher.connection.state, "connected");
@@ -109,7 +90,7 @@ test("PRIV-2 tampered auth: Echo's .error() gets AuthError 401, no events, the c
   }
 
   // No auth at all must not hurt either (a Reverb crash, #89).
-  const raw = await h.RawSocket.open(herald);
+  const raw = await h.RawSocket.open(s.herald);
   raw.send({ event: "pusher:subscribe", data: { channel: "private-noauth" } });
   const answer = await raw.event("pusher:subscription_error", "private-noauth");
   assert.equal(answer.data.status, 401, answer.raw);
@@ -120,7 +101,7 @@ test("PRIV-2 tampered auth: Echo's .error() gets AuthError 401, no events, the c
 test("PRES-1 presence with sockets u1, u1, u2: here, joining and leaving per user; API counts users", async () => {
   const room = "room.pres1";
   const name = `presence-${room}`;
-  const echoes = [h.echo(herald, auth, { user: "u1" }), h.echo(herald, auth, { user: "u1" }), h.echo(herald, auth, { user: "u2" })];
+  const echoes = [h.echo(s.herald, s.auth, { user: "u1" }), h.echo(s.herald, s.auth, { user: "u1" }), h.echo(s.herald, s.auth, { user: "u2" })];
   const seen = h.record(echoes[2].connector.pusher);
   const logs = [];
   const channels = [];
@@ -147,38 +128,38 @@ test("PRES-1 presence with sockets u1, u1, u2: here, joining and leaving per use
   assert.equal(presence.count, 2);
   assert.deepEqual(presence.hash.u2, { id: "u2", name: "Bob" });
 
-  const users = await h.json(server.get({ path: `/channels/${name}/users` }));
+  const users = await h.json(s.server.get({ path: `/channels/${name}/users` }));
   assert.deepEqual(ids(users.users), ["u1", "u2"]);
-  const info = await h.json(server.get({ path: `/channels/${name}`, params: { info: "user_count,subscription_count" } }));
+  const info = await h.json(s.server.get({ path: `/channels/${name}`, params: { info: "user_count,subscription_count" } }));
   assert.deepEqual(info, { occupied: true, user_count: 2, subscription_count: 3 });
 
   // u1's first socket leaves: u1 is still there.
   echoes[0].leave(room);
   await h.waitFor(async () => {
-    const now = await h.json(server.get({ path: `/channels/${name}`, params: { info: "subscription_count" } }));
+    const now = await h.json(s.server.get({ path: `/channels/${name}`, params: { info: "subscription_count" } }));
     return now.subscription_count === 2;
   }, "subscription_count 2");
-  const marks = collect(channels[2], "Marker");
-  await server.trigger(name, "Marker", {});
+  const marks = h.collect(channels[2], "Marker");
+  await s.server.trigger(name, "Marker", {});
   await h.waitFor(() => marks.length === 1, "the marker");
   assert.deepEqual(logs[2].leaving, [], "no leaving while u1 has a socket in the channel");
 
   echoes[1].leave(room);
   await h.waitFor(() => logs[2].leaving.length >= 1, "leaving(u1)");
   assert.deepEqual(logs[2].leaving, [{ id: "u1", name: "Ada" }]);
-  const after = await h.json(server.get({ path: `/channels/${name}/users` }));
+  const after = await h.json(s.server.get({ path: `/channels/${name}/users` }));
   assert.deepEqual(after, { users: [{ id: "u2" }] });
 });
 
 test("PRES-2 a numeric user_id (Node SDK) is accepted and becomes a string", async () => {
   const name = "presence-pres2";
-  const first = h.pusherClient(herald);
+  const first = h.pusherClient(s.herald);
   const firstSeen = h.record(first);
   await h.subscribed(first.subscribe(name));
-  const numeric = h.pusherClient(herald, {
+  const numeric = h.pusherClient(s.herald, {
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, callback) =>
-        callback(null, server.authorizeChannel(socketId, channelName, { user_id: 10, user_info: { name: "Ten" } })),
+        callback(null, s.server.authorizeChannel(socketId, channelName, { user_id: 10, user_info: { name: "Ten" } })),
     },
   });
   const seen = h.record(numeric);
@@ -193,16 +174,16 @@ test("PRES-2 a numeric user_id (Node SDK) is accepted and becomes a string", asy
   assert.equal(typeof added.data, "string");
   assert.deepEqual(JSON.parse(added.data), { user_id: "10", user_info: { name: "Ten" } });
   assert.equal(channel.members.count, 2);
-  const users = await h.json(server.get({ path: `/channels/${name}/users` }));
+  const users = await h.json(s.server.get({ path: `/channels/${name}/users` }));
   assert.deepEqual(ids(users.users), ["10", "u1"]);
 });
 
 test("CE-1 whispers on private and presence channels reach the others, not the sender", async () => {
-  const [a, b] = [h.echo(herald, auth, { user: "u1" }), h.echo(herald, auth, { user: "u2" })];
+  const [a, b] = [h.echo(s.herald, s.auth, { user: "u1" }), h.echo(s.herald, s.auth, { user: "u2" })];
   const seenB = h.record(b.connector.pusher);
   const privates = [a.private("ce1"), b.private("ce1")];
   const rooms = [a.join("ce1"), b.join("ce1")];
-  const whispers = [...privates, ...rooms].map((channel) => collect(channel, "client-typing", "Marker"));
+  const whispers = [...privates, ...rooms].map((channel) => h.collect(channel, "client-typing", "Marker"));
   await Promise.all([...privates, ...rooms].map(h.subscribed));
 
   privates[0].whisper("typing", { name: "Ada" });
@@ -216,20 +197,20 @@ test("CE-1 whispers on private and presence channels reach the others, not the s
     whispers[1].map(([, data]) => data),
     [{ name: "Ada" }, "a string", "", undefined],
   );
-  assert.deepEqual(whispers[3][0].slice(0, 2), ["client-typing", { name: "Ada", in: "room" }]);
-  assert.equal(whispers[3][0][2].user_id, "u1", "presence whispers carry the sender's user_id");
+  assert.deepEqual(whispers[3], [["client-typing", { name: "Ada", in: "room" }]]);
+  assert.equal(whispers[3].metadata[0].user_id, "u1", "presence whispers carry the sender's user_id");
   const privateFrame = seenB.received.find((f) => f.event === "client-typing" && f.channel === "private-ce1");
   assert.equal(privateFrame.user_id, undefined, "no user_id on private channels");
 
   // The sender got none of its whispers: the markers after them arrive alone.
-  await server.trigger(["private-ce1", "presence-ce1"], "Marker", {});
+  await s.server.trigger(["private-ce1", "presence-ce1"], "Marker", {});
   await h.waitFor(() => whispers[0].length >= 1 && whispers[2].length >= 1, "the markers");
   assert.deepEqual(whispers[0].map(([event]) => event), ["Marker"]);
   assert.deepEqual(whispers[2].map(([event]) => event), ["Marker"]);
 });
 
 test("CE-2 client events refused (public channel, not subscribed, app without them, over 10/s) without closing", async () => {
-  const [a, b] = [h.pusherClient(herald), h.pusherClient(herald, { user: h.USERS.u2 })];
+  const [a, b] = [h.pusherClient(s.herald), h.pusherClient(s.herald, { user: h.USERS.u2 })];
   const [seenA, seenB] = [h.record(a), h.record(b)];
   const publics = [a.subscribe("ce2-public"), b.subscribe("ce2-public")];
   const privates = [a.subscribe("private-ce2"), b.subscribe("private-ce2")];
@@ -243,7 +224,7 @@ test("CE-2 client events refused (public channel, not subscribed, app without th
   await h.waitFor(() => errorsOf(seenA).length === 2, "the error for a channel it is not in");
 
   // The quiet app has client events off.
-  const quiet = [h.pusherClient(herald, { app: h.QUIET_APP }), h.pusherClient(herald, { app: h.QUIET_APP })];
+  const quiet = [h.pusherClient(s.herald, { app: h.QUIET_APP }), h.pusherClient(s.herald, { app: h.QUIET_APP })];
   const seenQuiet = quiet.map(h.record);
   const quietChannels = quiet.map((client) => client.subscribe("private-ce2"));
   await Promise.all(quietChannels.map(h.subscribed));
@@ -254,10 +235,10 @@ test("CE-2 client events refused (public channel, not subscribed, app without th
   for (let n = 0; n < 20; n++) privates[0].trigger("client-burst", { n });
   await h.waitFor(() => errorsOf(seenA).some((f) => f.data && f.data.code === 4301), () => `a 4301 error: ${JSON.stringify(errorsOf(seenA))}`);
 
-  const marks = [...publics, ...privates].map((channel) => collect(channel, "Marker"));
-  const quietMarks = quietChannels.map((channel) => collect(channel, "Marker"));
-  await server.trigger(["ce2-public", "private-ce2"], "Marker", {});
-  await h.sdk(herald, h.QUIET_APP).trigger("private-ce2", "Marker", {});
+  const marks = [...publics, ...privates].map((channel) => h.collect(channel, "Marker"));
+  const quietMarks = quietChannels.map((channel) => h.collect(channel, "Marker"));
+  await s.server.trigger(["ce2-public", "private-ce2"], "Marker", {});
+  await h.sdk(s.herald, h.QUIET_APP).trigger("private-ce2", "Marker", {});
   await h.waitFor(() => marks.every((m) => m.length === 1) && quietMarks.every((m) => m.length === 1), "the markers");
 
   const relayed = seenB.received.filter((f) => f.event.startsWith("client-"));

@@ -1,21 +1,14 @@
 // WS-1..WS-5 of the interop matrix: connecting, liveness, refusals and bad
 // frames, with pusher-js 8.6.0 (Node build) and raw `ws` clients.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as h from "./lib/harness.js";
 
-let herald;
-before(async () => {
-  // Short liveness timers so that WS-2 and WS-3 take seconds, not minutes.
-  herald = await h.startHerald({ app: { activity_timeout_secs: 2, pong_timeout_secs: 2 } });
-});
-after(() => {
-  h.disconnectAll();
-  herald.stop();
-});
+// Short liveness timers so that WS-2 and WS-3 take seconds, not minutes.
+const s = h.setup({ app: { activity_timeout_secs: 2, pong_timeout_secs: 2 } });
 
 test("WS-1 connect: connection_established first, with string data and a N.N socket id", async () => {
-  const raw = await h.RawSocket.open(herald);
+  const raw = await h.RawSocket.open(s.herald);
   const first = raw.frames[0];
   assert.equal(first.event, "pusher:connection_established", first.raw);
   assert.equal(typeof first.data, "string", "data is a JSON string (Pysher json.loads it)");
@@ -24,19 +17,19 @@ test("WS-1 connect: connection_established first, with string data and a N.N soc
   assert.equal(data.activity_timeout, 2, "the app's activity_timeout_secs");
   raw.close();
 
-  const client = h.pusherClient(herald);
+  const client = h.pusherClient(s.herald);
   await h.waitState(client, "connected");
   assert.match(client.connection.socket_id, /^\d+\.\d+$/);
   assert.notEqual(client.connection.socket_id, data.socket_id);
 
   // Protocols 5, 6 and 7 are served alike; without `protocol`, 7; below 5, 4007.
   for (const query of ["protocol=5", "protocol=6&client=Pysher&version=1.0.8", "client=js"]) {
-    const other = await h.RawSocket.open(herald, { path: `/app/${h.APP.key}?${query}` });
+    const other = await h.RawSocket.open(s.herald, { path: `/app/${h.APP.key}?${query}` });
     assert.equal(other.frames[0].event, "pusher:connection_established", `${query}: ${other.frames[0].raw}`);
     await other.alive();
     other.close();
   }
-  const old = await h.RawSocket.open(herald, { path: `/app/${h.APP.key}?protocol=4` });
+  const old = await h.RawSocket.open(s.herald, { path: `/app/${h.APP.key}?protocol=4` });
   const error = await old.event("pusher:error");
   assert.equal(error.data.code, 4007, error.raw);
   await h.waitFor(() => old.closed, "the close after 4007");
@@ -47,8 +40,8 @@ test("WS-2 activity: pusher-js pings after activity_timeout, herald pongs, the c
   // `client` keeps pusher-js's own settings: it must take 2 s from herald's
   // handshake. `pinger` asks for 1 s, so that it is pusher-js that pings
   // first, every second, and each ping must be answered in time.
-  const client = h.pusherClient(herald);
-  const pinger = h.pusherClient(herald, { activityTimeout: 1000, pongTimeout: 1500 });
+  const client = h.pusherClient(s.herald);
+  const pinger = h.pusherClient(s.herald, { activityTimeout: 1000, pongTimeout: 1500 });
   const seen = [h.record(client), h.record(pinger)];
   await Promise.all([h.waitState(client, "connected"), h.waitState(pinger, "connected")]);
   assert.equal(client.connection.activityTimeout, 2000, "pusher-js took activity_timeout from the handshake");
@@ -77,7 +70,7 @@ test("WS-2 activity: pusher-js pings after activity_timeout, herald pongs, the c
 test("WS-3 a client that never answers: pusher:error 4201, then close 4201", async () => {
   const started = Date.now();
   // The `ws` package answers ping frames by itself unless told not to.
-  const raw = await h.RawSocket.open(herald, { autoPong: false });
+  const raw = await h.RawSocket.open(s.herald, { autoPong: false });
   const error = await raw.event("pusher:error", undefined, 9000);
   await h.waitFor(() => raw.closed, "the close", 3000);
   const elapsed = (raw.closed.at - started) / 1000;
@@ -94,13 +87,13 @@ test("WS-3 a client that never answers: pusher:error 4201, then close 4201", asy
 });
 
 test("WS-4 unknown key: error 4001, pusher-js gives up after exactly one attempt", async () => {
-  const raw = await h.RawSocket.open(herald, { key: "no-such-key" });
+  const raw = await h.RawSocket.open(s.herald, { key: "no-such-key" });
   const error = await raw.event("pusher:error");
   assert.equal(error.data.code, 4001, error.raw);
   await h.waitFor(() => raw.closed, "the close");
   assert.equal(raw.closed.code, 4001);
 
-  const proxy = await h.startProxy(herald);
+  const proxy = await h.startProxy(s.herald);
   try {
     const client = h.pusherClient(
       { host: proxy.host, port: proxy.port },
@@ -122,9 +115,9 @@ test("WS-4 unknown key: error 4001, pusher-js gives up after exactly one attempt
 });
 
 test("WS-5 bad frames (malformed JSON, binary, unknown pusher:foo, pusher_internal:x) keep the connection", async () => {
-  const server = h.sdk(herald);
-  const raw = await h.RawSocket.open(herald);
-  const other = await h.RawSocket.open(herald);
+  const server = h.sdk(s.herald);
+  const raw = await h.RawSocket.open(s.herald);
+  const other = await h.RawSocket.open(s.herald);
   const channel = "private-ws5";
   for (const socket of [raw, other]) {
     const answer = await socket.subscribe(channel, server.authorizeChannel(socket.socketId, channel));

@@ -2,7 +2,7 @@
 // as they are: after a cut connection, every channel resumes from its last
 // event (herald's recovery extension), or says it could not. BR-1
 // (browser.test.js) does the same in Chromium.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -11,24 +11,9 @@ import * as h from "./lib/harness.js";
 // A plain script that also sets module.exports: loaded as CommonJS.
 const HeraldPusher = createRequire(import.meta.url)(path.join(h.ROOT, "web/herald-pusher.js"));
 
-let herald;
-let proxy;
-let auth;
-let server;
-before(async () => {
-  herald = await h.startHerald();
-  proxy = await h.startProxy(herald);
-  auth = await h.authServer(herald);
-  server = h.sdk(herald);
-});
-after(async () => {
-  h.disconnectAll();
-  await proxy.close();
-  await auth.close();
-  herald.stop();
-});
+const s = h.setup({ proxy: true });
 
-/** Cuts the proxy, waits for `client` to notice, runs `meanwhile`, restores, waits for it to connect again. */
+/** Cuts `proxy`, waits for `client` to notice, runs `meanwhile`, restores, waits for it to connect again. */
 async function outage(proxy, client, meanwhile) {
   const socketId = client.connection.socket_id;
   proxy.cut();
@@ -43,13 +28,13 @@ async function outage(proxy, client, meanwhile) {
 }
 
 test("REC-1 pusher-js with herald-pusher.js gets what was published during a cut, once, in order", async () => {
-  const client = h.pusherClient(proxy);
+  const client = h.pusherClient(s.proxy);
   const recovery = HeraldPusher.attach(client);
   const told = [];
   recovery.on("subscribed", (event) => told.push(event));
   const seen = h.record(client);
   // A stock client on the same channels sees nothing of the extension.
-  const stock = h.pusherClient(herald);
+  const stock = h.pusherClient(s.herald);
   const stockEvents = [];
   const names = ["rec1", "private-rec1"];
   const channels = names.map((name) => client.subscribe(name));
@@ -63,7 +48,7 @@ test("REC-1 pusher-js with herald-pusher.js gets what was published during a cut
     return list;
   });
 
-  await server.trigger(names, "Seq", { n: 1 });
+  await s.server.trigger(names, "Seq", { n: 1 });
   await h.waitFor(() => got.every((g) => g.length === 1), "n=1");
   const before = recovery.positions();
   for (const name of names) {
@@ -72,11 +57,11 @@ test("REC-1 pusher-js with herald-pusher.js gets what was published during a cut
     assert.deepEqual(before[name], { epoch: start.epoch, offset: start.offset + 1 }, name);
   }
 
-  await outage(proxy, client, async () => {
-    for (const n of [2, 3, 4]) await server.trigger(names, "Seq", { n });
+  await outage(s.proxy, client, async () => {
+    for (const n of [2, 3, 4]) await s.server.trigger(names, "Seq", { n });
   });
   await h.waitFor(() => got.every((g) => g.length >= 4), () => JSON.stringify(got));
-  await server.trigger(names, "Seq", { n: 5 });
+  await s.server.trigger(names, "Seq", { n: 5 });
   await h.waitFor(() => got.every((g) => g.length >= 5), () => JSON.stringify(got));
   for (const g of got) assert.deepEqual(g, [1, 2, 3, 4, 5], "each once, in order");
 
@@ -97,14 +82,14 @@ test("REC-1 pusher-js with herald-pusher.js gets what was published during a cut
 });
 
 test("REC-2 Echo: attach once, leaving a channel forgets it, detach restores pusher-js", async () => {
-  const laravel = h.echo(proxy, auth);
+  const laravel = h.echo(s.proxy, s.auth);
   const recovery = HeraldPusher.attach(laravel);
   const pusher = laravel.connector.pusher;
   assert.equal(HeraldPusher.attach(pusher), recovery, "one handle per client");
   const seen = h.record(pusher);
   await h.subscribed(laravel.channel("rec2"));
   await h.waitFor(() => recovery.positions().rec2, "rec2's position");
-  await server.trigger("rec2", "Seq", { n: 1 });
+  await s.server.trigger("rec2", "Seq", { n: 1 });
   await h.waitFor(() => recovery.positions().rec2.offset > 0, "the position to move");
 
   laravel.leaveChannel("rec2");

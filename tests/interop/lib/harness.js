@@ -7,6 +7,7 @@
 // raw WebSocket clients, a TCP proxy the test can cut, and signed HTTP API
 // requests. Everything binds 127.0.0.1, port 0; every wait has a deadline.
 import { spawn } from "node:child_process";
+import { before, after } from "node:test";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
@@ -148,6 +149,30 @@ const stopAtExit = new Set();
 process.on("exit", () => {
   for (const herald of stopAtExit) herald.stop();
 });
+
+/**
+ * The servers one test file shares, started before its first test and
+ * stopped after its last: `herald` (`options` as startHerald takes them),
+ * `auth`, the app's auth endpoint (serving `files`), `server`, the Node SDK,
+ * and with `proxy: true`, `proxy` in front of herald. The fields are there
+ * once the file's `before` hook has run.
+ */
+export function setup({ proxy = false, files, ...options } = {}) {
+  const servers = {};
+  before(async () => {
+    servers.herald = await startHerald(options);
+    if (proxy) servers.proxy = await startProxy(servers.herald);
+    servers.auth = await authServer(servers.herald, { files });
+    servers.server = sdk(servers.herald);
+  });
+  after(async () => {
+    disconnectAll();
+    if (servers.proxy) await servers.proxy.close();
+    if (servers.auth) await servers.auth.close();
+    if (servers.herald) servers.herald.stop();
+  });
+  return servers;
+}
 
 // ---------------------------------------------------------------- clients
 
@@ -293,6 +318,24 @@ export function subscribed(channel) {
       reject(new Error(`subscribing ${subscription.name} failed: ${JSON.stringify(error)}`));
     });
   });
+}
+
+/**
+ * Collects the events `events` of a pusher-js (or Echo) channel, in order:
+ * [[event, data], ...], with what pusher-js passed as metadata (a
+ * presence client event's `user_id`) in `.metadata`, index for index.
+ */
+export function collect(channel, ...events) {
+  const got = [];
+  Object.defineProperty(got, "metadata", { value: [] }); // not enumerable: deepEqual ignores it
+  const subscription = channel.subscription || channel;
+  for (const event of events) {
+    subscription.bind(event, (data, metadata) => {
+      got.push([event, data]);
+      got.metadata.push(metadata);
+    });
+  }
+  return got;
 }
 
 /** The code of a pusher-js connection error, wherever pusher-js put it. */
