@@ -24,11 +24,15 @@ use std::time::Instant;
 /// serve now 503.
 pub fn refusal(error: BrokerError) -> HttpError {
     match error {
-        BrokerError::UnknownNamespace(_) => HttpError::Missing(error.message()),
+        BrokerError::UnknownNamespace(_) | BrokerError::UnknownApp(_) => {
+            HttpError::Missing(error.message())
+        }
         BrokerError::PresenceOff | BrokerError::HistoryOff => {
             HttpError::InvalidRequest(error.message())
         }
-        BrokerError::TooManyChannels(_) => HttpError::LimitReached(error.message()),
+        BrokerError::TooManyChannels(_) | BrokerError::PresenceFull(_) => {
+            HttpError::LimitReached(error.message())
+        }
         BrokerError::Unavailable(why) => HttpError::Unavailable(why),
     }
 }
@@ -375,6 +379,8 @@ fn history_query(query: Option<&str>) -> Result<(ChannelName, Option<Since>, usi
 fn channels(query: Option<&str>, shared: &Shared) -> Result<Reply, HttpError> {
     let prefix = query_value(query, "prefix")?.unwrap_or_default();
     let mut channels = shared.engine.subscribed_channels(&prefix);
+    // Pusher apps' channels (`APP;NAME`) are theirs: their API lists them.
+    channels.retain(|(channel, _)| ChannelName::parse(channel).is_ok_and(|c| c.app().is_none()));
     channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut answer = String::with_capacity(32 + channels.len() * 48);
     answer.push_str(r#"{"channels":["#);

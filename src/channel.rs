@@ -19,17 +19,85 @@ pub enum InvalidChannel {
     Length,
     /// A byte outside `[A-Za-z0-9_:.@#=,-]`.
     Character,
+    /// A Pusher channel name with a byte outside `[A-Za-z0-9_=@,.;-]`.
+    AppCharacter,
 }
 
 impl fmt::Display for InvalidChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InvalidChannel::Length => write!(f, "a channel name is 1 to {MAX_CHANNEL_LEN} bytes"),
+            InvalidChannel::AppCharacter => f.write_str(
+                "a channel name may hold only A-Z a-z 0-9 _ - = @ , . ; (or be #server-to-user-ID)",
+            ),
             InvalidChannel::Character => f.write_str(
                 "a channel name may hold only A-Z a-z 0-9 _ : . @ # = , - (and a leading $)",
             ),
         }
     }
+}
+
+/// Longest Pusher channel name (the Node and Python SDKs' limit; Pusher
+/// documents 164).
+pub const MAX_APP_CHANNEL_LEN: usize = 200;
+/// Longest app id: with the separator and the longest Pusher name, an
+/// app channel's name stays within [`MAX_CHANNEL_LEN`].
+pub const MAX_APP_ID_LEN: usize = 32;
+/// Between an app's id and a Pusher channel name in herald's name for it.
+const APP_SEPARATOR: char = ';';
+/// The prefix of a Pusher user's own channel.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// What kind of Pusher channel a name is, by its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppChannelKind {
+    /// Anyone may subscribe.
+    Public,
+    /// `private-`: the app's auth endpoint signs each subscription.
+    Private,
+    /// `private-encrypted-`: private, and the data is encrypted end to end.
+    Encrypted,
+    /// `presence-`: private, with a member list.
+    Presence,
+    /// `#server-to-user-ID`: the connections signed in as that user.
+    User,
+}
+
+impl AppChannelKind {
+    /// Whether a subscription needs a signature from the app.
+    pub fn needs_auth(self) -> bool {
+        matches!(
+            self,
+            AppChannelKind::Private | AppChannelKind::Encrypted | AppChannelKind::Presence
+        )
+    }
+}
+
+/// The kind of a Pusher channel name and whether it is a cache channel
+/// (first matching prefix wins: `private-encrypted-cache-`,
+/// `private-encrypted-`, `private-cache-`, `private-`, `presence-cache-`,
+/// `presence-`, `cache-`, `#server-to-user-`).
+pub fn app_channel_kind(name: &str) -> (AppChannelKind, bool) {
+    const PREFIXES: [(&str, AppChannelKind, bool); 8] = [
+        ("private-encrypted-cache-", AppChannelKind::Encrypted, true),
+        ("private-encrypted-", AppChannelKind::Encrypted, false),
+        ("private-cache-", AppChannelKind::Private, true),
+        ("private-", AppChannelKind::Private, false),
+        ("presence-cache-", AppChannelKind::Presence, true),
+        ("presence-", AppChannelKind::Presence, false),
+        ("cache-", AppChannelKind::Public, true),
+        (USER_CHANNEL_PREFIX, AppChannelKind::User, false),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _, _)| name.starts_with(prefix))
+        .map_or((AppChannelKind::Public, false), |(_, kind, cache)| (*kind, *cache))
+}
+
+/// Whether `byte` may appear in a Pusher channel name. Not `:`, the field
+/// separator of the strings apps sign.
+pub fn is_app_channel_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"_-=@,.;".contains(&byte)
 }
 
 /// Whether `byte` may appear in a channel name.
@@ -75,6 +143,28 @@ impl ChannelName {
         self.0.rsplit_once('#').map(|(_, users)| users.split(','))
     }
 
+    /// A Pusher app's channel: `name` checked against Pusher's grammar (1
+    /// to [`MAX_APP_CHANNEL_LEN`] bytes of `A-Z a-z 0-9 _ - = @ , . ;`, or
+    /// `#server-to-user-` and a user id of those bytes), kept as
+    /// `{app};{name}`. `;` is not in herald's own grammar, so no `/ws` or
+    /// server API name can reach an app's channel, and no app another's.
+    pub fn of_app(app: &str, name: &str) -> Result<ChannelName, InvalidChannel> {
+        if name.is_empty() || name.len() > MAX_APP_CHANNEL_LEN {
+            return Err(InvalidChannel::Length);
+        }
+        let rest = name.strip_prefix(USER_CHANNEL_PREFIX).unwrap_or(name);
+        if rest.is_empty() || !rest.bytes().all(is_app_channel_byte) {
+            return Err(InvalidChannel::AppCharacter);
+        }
+        Ok(ChannelName(Arc::from(format!("{app}{APP_SEPARATOR}{name}"))))
+    }
+
+    /// For an app's channel: the app's id and the channel's name in the
+    /// Pusher protocol.
+    pub fn app(&self) -> Option<(&str, &str)> {
+        self.0.split_once(APP_SEPARATOR)
+    }
+
     /// Whether the name marks a private channel (`private-...` or `$...`),
     /// which needs a grant in the connection token.
     pub fn is_private(&self) -> bool {
@@ -102,6 +192,43 @@ mod tests {
         assert!(ChannelName::parse("$private").is_ok());
         for bad in ["a b", "a/b", "a\"b", "é", "a\\b", "a*", "$", "a$b", "$$a"] {
             assert_eq!(ChannelName::parse(bad), Err(InvalidChannel::Character), "{bad}");
+        }
+    }
+
+    #[test]
+    fn app_channels_follow_pushers_grammar_apart_from_herald_names() {
+        let orders = ChannelName::of_app("1", "private-orders.1;a,b=c@d").unwrap();
+        assert_eq!(orders.as_str(), "1;private-orders.1;a,b=c@d");
+        assert_eq!(orders.app(), Some(("1", "private-orders.1;a,b=c@d")));
+        assert_eq!(orders.namespace(), None);
+        assert!(ChannelName::parse(orders.as_str()).is_err());
+        assert_eq!(ChannelName::parse("news").unwrap().app(), None);
+        assert!(ChannelName::of_app("1", "#server-to-user-42").is_ok());
+        for bad in ["a:b", "a b", "#x", "#server-to-user-", "a#b", "é", "$x"] {
+            assert!(ChannelName::of_app("1", bad).is_err(), "{bad}");
+        }
+        assert_eq!(ChannelName::of_app("1", ""), Err(InvalidChannel::Length));
+        assert!(ChannelName::of_app("1", &"a".repeat(200)).is_ok());
+        assert_eq!(ChannelName::of_app("1", &"a".repeat(201)), Err(InvalidChannel::Length));
+    }
+
+    #[test]
+    fn app_channel_kinds_go_by_the_first_matching_prefix() {
+        use AppChannelKind::*;
+        let cases = [
+            ("orders", Public, false),
+            ("cache-x", Public, true),
+            ("private-x", Private, false),
+            ("private-cache-x", Private, true),
+            ("private-encrypted-x", Encrypted, false),
+            ("private-encrypted-cache-x", Encrypted, true),
+            ("presence-x", Presence, false),
+            ("presence-cache-x", Presence, true),
+            ("#server-to-user-1", User, false),
+            ("x-private-y", Public, false),
+        ];
+        for (name, kind, cache) in cases {
+            assert_eq!(app_channel_kind(name), (kind, cache), "{name}");
         }
     }
 

@@ -1,5 +1,9 @@
 //! Settings: built-in defaults < `herald.toml` < `HERALD_*` environment < command-line flags, validated once.
 
+mod apps;
+
+pub use apps::App;
+
 use crate::channel::ChannelName;
 use crate::types::BrokerError;
 use std::collections::BTreeMap;
@@ -66,6 +70,10 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 256;
 /// and echo alike, docs/BENCHMARKS.md). It allows 1 MiB/s per connection
 /// at 100 ms round trip, far more than notifications need.
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 64 << 10;
+/// With the Redis engine, how long a presence entry lives without being
+/// renewed by its node (renewed every sixth of it): a node that dies
+/// leaves members that are gone within about a minute.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// Least default of `max_channels` (the default is the larger of this and
 /// `max_connections`).
 pub const MIN_DEFAULT_MAX_CHANNELS: usize = 100_000;
@@ -353,6 +361,16 @@ pub struct Config {
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Pusher apps (`[[apps]]`).
+    pub apps: Vec<App>,
+    /// With the Redis engine: how long a presence entry lives without its
+    /// node renewing it. A node that dies leaves members that leave (and
+    /// are announced) within this and a sixth of it.
+    pub presence_ttl: Duration,
+    /// A path prefix that a proxy leaves on Pusher requests (`/herald` in
+    /// `/herald/apps/1/events`): stripped before routing and before
+    /// signatures are checked. Empty: none.
+    pub pusher_path_prefix: String,
     /// Settings that `--dev` generated because none were given.
     pub generated: Vec<&'static str>,
 }
@@ -360,6 +378,11 @@ pub struct Config {
 impl Config {
     /// The options of the namespace `channel` is in.
     pub fn options(&self, channel: &ChannelName) -> Result<&NamespaceOptions, BrokerError> {
+        if let Some((app, name)) = channel.app() {
+            let app = self.app_by_id(app).ok_or_else(|| BrokerError::UnknownApp(app.into()))?;
+            let (kind, cache) = crate::channel::app_channel_kind(name);
+            return Ok(app.options_for(kind, cache));
+        }
         match channel.namespace() {
             None => Ok(&self.channels),
             Some(namespace) => self
@@ -367,6 +390,16 @@ impl Config {
                 .get(namespace)
                 .ok_or_else(|| BrokerError::UnknownNamespace(namespace.to_string())),
         }
+    }
+
+    /// The app with this id.
+    pub fn app_by_id(&self, id: &str) -> Option<&App> {
+        self.apps.iter().find(|app| app.id == id)
+    }
+
+    /// The app with this key, and its index.
+    pub fn app_by_key(&self, key: &str) -> Option<(usize, &App)> {
+        self.apps.iter().enumerate().find(|(_, app)| app.key == key)
     }
 
     /// A development configuration: defaults with `dev = true`, generated
@@ -436,6 +469,8 @@ pub const KEYS: &[&str] = &[
     "max_channels",
     "max_channels_per_connection",
     "send_buffer_bytes",
+    "pusher_path_prefix",
+    "presence_ttl_secs",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -453,6 +488,8 @@ struct Layers {
     file_source: Source,
     channels: Option<NamespaceOptions>,
     namespaces: BTreeMap<String, NamespaceOptions>,
+    /// `[[apps]]`, read as soon as the file is.
+    apps: Option<Vec<App>>,
 }
 
 impl Layers {
@@ -463,6 +500,7 @@ impl Layers {
             file_source: Source::File(PathBuf::from("herald.toml")),
             channels: None,
             namespaces: BTreeMap::new(),
+            apps: None,
         };
         if let Some((path, text)) = file {
             layers.read_file(path, text)?;
@@ -488,6 +526,10 @@ impl Layers {
                     options.validate("channels", &source)?;
                     self.channels = Some(options);
                 }
+                "apps" => {
+                    let apps = apps::read(value, &source, &mut self.errors.borrow_mut());
+                    self.apps = Some(apps);
+                }
                 "namespaces" => {
                     let toml::Value::Table(namespaces) = value else {
                         return Err(ConfigError::setting(
@@ -510,7 +552,7 @@ impl Layers {
                 other => {
                     let Some(known) = KEYS.iter().find(|known| **known == other) else {
                         return Err(ConfigError::new(format!(
-                            "config file {}: unknown setting `{other}` (known: {}, [channels], [namespaces.NAME])",
+                            "config file {}: unknown setting `{other}` (known: {}, [channels], [namespaces.NAME], [[apps]])",
                             path.display(),
                             KEYS.join(", ")
                         )));
@@ -717,7 +759,7 @@ impl Layers {
         }
     }
 
-    fn build(self, dev_default: bool) -> Result<Config, ConfigError> {
+    fn build(mut self, dev_default: bool) -> Result<Config, ConfigError> {
         let dev = self.check(self.boolean("dev")).unwrap_or(dev_default);
         let mut generated = Vec::new();
 
@@ -895,6 +937,38 @@ impl Layers {
         let send_buffer_bytes = self
             .check(self.bytes("send_buffer_bytes", 0, 64 << 20))
             .unwrap_or(DEFAULT_SEND_BUFFER_BYTES);
+        let pusher_path_prefix = match self.check(self.string("pusher_path_prefix")) {
+            None => String::new(),
+            Some((prefix, source)) => {
+                let prefix = prefix.trim_end_matches('/').to_string();
+                let ok = prefix.is_empty()
+                    || (prefix.starts_with('/')
+                        && prefix.len() <= 128
+                        && prefix
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"/_-.~".contains(&b))
+                        && !prefix.contains("//"));
+                if !ok {
+                    self.refuse(Err(ConfigError::setting(
+                        "pusher_path_prefix",
+                        &source,
+                        format_args!("expected a path such as /herald, got {prefix:?}"),
+                    )));
+                }
+                prefix
+            }
+        };
+        let presence_ttl = self
+            .check(self.seconds("presence_ttl_secs", 1.0, 3600.0))
+            .unwrap_or(DEFAULT_PRESENCE_TTL);
+        let apps = match self.apps.take() {
+            Some(apps) => apps,
+            None if dev => {
+                generated.push("apps");
+                vec![apps::dev_app(random_token(24))]
+            }
+            None => Vec::new(),
+        };
         // A publication (from a client or the API) goes into every
         // subscriber's outbound queue; if it could not fit there with room to
         // spare, every subscriber would be closed as a slow consumer.
@@ -969,6 +1043,9 @@ impl Layers {
             send_buffer_bytes,
             channels: channels.unwrap_or_default(),
             namespaces,
+            apps,
+            presence_ttl,
+            pusher_path_prefix,
             generated,
         })
     }
@@ -1190,7 +1267,7 @@ mod tests {
     fn dev_mode_generates_secrets_and_allows_anonymous_and_any_origin() {
         let config = Config::dev();
         assert!(config.dev && config.allow_anonymous);
-        assert_eq!(config.generated, vec!["api_key", "token_secret"]);
+        assert_eq!(config.generated, vec!["api_key", "token_secret", "apps"]);
         assert!(config.token_secret.expose().len() >= 32);
         assert!(config.allowed_origins.allows("https://anything.example", None));
         assert_ne!(Config::dev().api_key, config.api_key, "generated keys are random");

@@ -32,6 +32,9 @@ pub enum HttpError {
     OriginNotAllowed,
     /// No token where one is required, or a bad one (401).
     Unauthorized(&'static str),
+    /// A signed request (the Pusher HTTP API) whose signature, key or
+    /// timestamp does not check out (401).
+    BadSignature(String),
     /// The connection's identity may not use what it asked for (403).
     Forbidden(&'static str),
     /// The node holds `max_connections` connections already (503).
@@ -71,7 +74,7 @@ impl HttpError {
             HttpError::Malformed(_) | HttpError::BadHandshake(_) | HttpError::InvalidRequest(_) => {
                 400
             }
-            HttpError::Unauthorized(_) => 401,
+            HttpError::Unauthorized(_) | HttpError::BadSignature(_) => 401,
             HttpError::OriginNotAllowed | HttpError::Forbidden(_) => 403,
             HttpError::NotFound | HttpError::Missing(_) => 404,
             HttpError::MethodNotAllowed { .. } => 405,
@@ -97,7 +100,7 @@ impl HttpError {
             | HttpError::UnsupportedVersion
             | HttpError::LengthRequired
             | HttpError::InvalidRequest(_) => "bad_request",
-            HttpError::Unauthorized(_) => "unauthorized",
+            HttpError::Unauthorized(_) | HttpError::BadSignature(_) => "unauthorized",
             HttpError::OriginNotAllowed | HttpError::Forbidden(_) => "forbidden",
             HttpError::NotFound | HttpError::Missing(_) => "not_found",
             HttpError::HeadTooLarge
@@ -142,6 +145,7 @@ impl HttpError {
             }
             HttpError::InvalidRequest(message)
             | HttpError::Missing(message)
+            | HttpError::BadSignature(message)
             | HttpError::LimitReached(message) => message.clone(),
             HttpError::TooManyRequests { retry_after_secs } => format!(
                 "too many failed API key checks from this address; retry in {retry_after_secs} s"
@@ -275,6 +279,9 @@ pub fn reason_phrase(status: u16) -> &'static str {
 pub enum CloseReason {
     /// 1000: a normal close.
     Normal,
+    /// A code a front end takes from its own protocol's table (the Pusher
+    /// protocol's 4001-4201), with its reason.
+    Code(u16, &'static str),
     /// 1001: the server is shutting down.
     ShuttingDown,
     /// 1002: the peer broke RFC 6455.
@@ -303,6 +310,7 @@ impl CloseReason {
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::Normal => 1000,
+            CloseReason::Code(code, _) => *code,
             CloseReason::ShuttingDown => 1001,
             CloseReason::Protocol(_) => 1002,
             CloseReason::UnsupportedData => 1003,
@@ -320,6 +328,7 @@ impl CloseReason {
     pub fn reason(&self) -> &'static str {
         match self {
             CloseReason::Normal => "",
+            CloseReason::Code(_, reason) => reason,
             CloseReason::ShuttingDown => "server shutting down",
             CloseReason::Protocol(what) | CloseReason::Policy(what) => what,
             CloseReason::UnsupportedData => "binary frames are not accepted here",

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 // 4: front ends
 pub mod api;
+pub mod pusher;
 pub mod session;
 pub mod stream;
 // 5-7: a connection, a shard, the server

@@ -142,6 +142,12 @@ struct ServeArgs {
     /// SO_SNDBUF of each connection's socket (0: the kernel's autotuning).
     #[arg(long, env = "HERALD_SEND_BUFFER_BYTES", value_name = "BYTES")]
     send_buffer_bytes: Option<String>,
+    /// Path prefix a proxy leaves on Pusher requests (/herald): stripped before signatures are checked.
+    #[arg(long, env = "HERALD_PUSHER_PATH_PREFIX", value_name = "PATH")]
+    pusher_path_prefix: Option<String>,
+    /// With Redis: seconds a presence entry lives unless its node renews it.
+    #[arg(long, env = "HERALD_PRESENCE_TTL_SECS", value_name = "SECS")]
+    presence_ttl_secs: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -198,11 +204,20 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             "dev mode: generated secrets (pass them explicitly to keep them across restarts):"
         );
         for name in &config.generated {
-            let value = match *name {
-                "api_key" => config.api_key.expose(),
-                _ => config.token_secret.expose(),
-            };
-            println!("  {name} = {value}");
+            match *name {
+                "api_key" => println!("  api_key = {}", config.api_key.expose()),
+                "token_secret" => println!("  token_secret = {}", config.token_secret.expose()),
+                _ => {
+                    for app in &config.apps {
+                        println!(
+                            "  pusher app: app_id = {}, key = {}, secret = {}",
+                            app.id,
+                            app.key,
+                            app.secret.expose()
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -65,11 +65,19 @@ pub enum Transport {
     Sse,
     /// `/poll`, while a poll is held.
     Poll,
+    /// `/app/{key}`: Pusher protocol clients.
+    Pusher,
 }
 
 impl Transport {
-    const ALL: [Transport; 5] =
-        [Transport::Http, Transport::WebSocket, Transport::Echo, Transport::Sse, Transport::Poll];
+    const ALL: [Transport; 6] = [
+        Transport::Http,
+        Transport::WebSocket,
+        Transport::Echo,
+        Transport::Sse,
+        Transport::Poll,
+        Transport::Pusher,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -78,6 +86,7 @@ impl Transport {
             Transport::Echo => "echo",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::Pusher => "pusher",
         }
     }
 }
@@ -101,7 +110,10 @@ pub enum Refusal {
 /// Statuses a refusal or an API answer can have, in label order.
 const STATUSES: [u16; 14] = [200, 400, 401, 403, 404, 405, 411, 413, 426, 429, 431, 500, 503, 0];
 /// Close codes herald sends, in label order.
-const CLOSE_CODES: [u16; 11] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4008, 4029];
+const CLOSE_CODES: [u16; 19] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4000, 4001, 4003, 4004, 4007, 4008, 4009, 4029,
+    4100, 4200, 4201,
+];
 /// Upper bounds of the loop-turn histogram's buckets, in microseconds.
 const TURN_BUCKETS_MICROS: [u64; 14] =
     [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000];
@@ -144,6 +156,8 @@ pub struct ShardMetrics {
     close_codes: [Counter; CLOSE_CODES.len()],
     /// By endpoint (the last row: paths under `/api/` that name none) and status.
     api: [[Counter; STATUSES.len()]; Endpoint::ALL.len() + 1],
+    /// Pusher HTTP API requests by status.
+    pusher_api: [Counter; STATUSES.len()],
     /// Turns of the event loop.
     pub loop_turns: Counter,
     turn_buckets: [Counter; TURN_BUCKETS_MICROS.len()],
@@ -192,6 +206,13 @@ impl ShardMetrics {
     pub fn api_request(&self, endpoint: Option<Endpoint>, status: u16) {
         let row = endpoint.map_or(Endpoint::ALL.len(), |e| e as usize);
         if let Some(counter) = self.api.get(row).and_then(|row| row.get(status_index(status))) {
+            counter.inc();
+        }
+    }
+
+    /// A Pusher HTTP API request was answered with `status`.
+    pub fn pusher_api_request(&self, status: u16) {
+        if let Some(counter) = self.pusher_api.get(status_index(status)) {
             counter.inc();
         }
     }
@@ -339,6 +360,20 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
                     "herald_api_requests_total{{endpoint=\"{label}\",status=\"{status}\"}} {count}"
                 );
             }
+        }
+    }
+
+    family(
+        &mut out,
+        "herald_pusher_api_requests_total",
+        "counter",
+        "Pusher HTTP API requests by status.",
+    );
+    for (column, status) in STATUSES.iter().enumerate() {
+        let count = sum(&|s| s.pusher_api.get(column).map_or(0, Counter::get));
+        if count > 0 {
+            let _ =
+                writeln!(out, "herald_pusher_api_requests_total{{status=\"{status}\"}} {count}");
         }
     }
 

@@ -486,7 +486,7 @@ mod tests {
             json(&published(Some(3), "c", epoch.as_str(), 12)),
             serde_json::json!({"op":"published","id":3,"channel":"c","epoch":"0000f3a9","offset":12})
         );
-        let members = [Member { client: "c1".into(), user: "4\"2".into() }];
+        let members = [Member::new("c1".into(), "4\"2".into())];
         assert_eq!(
             json(&presence(Some(4), "c", &members)),
             serde_json::json!({"op":"presence","id":4,"channel":"c","clients":[{"client":"c1","user":"4\"2"}]})
@@ -498,6 +498,7 @@ mod tests {
                 (44, Bytes::from_static(b"{\"a\": 1}")),
                 (45, Bytes::from_static(b"[]")),
             ],
+            newest_age_ms: None,
         };
         let text = String::from_utf8(history(Some(5), "news", &page)).unwrap();
         assert!(text.contains(r#"{"offset":44,"data":{"a": 1}}"#), "{text}");

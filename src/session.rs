@@ -29,9 +29,11 @@ fn text_frame(json: &[u8]) -> Bytes {
 /// The one place engine refusals become `/ws` error codes.
 fn command_error(id: Option<u64>, error: &BrokerError) -> CommandError {
     let code = match error {
-        BrokerError::UnknownNamespace(_) | BrokerError::HistoryOff => ErrorCode::NotFound,
+        BrokerError::UnknownNamespace(_) | BrokerError::UnknownApp(_) | BrokerError::HistoryOff => {
+            ErrorCode::NotFound
+        }
         BrokerError::PresenceOff => ErrorCode::Forbidden,
-        BrokerError::TooManyChannels(_) => ErrorCode::LimitExceeded,
+        BrokerError::TooManyChannels(_) | BrokerError::PresenceFull(_) => ErrorCode::LimitExceeded,
         BrokerError::Unavailable(_) => ErrorCode::Unavailable,
     };
     CommandError::new(id, code, error.message())
@@ -56,7 +58,7 @@ pub struct ClientSession {
 /// and is closed. Eight bytes, so that every `/ws` session stays in the
 /// same allocator size class.
 #[derive(Debug)]
-struct CommandBucket {
+pub struct CommandBucket {
     /// Thousandths of a command; negative: debt.
     balance: i32,
     /// When it was last refilled: shard clock milliseconds, wrapping
@@ -67,20 +69,23 @@ struct CommandBucket {
 
 /// What the bucket says to a command.
 #[derive(Debug, PartialEq, Eq)]
-enum Allowance {
+pub enum Allowance {
+    /// Go ahead.
     Granted,
+    /// Refused: over the rate.
     Refused,
     /// Refused, and a whole burst of debt is run up: close with 4029.
     Exhausted,
 }
 
 impl CommandBucket {
-    fn full(now: Millis, burst: u32) -> Self {
+    /// A full bucket.
+    pub fn full(now: Millis, burst: u32) -> Self {
         CommandBucket { balance: milli(burst), updated: clock32(now) }
     }
 
     /// Takes one command's token.
-    fn take(&mut self, now: Millis, rate_per_sec: u32, burst: u32) -> Allowance {
+    pub fn take(&mut self, now: Millis, rate_per_sec: u32, burst: u32) -> Allowance {
         let now = clock32(now);
         let elapsed = i64::from(now.wrapping_sub(self.updated));
         self.updated = now;
@@ -146,7 +151,7 @@ impl ClientSession {
     }
 
     fn member(&self, local: &Local) -> Member {
-        Member { client: Arc::from(self.client_id(local)), user: self.identity.user.clone() }
+        Member::new(Arc::from(self.client_id(local)), self.identity.user.clone())
     }
 
     fn reply_to(&self, id: Option<u64>) -> ReplyTo {
@@ -309,6 +314,9 @@ impl ClientSession {
             // Missed publications are replies, not pushes: they may take a
             // quarter of the outbound bound, leaving room for live ones.
             replay_limit: local.config.max_outbound_bytes / 4,
+            members: false,
+            newest: false,
+            member_limit: 0,
         };
         let answer = local.shared.engine.subscribe(subscription, self.reply_to(id));
         // Registered locally before this shard reads its inbox again: every

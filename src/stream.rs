@@ -56,8 +56,16 @@ impl StreamSub {
         let replay_limit = local.config.max_outbound_bytes / 4;
         for (index, channel) in channels.into_iter().enumerate() {
             let since = since.and_then(|since| since.get(index)).and_then(Option::as_ref);
-            let subscription =
-                Subscription { channel: &channel, who: me, member: None, since, replay_limit };
+            let subscription = Subscription {
+                channel: &channel,
+                who: me,
+                member: None,
+                since,
+                replay_limit,
+                members: false,
+                newest: false,
+                member_limit: 0,
+            };
             let reply = ReplyTo { conn: me, id: Some(index as u64) };
             let (last_offset, position) = match local.shared.engine.subscribe(subscription, reply) {
                 Answer::Now(Err(error)) => {
@@ -192,6 +200,8 @@ pub fn sse_opened(sub: &mut StreamSub, opened: Opened) -> Vec<Bytes> {
 pub fn sse_delivered(sub: &mut StreamSub, channel: &str, event: &Event) -> Option<Bytes> {
     let index = sub.index_of(channel)?;
     Some(match event {
+        // Only Pusher clients subscribe to the channels these go to.
+        Event::Relay(_) => return None,
         Event::Publication(publication) => {
             sub.advance(index, publication.offset());
             sse_event("message", Some(&sub.cursor()), publication.json())
@@ -246,7 +256,7 @@ impl PollAnswer {
                 self.unrecovered = true;
                 false
             }
-            Event::Presence(_) => false,
+            Event::Presence(_) | Event::Relay(_) => false,
         }
     }
 

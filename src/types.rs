@@ -34,6 +34,33 @@ pub fn parse_client_id(node: &str, id: &str) -> Option<ConnRef> {
     parts.next().is_none().then_some(conn)
 }
 
+/// The Pusher `socket_id` of `who` on `node`: `NODE.CONN`, two decimal
+/// numbers as every Pusher SDK requires (`^\d+\.\d+$`): the node id's 32
+/// bits, then shard, slot (10 digits) and generation (10 digits). It names
+/// the same connection as its client id ([`client_id_of_socket`]).
+pub fn socket_id(node: &str, who: ConnRef) -> String {
+    let node = u32::from_str_radix(node, 16).unwrap_or(0);
+    format!("{node}.{}{:010}{:010}", who.shard, who.key, who.generation)
+}
+
+/// The client id a Pusher `socket_id` names (for excluding it from a
+/// publication on whichever node it lives), if it is one herald made.
+pub fn client_id_of_socket(socket_id: &str) -> Option<String> {
+    let (node, conn) = socket_id.split_once('.')?;
+    let node: u32 = node.parse().ok()?;
+    if conn.len() < 21 || !conn.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (shard, rest) = conn.split_at(conn.len() - 20);
+    let (key, generation) = rest.split_at(10);
+    let who = ConnRef {
+        shard: shard.parse().ok()?,
+        key: key.parse().ok()?,
+        generation: generation.parse().ok()?,
+    };
+    Some(client_id(&format!("{node:08x}"), who))
+}
+
 /// A position a client saw: `since` in `subscribe` and `history`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Since {
@@ -90,6 +117,9 @@ pub struct HistoryPage {
     pub offset: u64,
     /// `(offset, data)` of each publication, oldest first.
     pub publications: Vec<(u64, Bytes)>,
+    /// How long ago the newest publication kept was made, in milliseconds
+    /// (a Pusher cache channel's remaining TTL follows from it).
+    pub newest_age_ms: Option<u64>,
 }
 
 /// A subscriber's presence: its client id and user.
@@ -99,6 +129,37 @@ pub struct Member {
     pub client: Arc<str>,
     /// The user id (`""` for anonymous).
     pub user: Arc<str>,
+    /// What the app says about the user (a Pusher presence member's
+    /// `user_info`, raw JSON); `None` on `/ws`.
+    pub info: Option<Arc<str>>,
+}
+
+impl Member {
+    /// A member without `info`.
+    pub fn new(client: Arc<str>, user: Arc<str>) -> Member {
+        Member { client, user, info: None }
+    }
+
+    /// The user and info as one string, as the Redis engine keeps and
+    /// announces them: `LEN:USER` then the info, `LEN` being the user's
+    /// length in bytes.
+    pub fn encode_user(&self) -> String {
+        let info = self.info.as_deref().unwrap_or("");
+        format!("{}:{}{info}", self.user.len(), self.user)
+    }
+
+    /// A member of `client` from [`Member::encode_user`]'s string.
+    pub fn decode_user(client: Arc<str>, encoded: &str) -> Option<Member> {
+        let (length, rest) = encoded.split_once(':')?;
+        let length: usize = length.parse().ok()?;
+        let user = rest.get(..length)?;
+        let info = rest.get(length..)?;
+        Some(Member {
+            client,
+            user: Arc::from(user),
+            info: (!info.is_empty()).then(|| Arc::from(info)),
+        })
+    }
 }
 
 /// What a server API call does to every connection of one user.
@@ -108,6 +169,9 @@ pub enum UserAction {
     Disconnect,
     /// Unsubscribe them from a channel (they get an `unsubscribed` push).
     Unsubscribe(ChannelName),
+    /// Close the Pusher connections signed in as the user (the user being
+    /// `APP;ID`) with 4009.
+    Terminate,
 }
 
 /// Why the engine refused. Each front end maps these to its wire in one
@@ -116,6 +180,10 @@ pub enum UserAction {
 pub enum BrokerError {
     /// The channel's namespace is not configured.
     UnknownNamespace(String),
+    /// The channel's Pusher app is not configured (on this node).
+    UnknownApp(String),
+    /// The presence channel has its limit of distinct users.
+    PresenceFull(usize),
     /// Presence is off in the channel's namespace.
     PresenceOff,
     /// History is off in the channel's namespace.
@@ -133,6 +201,12 @@ impl BrokerError {
         match self {
             BrokerError::UnknownNamespace(namespace) => {
                 format!("unknown namespace {namespace:?}: configure [namespaces.{namespace}]")
+            }
+            BrokerError::UnknownApp(app) => {
+                format!("unknown app {app:?}: configure it in [[apps]]")
+            }
+            BrokerError::PresenceFull(max) => {
+                format!("the presence channel has its limit of {max} members")
             }
             BrokerError::PresenceOff => "presence is off for this channel's namespace".into(),
             BrokerError::HistoryOff => "history is off for this channel's namespace".into(),
@@ -158,6 +232,34 @@ mod tests {
         assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-3-1234"), None);
         assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-3-1234-99-1"), None);
         assert_eq!(parse_client_id("a1b2c3d4", "a1b2c3d4-x-1-1"), None);
+    }
+
+    #[test]
+    fn socket_ids_are_two_decimal_numbers_that_name_the_client() {
+        let who = ConnRef { shard: 3, key: 1234, generation: 99 };
+        let socket = socket_id("a1b2c3d4", who);
+        assert_eq!(socket, format!("{}.300000012340000000099", 0xa1b2_c3d4_u32));
+        assert_eq!(client_id_of_socket(&socket).as_deref(), Some("a1b2c3d4-3-1234-99"));
+        let widest = ConnRef { shard: u16::MAX, key: u32::MAX, generation: u32::MAX };
+        let socket = socket_id("00000001", widest);
+        assert_eq!(client_id_of_socket(&socket), Some(client_id("00000001", widest)));
+        for bad in ["1.2", "x.300000012340000000099", "1", "1.30000001234000000009x", "1.-3"] {
+            assert_eq!(client_id_of_socket(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_user_and_info_travel_as_one_string() {
+        let member = Member {
+            client: Arc::from("c"),
+            user: Arc::from("a:1"),
+            info: Some(Arc::from(r#"{"name":"A"}"#)),
+        };
+        assert_eq!(member.encode_user(), r#"3:a:1{"name":"A"}"#);
+        assert_eq!(Member::decode_user(Arc::from("c"), &member.encode_user()), Some(member));
+        let plain = Member::new(Arc::from("c"), Arc::from("bob"));
+        assert_eq!(Member::decode_user(Arc::from("c"), &plain.encode_user()), Some(plain));
+        assert_eq!(Member::decode_user(Arc::from("c"), "9:bob"), None);
     }
 
     #[test]

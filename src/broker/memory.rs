@@ -6,7 +6,7 @@
 //! publications in offset order, whichever shards their publishers run on.
 //! Lock order is always stripe, then inbox.
 
-use super::publication::{Kept, Position, PresenceChange, Publication};
+use super::publication::{Kept, Position, PresenceChange, Publication, Relayed};
 use super::table::{Table, deliver_to, recover};
 use super::{Answer, Delivery, Engine, Event, Health, Host, ReplyTo, Subscription};
 use crate::channel::ChannelName;
@@ -90,7 +90,7 @@ impl Engine for MemoryEngine {
     }
 
     fn subscribe(&self, subscription: Subscription<'_>, _reply: ReplyTo) -> Answer<Position> {
-        let Subscription { channel, who, member, since, replay_limit } = subscription;
+        let Subscription { channel, who, member, since, replay_limit, .. } = subscription;
         let options = match self.table.options(channel) {
             Ok(options) => options,
             Err(error) => return Answer::Now(Err(error)),
@@ -101,14 +101,26 @@ impl Engine for MemoryEngine {
             Ok(state) => state,
             Err(error) => return Answer::Now(Err(error)),
         };
+        let limit = subscription.member_limit;
+        if let Some(member) = member
+            && state.options.presence
+            && limit > 0
+            && !state.has_user(&member.user)
+            && state.user_count() >= limit
+        {
+            if state.subscribers == 0 {
+                stripe.settle(name);
+            }
+            return Answer::Now(Err(BrokerError::PresenceFull(limit)));
+        }
         state.add_subscriber(who);
         let recovery = since.map(|since| recover(state, since, replay_limit));
         if let Some(member) = member
             && state.options.presence
         {
-            state.presence.insert(member.client.clone(), member.user.clone());
+            let first = state.join(member);
             if state.options.join_leave {
-                let change = PresenceChange::new(true, name.clone(), member.clone());
+                let change = PresenceChange::new(true, name.clone(), member.clone(), first);
                 deliver_to(
                     &*self.host,
                     state.shards_besides(who),
@@ -120,7 +132,18 @@ impl Engine for MemoryEngine {
                 );
             }
         }
-        Answer::Now(Ok(Position { epoch: state.epoch, offset: state.top, recovery }))
+        let members = if subscription.members { state.members() } else { Vec::new() };
+        let newest = subscription
+            .newest
+            .then(|| state.history.back().map(|kept| kept.publication.clone()))
+            .flatten();
+        Answer::Now(Ok(Position {
+            epoch: state.epoch,
+            offset: state.top,
+            recovery,
+            members,
+            newest,
+        }))
     }
 
     fn unsubscribe(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>) {
@@ -128,12 +151,11 @@ impl Engine for MemoryEngine {
         let mut stripe = self.table.lock(name);
         let Some(state) = stripe.get(name) else { return };
         state.remove_subscriber(who);
-        let removed = member.is_some_and(|member| state.presence.remove(&member.client).is_some());
-        if let Some(member) = member
-            && removed
+        let left = member.and_then(|member| state.leave(&member.client));
+        if let Some((member, last)) = left
             && state.options.join_leave
         {
-            let change = PresenceChange::new(false, name.clone(), member.clone());
+            let change = PresenceChange::new(false, name.clone(), member, last);
             deliver_to(
                 &*self.host,
                 state.interested_shards(),
@@ -147,6 +169,25 @@ impl Engine for MemoryEngine {
         if state.subscribers == 0 {
             stripe.settle(name);
         }
+    }
+
+    fn relay(
+        &self,
+        channel: &ChannelName,
+        text: &[u8],
+        exclude: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let exclude = exclude.and_then(|id| parse_client_id(&self.node, id));
+        let name = channel.shared();
+        let mut stripe = self.table.lock(name);
+        let Some(state) = stripe.get(name) else { return Ok(()) };
+        let relayed = Relayed::new(name.clone(), bytes::Bytes::copy_from_slice(text));
+        deliver_to(
+            &*self.host,
+            state.interested_shards(),
+            &Delivery { channel: name.clone(), event: Event::Relay(relayed), exclude },
+        );
+        Ok(())
     }
 
     fn presence(&self, channel: &ChannelName, _reply: ReplyTo) -> Answer<Vec<Member>> {
@@ -185,6 +226,7 @@ impl Engine for MemoryEngine {
                 epoch: self.table.next_epoch(),
                 offset: 0,
                 publications: Vec::new(),
+                newest_age_ms: None,
             }));
         };
         state.trim(now);
@@ -199,7 +241,13 @@ impl Engine for MemoryEngine {
             .take(limit)
             .map(|kept| (kept.publication.offset(), kept.publication.data()))
             .collect();
-        Answer::Now(Ok(HistoryPage { epoch: state.epoch, offset: state.top, publications }))
+        let newest_age_ms = state.history.back().map(|kept| now.saturating_sub(kept.at));
+        Answer::Now(Ok(HistoryPage {
+            epoch: state.epoch,
+            offset: state.top,
+            publications,
+            newest_age_ms,
+        }))
     }
 
     fn act_on_user(&self, user: Arc<str>, action: UserAction, reply: ReplyTo) -> Answer<usize> {

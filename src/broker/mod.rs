@@ -13,7 +13,9 @@ mod publication;
 pub mod redis;
 mod table;
 
-pub use publication::{Delivery, Event, Position, PresenceChange, Publication, Recovery, Restart};
+pub use publication::{
+    Delivery, Event, Position, PresenceChange, Publication, Recovery, Relayed, Restart,
+};
 
 use crate::channel::ChannelName;
 use crate::config::{Config, Engine as EngineKind};
@@ -68,6 +70,15 @@ pub struct Subscription<'a> {
     pub since: Option<&'a Since>,
     /// Most bytes of missed publications to replay (more: not recovered).
     pub replay_limit: usize,
+    /// Answer with the channel's members ([`Position::members`]).
+    pub members: bool,
+    /// Answer with the newest publication kept ([`Position::newest`]).
+    pub newest: bool,
+    /// Refuse the subscriber (`PresenceFull`) if its user would be one more
+    /// than this many distinct users in the channel's presence (0: no
+    /// limit). The memory engine enforces it exactly; with Redis the
+    /// front end checks the member list it gets back.
+    pub member_limit: usize,
 }
 
 /// What to call with a count once every shard has acted on a user.
@@ -118,6 +129,15 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn subscribe(&self, subscription: Subscription<'_>, reply: ReplyTo) -> Answer<Position>;
     /// Removes a subscriber (and its presence entry).
     fn unsubscribe(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>);
+    /// Hands `text` (one frame's text) to the channel's subscribers on
+    /// every node, but `exclude` (a client id): not kept, no offset (a
+    /// Pusher client event).
+    fn relay(
+        &self,
+        channel: &ChannelName,
+        text: &[u8],
+        exclude: Option<&str>,
+    ) -> Result<(), BrokerError>;
     /// The channel's members, on every node.
     fn presence(&self, channel: &ChannelName, reply: ReplyTo) -> Answer<Vec<Member>>;
     /// Up to `limit` publications after `since` (all of history when it is

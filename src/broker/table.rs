@@ -32,7 +32,10 @@ pub(super) struct Channel {
     /// Subscribers on each shard.
     pub(super) per_shard: Box<[u32]>,
     pub(super) subscribers: u32,
-    pub(super) presence: HashMap<Arc<str>, Arc<str>>,
+    /// Members by client id.
+    pub(super) presence: HashMap<Arc<str>, Member>,
+    /// Connections in `presence` per user.
+    presence_users: HashMap<Arc<str>, u32>,
     /// An entry for this channel is in its stripe's expiry heap.
     expiry_pending: bool,
     /// With the Redis engine: `epoch` and `top` are Redis's (learnt from a
@@ -101,10 +104,47 @@ impl Channel {
 
     /// The members of its presence.
     pub(super) fn members(&self) -> Vec<Member> {
-        self.presence
-            .iter()
-            .map(|(client, user)| Member { client: client.clone(), user: user.clone() })
-            .collect()
+        self.presence.values().cloned().collect()
+    }
+
+    /// Distinct users in its presence.
+    pub(super) fn user_count(&self) -> usize {
+        self.presence_users.len()
+    }
+
+    /// Whether `user` has a connection in its presence.
+    pub(super) fn has_user(&self, user: &str) -> bool {
+        self.presence_users.contains_key(user)
+    }
+
+    /// Enters `member` into its presence; returns whether it is the user's
+    /// first connection there.
+    pub(super) fn join(&mut self, member: &Member) -> bool {
+        if let Some(previous) = self.presence.insert(member.client.clone(), member.clone()) {
+            // The same connection again (a refresh): no new connection.
+            self.presence_users.entry(previous.user).or_insert(1);
+            return false;
+        }
+        let count = self.presence_users.entry(member.user.clone()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Takes `client` out of its presence; returns its entry and whether
+    /// it was the user's last connection there.
+    pub(super) fn leave(&mut self, client: &str) -> Option<(Member, bool)> {
+        let member = self.presence.remove(client)?;
+        let last = match self.presence_users.get_mut(&member.user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                self.presence_users.remove(&member.user);
+                true
+            }
+        };
+        Some((member, last))
     }
 }
 
@@ -261,6 +301,7 @@ impl Table {
             per_shard: vec![0; self.shards].into_boxed_slice(),
             subscribers: 0,
             presence: HashMap::new(),
+            presence_users: HashMap::new(),
             expiry_pending: false,
             remote_position: false,
             restart_pending: false,
@@ -328,14 +369,15 @@ impl Table {
         found
     }
 
-    /// Every channel's presence entries on this node, by channel.
-    pub(super) fn all_presence(&self) -> Vec<(Arc<str>, Vec<Member>)> {
+    /// Every channel's presence entries on this node, by channel, with
+    /// whether its joins and leaves are announced.
+    pub(super) fn all_presence(&self) -> Vec<(Arc<str>, bool, Vec<Member>)> {
         let mut entries = Vec::new();
         for stripe in &self.stripes {
             let stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
             for (name, state) in &stripe.channels {
                 if !state.presence.is_empty() {
-                    entries.push((name.clone(), state.members()));
+                    entries.push((name.clone(), state.options.join_leave, state.members()));
                 }
             }
         }

@@ -13,6 +13,7 @@ use crate::error::{CloseReason, HttpError};
 use crate::metrics::{Refusal, Transport as ConnKind};
 use crate::node::Shared;
 use crate::node::local::Local;
+use crate::pusher::{self, PusherSession};
 use crate::session::{ClientSession, Outbox};
 use crate::stream::{self, PollAnswer, StreamSub};
 use crate::wire::frame::Opcode;
@@ -124,6 +125,38 @@ enum Endpoint {
     Echo,
     /// `/ws`: the JSON client protocol.
     Client(Box<ClientSession>),
+    /// `/app/{key}`: the Pusher protocol.
+    Pusher(Box<PusherSession>),
+}
+
+impl Endpoint {
+    /// How long the peer may be quiet before it is pinged, and how long it
+    /// then has to answer (a Pusher app's activity and pong timeouts, else
+    /// `ping_interval` twice).
+    fn liveness(&self, ctx: &Ctx) -> (Millis, Millis) {
+        match self {
+            Endpoint::Pusher(session) => ctx
+                .config
+                .apps
+                .get(session.app_index())
+                .map_or((ctx.ping_interval(), ctx.ping_interval()), |app| {
+                    (millis(app.activity_timeout), millis(app.pong_timeout))
+                }),
+            Endpoint::Echo | Endpoint::Client(_) => (ctx.ping_interval(), ctx.ping_interval()),
+        }
+    }
+
+    /// A close reason in the endpoint's protocol, and the message that
+    /// goes before the close frame (a Pusher client's `pusher:error`).
+    fn close_reason(&self, reason: CloseReason) -> (CloseReason, Option<Bytes>) {
+        match self {
+            Endpoint::Pusher(_) => {
+                let reason = pusher::close_reason(reason);
+                (reason, pusher::error_before_close(reason))
+            }
+            Endpoint::Echo | Endpoint::Client(_) => (reason, None),
+        }
+    }
 }
 
 /// Hands each message to its endpoint, with the shard's context.
@@ -149,6 +182,15 @@ impl Handler for Dispatch<'_> {
             (Endpoint::Client(session), Message::Text(text)) => {
                 self.ctx.metrics.messages_in.inc();
                 session.on_text(&text, out, &mut self.ctx.local)?;
+            }
+            (Endpoint::Pusher(session), Message::Text(text)) => {
+                self.ctx.metrics.messages_in.inc();
+                session.on_text(&text, out, &mut self.ctx.local)?;
+            }
+            (Endpoint::Pusher(_), Message::Binary(_)) => {
+                // Pusher has no binary frames; the connection stays.
+                let error = crate::wire::pusher::error(None, "Binary frames are not supported");
+                websocket::queue_frame(out, Opcode::Text, Bytes::from(error));
             }
             _ => {}
         }
@@ -188,11 +230,21 @@ struct Drain {
     fin_sent: bool,
     peer_done: bool,
     discarded: usize,
-    /// A `/ws` session whose subscriptions are released at teardown. It gets
-    /// no more pushes (`Conn::push` refuses a draining connection).
-    client: Option<Box<ClientSession>>,
-    /// The same for an `/sse` or `/poll` subscription.
-    stream: Option<Box<StreamSub>>,
+    /// What the phase it replaces held outside the connection, released
+    /// at teardown. It gets no more pushes (`Conn::push` refuses a
+    /// draining connection).
+    held: Option<Held>,
+}
+
+/// A session or subscription a draining connection still holds.
+#[derive(Debug)]
+enum Held {
+    /// A `/ws` session.
+    Client(Box<ClientSession>),
+    /// A Pusher session.
+    Pusher(Box<PusherSession>),
+    /// An `/sse` or `/poll` subscription.
+    Stream(Box<StreamSub>),
 }
 
 /// An open `/sse` stream.
@@ -530,6 +582,10 @@ impl<S: Transport> Conn<S> {
                 if reason == CloseReason::SlowConsumer {
                     self.out.discard_unstarted();
                 }
+                let (reason, before) = ws.endpoint.close_reason(reason);
+                if let Some(message) = before {
+                    self.out.push(message);
+                }
                 self.out.push(close_frame(reason));
                 ctx.metrics.closed(reason);
             }
@@ -542,14 +598,7 @@ impl<S: Transport> Conn<S> {
             return;
         }
         let deadline = ctx.now + millis(LINGER);
-        let drain = Drain {
-            deadline,
-            fin_sent: false,
-            peer_done: false,
-            discarded: 0,
-            client: None,
-            stream: None,
-        };
+        let drain = Drain { deadline, fin_sent: false, peer_done: false, discarded: 0, held: None };
         // The drain is built from the parts of the phase it replaces: a
         // `/ws` session or a stream subscription moves along, to be
         // released at teardown.
@@ -560,10 +609,13 @@ impl<S: Transport> Conn<S> {
         let Phase::Draining(drain) = &mut self.phase else { return };
         match previous {
             Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
-                drain.client = Some(session);
+                drain.held = Some(Held::Client(session));
             }
-            Phase::Sse(sse) => drain.stream = Some(Box::new(sse.sub)),
-            Phase::Poll(poll) => drain.stream = Some(Box::new(poll.sub)),
+            Phase::WebSocket(WsPhase { endpoint: Endpoint::Pusher(session), .. }) => {
+                drain.held = Some(Held::Pusher(session));
+            }
+            Phase::Sse(sse) => drain.held = Some(Held::Stream(Box::new(sse.sub))),
+            Phase::Poll(poll) => drain.held = Some(Held::Stream(Box::new(poll.sub))),
             _ => {}
         }
     }
@@ -578,10 +630,19 @@ impl<S: Transport> Conn<S> {
             Phase::WebSocket(WsPhase { endpoint: Endpoint::Client(session), .. }) => {
                 session.release(ctx);
             }
-            Phase::Draining(Drain { client: Some(session), .. }) => session.release(ctx),
+            Phase::Draining(Drain { held: Some(Held::Client(session)), .. }) => {
+                session.release(ctx);
+            }
+            Phase::WebSocket(WsPhase { endpoint: Endpoint::Pusher(session), .. })
+            | Phase::Draining(Drain { held: Some(Held::Pusher(session)), .. }) => {
+                session.release(ctx);
+                if let Some(count) = ctx.shared.app_connections.get(session.app_index()) {
+                    count.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             Phase::Sse(sse) => sse.sub.release(ctx),
             Phase::Poll(poll) => poll.sub.release(ctx),
-            Phase::Draining(Drain { stream: Some(sub), .. }) => sub.release(ctx),
+            Phase::Draining(Drain { held: Some(Held::Stream(sub)), .. }) => sub.release(ctx),
             _ => {}
         }
     }
@@ -591,11 +652,21 @@ impl<S: Transport> Conn<S> {
     /// a held poll's answer.
     pub fn deliver(&mut self, delivery: &Delivery, ctx: &Ctx) -> Pushed {
         match &mut self.phase {
-            Phase::WebSocket(_) => {
-                let frame = match &delivery.event {
-                    Event::Publication(publication) => publication.ws_frame(),
-                    Event::Presence(change) => change.ws_frame(),
-                    Event::Restart(restart) => restart.ws_frame(),
+            Phase::WebSocket(ws) => {
+                let frame = match (&ws.endpoint, &delivery.event) {
+                    (Endpoint::Pusher(_), Event::Publication(publication)) => {
+                        publication.pusher_frame()
+                    }
+                    (Endpoint::Pusher(_), Event::Presence(change)) => {
+                        let Some(frame) = change.pusher_frame() else { return Pushed::Dropped };
+                        frame
+                    }
+                    (Endpoint::Pusher(_), Event::Restart(restart)) => restart.pusher_frame(),
+                    (Endpoint::Pusher(_), Event::Relay(relayed)) => relayed.frame(),
+                    (_, Event::Publication(publication)) => publication.ws_frame(),
+                    (_, Event::Presence(change)) => change.ws_frame(),
+                    (_, Event::Restart(restart)) => restart.ws_frame(),
+                    (_, Event::Relay(_)) => return Pushed::Dropped,
                 };
                 self.push(frame.clone(), ctx)
             }
@@ -638,19 +709,21 @@ impl<S: Transport> Conn<S> {
     ) -> Next {
         match &mut self.phase {
             Phase::Http(http) if http.is_waiting() => {
-                let endpoint = http.waiting_endpoint();
-                let (status, body) = match endpoint {
-                    Some(endpoint) => api::answer(endpoint, answer),
-                    None => return Next::Keep,
+                let Some((status, body)) = http.answer_waiting(id, answer, &ctx.shared) else {
+                    return Next::Keep;
                 };
                 return self.on_api_answer(status, &body, ctx);
             }
-            Phase::WebSocket(ws) => {
-                if let Endpoint::Client(session) = &mut ws.endpoint {
+            Phase::WebSocket(ws) => match &mut ws.endpoint {
+                Endpoint::Client(session) => {
                     let sent = session.on_answer(id, answer, &mut self.out, &mut ctx.local);
                     ctx.metrics.messages_out.add(sent);
                 }
-            }
+                Endpoint::Pusher(session) => {
+                    session.on_answer(answer, &mut self.out, &mut ctx.local)
+                }
+                Endpoint::Echo => {}
+            },
             Phase::Sse(_) | Phase::Poll(_) => {
                 if let EngineAnswer::Subscribed(channel, result) = answer {
                     let index = id.and_then(|id| usize::try_from(id).ok()).unwrap_or(usize::MAX);
@@ -739,10 +812,26 @@ impl<S: Transport> Conn<S> {
         if let Phase::WebSocket(ws) = &mut self.phase
             && ws.close_deadline.is_none()
         {
+            let (reason, before) = ws.endpoint.close_reason(reason);
+            if let Some(message) = before {
+                self.out.push(message);
+            }
             ws.session.begin_close(reason, &mut self.out, &mut ctx.codecs);
             ws.close_deadline = NonZeroU64::new(ctx.now + millis(CLOSE_HANDSHAKE_TIMEOUT));
             ctx.metrics.closed(reason);
         }
+    }
+
+    /// Pusher's `terminate_connections`: an open Pusher connection signed
+    /// in as the user gets `pusher:error` 4009 and is closed with 4009 (its
+    /// client does not reconnect). Returns whether it was.
+    pub fn terminate(&mut self, ctx: &mut Ctx) -> bool {
+        let open_pusher = matches!(&self.phase, Phase::WebSocket(ws)
+            if ws.close_deadline.is_none() && matches!(ws.endpoint, Endpoint::Pusher(_)));
+        if open_pusher {
+            self.begin_close(pusher::Refusal::Terminated.close_reason(), ctx);
+        }
+        open_pusher
     }
 
     /// `/api/disconnect`: an open `/ws` connection is closed with 4000.
@@ -819,8 +908,8 @@ impl<S: Transport> Conn<S> {
         match &self.phase {
             Phase::Http(http) => http.deadline,
             Phase::WebSocket(ws) => ws.close_deadline.map(NonZeroU64::get).unwrap_or_else(|| {
-                let intervals = if ws.pinged { 2 } else { 1 };
-                let mut heartbeat = ws.last_rx + intervals * ctx.ping_interval();
+                let (quiet, answer) = ws.endpoint.liveness(ctx);
+                let mut heartbeat = ws.last_rx + quiet + if ws.pinged { answer } else { 0 };
                 if let Some(due) = message_due(&ws.session, ctx) {
                     heartbeat = heartbeat.min(due);
                 }
@@ -828,7 +917,7 @@ impl<S: Transport> Conn<S> {
                     Endpoint::Client(session) => {
                         session.token_deadline().map_or(heartbeat, |expiry| expiry.min(heartbeat))
                     }
-                    Endpoint::Echo => heartbeat,
+                    Endpoint::Echo | Endpoint::Pusher(_) => heartbeat,
                 }
             }),
             Phase::Sse(sse) => sse.next_ping,
@@ -841,6 +930,10 @@ impl<S: Transport> Conn<S> {
     pub fn on_timer(&mut self, ctx: &mut Ctx) -> Next {
         let now = ctx.now;
         let interval = ctx.ping_interval();
+        let (quiet, answer) = match &self.phase {
+            Phase::WebSocket(ws) => ws.endpoint.liveness(ctx),
+            _ => (interval, interval),
+        };
         match &mut self.phase {
             Phase::Http(http) if now >= http.deadline && http.is_waiting() => {
                 self.api_answer_timed_out(ctx);
@@ -864,12 +957,18 @@ impl<S: Transport> Conn<S> {
                 None if message_due(&ws.session, ctx).is_some_and(|due| now >= due) => {
                     self.fail(CloseReason::Policy("message not completed in time"), ctx);
                 }
-                None if now >= ws.last_rx + 2 * interval => {
+                None if ws.pinged && now >= ws.last_rx + quiet + answer => {
                     self.fail(CloseReason::Policy("no traffic for two ping intervals"), ctx);
                 }
-                None if now >= ws.last_rx + interval && !ws.pinged => {
+                None if now >= ws.last_rx + quiet && !ws.pinged => {
                     ws.pinged = true;
+                    let pusher = matches!(ws.endpoint, Endpoint::Pusher(_));
                     self.push(Bytes::from_static(PING_FRAME), ctx);
+                    if pusher {
+                        // pusher-js answers this; browsers answer the frame.
+                        let ping = Bytes::from_static(crate::wire::pusher::PING);
+                        self.push(crate::wire::frame::encode_frame(Opcode::Text, &ping), ctx);
+                    }
                 }
                 None => {}
             },

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{HttpError, http_head, http_response, json_response};
 use crate::metrics::{Refusal, Transport};
 use crate::protocol;
+use crate::pusher::{self, PusherSession};
 use crate::session::ClientSession;
 use crate::stream::{
     self, DEFAULT_POLL_TIMEOUT_SECS, MAX_POLL_TIMEOUT_SECS, MAX_STREAM_CHANNELS, Opened,
@@ -19,7 +20,7 @@ use crate::stream::{
 use crate::types::{ConnRef, Since};
 use crate::wire::frame::{Opcode, encode_frame};
 use crate::wire::http::{self, MAX_HEAD_BYTES, Request};
-use crate::wire::router::{self, ApiEndpoint, File, Route};
+use crate::wire::router::{self, ApiEndpoint, File, PusherEndpoint, Route};
 use crate::wire::sse::{self as sse_wire, parse_cursor};
 use crate::wire::upgrade;
 use bytes::Bytes;
@@ -55,10 +56,28 @@ pub(super) struct HttpPhase {
 }
 
 /// A server API request whose answer comes later.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Waiting {
-    endpoint: ApiEndpoint,
+    call: WaitingCall,
     keep_alive: bool,
+}
+
+/// What a waiting request waits for.
+#[derive(Debug)]
+enum WaitingCall {
+    /// The engine's answer to a server API request.
+    Api(ApiEndpoint),
+    /// The engine's answers to a Pusher HTTP API request.
+    Pusher(Box<pusher::api::Pending>),
+}
+
+/// Which HTTP API a request with a body is for.
+#[derive(Debug)]
+enum ApiTarget {
+    /// herald's server API.
+    Herald(ApiEndpoint),
+    /// The Pusher HTTP API: its path (prefix stripped, as signed).
+    Pusher(PusherEndpoint, Box<str>),
 }
 
 impl HttpPhase {
@@ -107,9 +126,18 @@ impl HttpPhase {
         self.waiting.is_some()
     }
 
-    /// The endpoint of the request waiting for its answer.
-    pub(super) fn waiting_endpoint(&self) -> Option<ApiEndpoint> {
-        self.waiting.map(|waiting| waiting.endpoint)
+    /// An engine answer for the request waiting for it: the HTTP answer
+    /// (status and body) once it is complete.
+    pub(super) fn answer_waiting(
+        &mut self,
+        id: Option<u64>,
+        answer: crate::broker::EngineAnswer,
+        shared: &crate::node::Shared,
+    ) -> Option<(u16, Vec<u8>)> {
+        match &mut self.waiting.as_mut()?.call {
+            WaitingCall::Api(endpoint) => Some(api::answer(*endpoint, answer)),
+            WaitingCall::Pusher(pending) => pending.on_answer(id, answer, shared),
+        }
     }
 
     /// Whether a request is under way (not an idle keep-alive connection,
@@ -122,7 +150,7 @@ impl HttpPhase {
 /// A body still to come.
 #[derive(Debug)]
 struct BodyWait {
-    endpoint: ApiEndpoint,
+    endpoint: ApiTarget,
     query: Option<Box<str>>,
     length: usize,
     keep_alive: bool,
@@ -132,6 +160,9 @@ struct BodyWait {
 enum Upgrade {
     Echo,
     Client(Identity),
+    /// A Pusher client of an app (by index), or why it is refused once
+    /// the socket is open (Pusher clients read refusals as close codes).
+    Pusher(Result<usize, pusher::Refusal>),
 }
 
 /// What a request head asks for, once checked.
@@ -148,7 +179,7 @@ enum Action {
     Static(&'static str, &'static [u8]),
     Stream(Box<StreamRequest>),
     Api {
-        endpoint: ApiEndpoint,
+        endpoint: ApiTarget,
         query: Option<Box<str>>,
         length: usize,
         expect_continue: bool,
@@ -236,7 +267,7 @@ impl<S: SocketTransport> Conn<S> {
                     return;
                 }
                 let (body, rest) = data.split_at(wait.length);
-                self.answer_api(wait.endpoint, wait.query.as_deref(), body, wait.keep_alive, ctx);
+                self.answer_api(&wait.endpoint, wait.query.as_deref(), body, wait.keep_alive, ctx);
                 data = rest;
                 scan_from = 0;
                 continue;
@@ -283,7 +314,10 @@ impl<S: SocketTransport> Conn<S> {
         let Phase::Http(http) = &mut self.phase else { return Next::Keep };
         let Some(waiting) = http.waiting.take() else { return Next::Keep };
         let buffered = std::mem::take(&mut http.buf);
-        ctx.metrics.api_request(Some(waiting.endpoint), status);
+        match waiting.call {
+            WaitingCall::Api(endpoint) => ctx.metrics.api_request(Some(endpoint), status),
+            WaitingCall::Pusher(_) => ctx.metrics.pusher_api_request(status),
+        }
         let response = json_response(status, "", body, waiting.keep_alive);
         self.answer(response, waiting.keep_alive, ctx);
         if waiting.keep_alive && !buffered.is_empty() {
@@ -297,8 +331,16 @@ impl<S: SocketTransport> Conn<S> {
         let Phase::Http(http) = &mut self.phase else { return };
         let Some(waiting) = http.waiting.take() else { return };
         let error = HttpError::Unavailable("the request was not carried out in time".into());
-        log::warn!("server API {} request: {error}", waiting.endpoint.label());
-        ctx.metrics.api_request(Some(waiting.endpoint), error.status());
+        match waiting.call {
+            WaitingCall::Api(endpoint) => {
+                log::warn!("server API {} request: {error}", endpoint.label());
+                ctx.metrics.api_request(Some(endpoint), error.status());
+            }
+            WaitingCall::Pusher(_) => {
+                log::warn!("Pusher API request: {error}");
+                ctx.metrics.pusher_api_request(error.status());
+            }
+        }
         self.respond(error.to_response(), ctx);
     }
 
@@ -377,7 +419,7 @@ impl<S: SocketTransport> Conn<S> {
             Ok(Action::Api { endpoint, query, length, expect_continue }) => {
                 if rest.len() >= length {
                     let body = rest.get(..length).unwrap_or_default();
-                    self.answer_api(endpoint, query.as_deref(), body, keep_alive, ctx);
+                    self.answer_api(&endpoint, query.as_deref(), body, keep_alive, ctx);
                     return length;
                 }
                 if expect_continue {
@@ -508,6 +550,7 @@ impl<S: SocketTransport> Conn<S> {
         let transport = match upgrade {
             Upgrade::Echo => Transport::Echo,
             Upgrade::Client(_) => Transport::WebSocket,
+            Upgrade::Pusher(_) => Transport::Pusher,
         };
         self.set_transport(transport, ctx);
         let (endpoint, max_message) = match upgrade {
@@ -531,6 +574,32 @@ impl<S: SocketTransport> Conn<S> {
                 ctx.metrics.messages_out.inc();
                 (Endpoint::Client(Box::new(session)), ctx.config.max_message_bytes)
             }
+            Upgrade::Pusher(Err(refusal)) => {
+                // Opened to say why it closes: pusher-js acts on the code.
+                let reason = refusal.close_reason();
+                self.phase = Phase::WebSocket(WsPhase {
+                    session: WsSession::new(ctx.config.max_message_bytes),
+                    endpoint: Endpoint::Echo,
+                    last_rx: ctx.now,
+                    pinged: false,
+                    close_deadline: None,
+                    control: super::control_window(ctx.now) << 16,
+                });
+                if let Some(message) = pusher::error_before_close(reason) {
+                    self.out.push(message);
+                }
+                self.fail(reason, ctx);
+                return;
+            }
+            Upgrade::Pusher(Ok(app)) => {
+                if let Some(count) = ctx.shared.app_connections.get(app) {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let (session, established) = PusherSession::open(app, me, &ctx.local);
+                self.out.push(established);
+                ctx.metrics.messages_out.inc();
+                (Endpoint::Pusher(Box::new(session)), ctx.config.max_message_bytes)
+            }
         };
         self.phase = Phase::WebSocket(WsPhase {
             session: WsSession::new(max_message),
@@ -544,12 +613,19 @@ impl<S: SocketTransport> Conn<S> {
 
     fn answer_api(
         &mut self,
-        endpoint: ApiEndpoint,
+        target: &ApiTarget,
         query: Option<&str>,
         body: &[u8],
         keep_alive: bool,
         ctx: &mut Ctx,
     ) {
+        let endpoint = match target {
+            ApiTarget::Herald(endpoint) => *endpoint,
+            ApiTarget::Pusher(endpoint, path) => {
+                self.answer_pusher_api(*endpoint, path, query, body, keep_alive, ctx);
+                return;
+            }
+        };
         let call = api::Call { endpoint, query, body, reply_to: self.conn_ref(ctx) };
         let (response, keep_alive) = match api::handle(&call, &ctx.shared, &ctx.metrics) {
             Ok(Reply::Now(status, body)) => {
@@ -557,10 +633,7 @@ impl<S: SocketTransport> Conn<S> {
                 (json_response(status, "", &body, keep_alive), keep_alive)
             }
             Ok(Reply::Later) => {
-                if let Phase::Http(http) = &mut self.phase {
-                    http.waiting = Some(Waiting { endpoint, keep_alive });
-                    http.deadline = ctx.now + millis(API_ANSWER_TIMEOUT);
-                }
+                self.wait_for_answer(WaitingCall::Api(endpoint), keep_alive, ctx);
                 return;
             }
             Err(error) => {
@@ -571,6 +644,53 @@ impl<S: SocketTransport> Conn<S> {
             }
         };
         self.answer(response, keep_alive, ctx);
+    }
+
+    /// A Pusher HTTP API request, complete with its body.
+    fn answer_pusher_api(
+        &mut self,
+        endpoint: PusherEndpoint,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+        keep_alive: bool,
+        ctx: &mut Ctx,
+    ) {
+        let request = pusher::api::Request {
+            method: endpoint.method(),
+            path,
+            query,
+            body,
+            reply_to: self.conn_ref(ctx),
+        };
+        let now = auth::unix_now();
+        let (response, keep_alive) =
+            match pusher::api::handle(&request, &ctx.shared, &ctx.metrics, now) {
+                Ok(pusher::api::Reply::Now(status, body)) => {
+                    ctx.metrics.pusher_api_request(status);
+                    (json_response(status, "", &body, keep_alive), keep_alive)
+                }
+                Ok(pusher::api::Reply::Later(pending)) => {
+                    self.wait_for_answer(WaitingCall::Pusher(pending), keep_alive, ctx);
+                    return;
+                }
+                Err(error) => {
+                    log::debug!("Pusher API {path}: {error}");
+                    ctx.metrics.pusher_api_request(error.status());
+                    let keep = keep_alive && !error.closes_connection();
+                    (error.response(keep), keep)
+                }
+            };
+        self.answer(response, keep_alive, ctx);
+    }
+
+    /// The request waits for the engine: later input is buffered, and a
+    /// timer answers 503 if the answer does not come.
+    fn wait_for_answer(&mut self, call: WaitingCall, keep_alive: bool, ctx: &Ctx) {
+        if let Phase::Http(http) = &mut self.phase {
+            http.waiting = Some(Waiting { call, keep_alive });
+            http.deadline = ctx.now + millis(API_ANSWER_TIMEOUT);
+        }
     }
 
     /// Queues an answer; then either waits for the next request or closes.
@@ -652,7 +772,8 @@ fn route<S: SocketTransport>(
     socket: &S,
 ) -> Result<Action, HttpError> {
     let config = &ctx.config;
-    match router::route(request.method, request.path())? {
+    let path = pusher_path_of(request.path(), &config.pusher_path_prefix);
+    match router::route(request.method, path)? {
         Route::Api(endpoint) => {
             if !request.has_strict_line_ends() {
                 return Err(HttpError::Malformed("server API requests need CRLF line ends"));
@@ -667,7 +788,42 @@ fn route<S: SocketTransport>(
             api::authorize(request, &ctx.shared, || socket.peer_ip())?;
             let expect_continue = request.has_token("expect", "100-continue");
             let query = request.query().filter(|_| !endpoint.takes_body()).map(Box::from);
-            Ok(Action::Api { endpoint, query, length, expect_continue })
+            Ok(Action::Api {
+                endpoint: ApiTarget::Herald(endpoint),
+                query,
+                length,
+                expect_continue,
+            })
+        }
+        Route::PusherApi(endpoint) => {
+            // Framing as for the server API; the signature is checked with
+            // the body.
+            let length = body_length(request)?;
+            if endpoint.takes_body() && request.headers_named("content-length").next().is_none() {
+                return Err(HttpError::LengthRequired);
+            }
+            if length > config.max_api_body_bytes {
+                return Err(HttpError::PayloadTooLarge { limit: config.max_api_body_bytes });
+            }
+            let expect_continue = request.has_token("expect", "100-continue");
+            let query = request.query().map(Box::from);
+            let target = ApiTarget::Pusher(endpoint, Box::from(path));
+            Ok(Action::Api { endpoint: target, query, length, expect_continue })
+        }
+        Route::Pusher => {
+            let accept = upgrade::validate_handshake(request)?;
+            let origin_allowed = upgrade::check_origin(request, &config.allowed_origins).is_ok();
+            let key = path.strip_prefix("/app/").unwrap_or_default();
+            let protocol = http::query_value(request.query(), "protocol").ok().flatten();
+            let shared = &ctx.shared;
+            let opening =
+                pusher::opening(key, protocol.as_deref(), origin_allowed, &config.apps, |app| {
+                    shared
+                        .app_connections
+                        .get(app)
+                        .map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed))
+                });
+            Ok(Action::Upgrade { upgrade: Upgrade::Pusher(opening), accept })
         }
         Route::Health => no_body(request).map(|()| Action::Health),
         Route::Metrics => no_body(request).map(|()| Action::Metrics),
@@ -700,6 +856,22 @@ fn route<S: SocketTransport>(
             let identity = identify(request, config)?;
             Ok(Action::Upgrade { upgrade: Upgrade::Client(identity), accept })
         }
+    }
+}
+
+/// The path to route: with the Pusher mount prefix stripped, where the
+/// rest is a Pusher path (a proxy left `/herald` on `/herald/apps/1/...`).
+fn pusher_path_of<'p>(path: &'p str, prefix: &str) -> &'p str {
+    match path.strip_prefix(prefix) {
+        Some(rest)
+            if !prefix.is_empty()
+                && (rest.starts_with("/app/")
+                    || rest.starts_with("/apps/")
+                    || rest.starts_with("/users/")) =>
+        {
+            rest
+        }
+        _ => path,
     }
 }
 

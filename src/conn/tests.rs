@@ -497,7 +497,9 @@ fn a_peer_that_does_not_read_stops_being_read() {
 #[test]
 fn an_idle_connection_is_small() {
     assert!(
-        size_of::<Conn<mio::net::TcpStream>>() <= 224,
+        // 224 before the Pusher endpoint: its session is a third kind of
+        // endpoint, whose tag costs one word.
+        size_of::<Conn<mio::net::TcpStream>>() <= 232,
         "{}",
         size_of::<Conn<mio::net::TcpStream>>()
     );

@@ -40,6 +40,8 @@ pub struct Local {
     pub metrics: Arc<ShardMetrics>,
     /// This shard's authenticated `/ws` connections, by user.
     pub users: LocalUsers,
+    /// This shard's Pusher connections signed in, by `APP;USER`.
+    pub signed_in: LocalUsers,
     /// Deliveries held back for subscriptions waiting for the engine, by
     /// (slab key, channel), in arrival order.
     pub pending: HashMap<(u32, Arc<str>), Held>,
@@ -58,6 +60,7 @@ impl Local {
             locals: LocalSubscribers::default(),
             metrics,
             users: LocalUsers::default(),
+            signed_in: LocalUsers::default(),
             pending: HashMap::new(),
         }
     }

@@ -39,6 +39,8 @@ pub struct Shared {
     /// Bytes held in WebSocket messages whose last frame has not arrived,
     /// over all connections (bounded by `max_incomplete_bytes`).
     pub incomplete_bytes: AtomicUsize,
+    /// Open Pusher connections per app (by index), for its `max_connections`.
+    pub app_connections: Box<[AtomicUsize]>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
         let inboxes = Arc::new(Inboxes(inboxes.into_boxed_slice()));
         let engine = broker::start(config.clone(), node.clone(), inboxes.clone())?;
         let metrics = (0..inboxes.0.len()).map(|_| Arc::new(ShardMetrics::default())).collect();
+        let app_connections = config.apps.iter().map(|_| AtomicUsize::new(0)).collect();
         Ok(Shared {
             api_key: ApiKey::new(&config.api_key),
             config,
@@ -63,6 +66,7 @@ impl Shared {
             metrics,
             started: Instant::now(),
             incomplete_bytes: AtomicUsize::new(0),
+            app_connections,
         })
     }
 

@@ -254,7 +254,11 @@ impl Shard {
     /// turn's flush.
     fn for_user(&mut self, task: &UserTask) -> usize {
         let mut count = 0;
-        for (key, generation) in self.ctx.users.of(&task.user) {
+        let connections = match task.action {
+            UserAction::Terminate => self.ctx.signed_in.of(&task.user),
+            UserAction::Disconnect | UserAction::Unsubscribe(_) => self.ctx.users.of(&task.user),
+        };
+        for (key, generation) in connections {
             let key = key as usize;
             let Some(conn) = self.conns.get_mut(key) else { continue };
             if conn.generation != generation {
@@ -262,6 +266,7 @@ impl Shard {
             }
             let acted = match &task.action {
                 UserAction::Disconnect => conn.disconnect(&mut self.ctx),
+                UserAction::Terminate => conn.terminate(&mut self.ctx),
                 UserAction::Unsubscribe(channel) => {
                     conn.unsubscribe_by_server(channel, &mut self.ctx)
                 }
@@ -634,7 +639,7 @@ pub fn fan_out<S: Transport>(
                 }
                 // The channel's epoch changed: start over, and say so.
                 Event::Restart(restart) => subscriber.last_offset = restart.top,
-                Event::Presence(_) => {}
+                Event::Presence(_) | Event::Relay(_) => {}
             }
             if delivery.exclude == Some(who) {
                 continue;

@@ -1,7 +1,8 @@
-//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE.
+//! What herald reads and writes on a socket, as pure functions with no I/O: HTTP heads, routing, the WebSocket handshake and frames, SSE, the Pusher protocol.
 
 pub mod frame;
 pub mod http;
+pub mod pusher;
 pub mod router;
 pub mod scanner;
 pub mod sse;

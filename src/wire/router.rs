@@ -24,6 +24,83 @@ pub enum Route {
     File(File),
     /// A server API endpoint (its method checked).
     Api(ApiEndpoint),
+    /// `GET /app/{key}`: a Pusher protocol client.
+    Pusher,
+    /// A Pusher HTTP API endpoint (its method checked).
+    PusherApi(PusherEndpoint),
+}
+
+/// An endpoint of the Pusher HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PusherEndpoint {
+    /// `POST /apps/{id}/events`.
+    Events,
+    /// `POST /apps/{id}/batch_events`.
+    BatchEvents,
+    /// `GET /apps/{id}/channels`.
+    Channels,
+    /// `GET /apps/{id}/channels/{name}`.
+    Channel,
+    /// `GET /apps/{id}/channels/{name}/users`.
+    ChannelUsers,
+    /// `POST /apps/{id}/users/{user}/terminate_connections` (also without
+    /// `/apps/{id}`, as the Python SDK sends it).
+    Terminate,
+}
+
+impl PusherEndpoint {
+    /// The method it answers.
+    pub fn method(self) -> &'static str {
+        if self.takes_body() { "POST" } else { "GET" }
+    }
+
+    /// Whether requests to it carry a JSON body.
+    pub fn takes_body(self) -> bool {
+        matches!(
+            self,
+            PusherEndpoint::Events | PusherEndpoint::BatchEvents | PusherEndpoint::Terminate
+        )
+    }
+}
+
+/// A Pusher HTTP API path, taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PusherPath<'a> {
+    /// The app id in the path (`None`: the Python SDK's terminate path).
+    pub app: Option<&'a str>,
+    /// The endpoint.
+    pub endpoint: PusherEndpoint,
+    /// The channel or user the path names, as sent (percent-encoded).
+    pub name: Option<&'a str>,
+}
+
+/// Takes a Pusher HTTP API path apart: `/apps/{id}/...`, or
+/// `/users/{user}/terminate_connections`.
+pub fn pusher_path(path: &str) -> Option<PusherPath<'_>> {
+    let (app, rest) = match path.strip_prefix("/apps/") {
+        Some(rest) => {
+            let (app, rest) = rest.split_once('/')?;
+            (Some(app).filter(|app| !app.is_empty()), rest)
+        }
+        None => (None, path.strip_prefix('/')?),
+    };
+    if path.starts_with("/apps/") && app.is_none() {
+        return None;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (endpoint, name) = match (app.is_some(), parts.as_slice()) {
+        (true, ["events"]) => (PusherEndpoint::Events, None),
+        (true, ["batch_events"]) => (PusherEndpoint::BatchEvents, None),
+        (true, ["channels"]) => (PusherEndpoint::Channels, None),
+        (true, ["channels", name]) => (PusherEndpoint::Channel, Some(*name)),
+        (true, ["channels", name, "users"]) => (PusherEndpoint::ChannelUsers, Some(*name)),
+        (_, ["users", user, "terminate_connections"]) => (PusherEndpoint::Terminate, Some(*user)),
+        _ => return None,
+    };
+    if name.is_some_and(str::is_empty) {
+        return None;
+    }
+    Some(PusherPath { app, endpoint, name })
 }
 
 /// The files herald serves.
@@ -121,8 +198,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, HttpError> {
             Err(HttpError::MethodNotAllowed { allow })
         };
     }
+    if let Some(pusher) = pusher_path(path) {
+        let allow = pusher.endpoint.method();
+        return if method == allow {
+            Ok(Route::PusherApi(pusher.endpoint))
+        } else {
+            Err(HttpError::MethodNotAllowed { allow })
+        };
+    }
     let route = match path {
         "/sse" | "/poll" if method == "OPTIONS" => return Ok(Route::Preflight),
+        _ if path
+            .strip_prefix("/app/")
+            .is_some_and(|key| !key.is_empty() && !key.contains('/')) =>
+        {
+            Route::Pusher
+        }
         "/ws" => Route::Client,
         "/echo" => Route::Echo,
         "/sse" => Route::Sse,
@@ -165,5 +256,43 @@ mod tests {
         assert_eq!(route("OPTIONS", "/sse"), Ok(Route::Preflight));
         assert_eq!(route("OPTIONS", "/poll"), Ok(Route::Preflight));
         assert_eq!(route("OPTIONS", "/ws"), Err(HttpError::MethodNotAllowed { allow: "GET" }));
+    }
+
+    #[test]
+    fn pusher_routes_and_paths() {
+        assert_eq!(route("GET", "/app/app-key"), Ok(Route::Pusher));
+        assert_eq!(route("GET", "/app/"), Err(HttpError::NotFound));
+        assert_eq!(route("GET", "/app/a/b"), Err(HttpError::NotFound));
+        assert_eq!(route("POST", "/apps/1/events"), Ok(Route::PusherApi(PusherEndpoint::Events)));
+        assert_eq!(
+            route("GET", "/apps/1/events"),
+            Err(HttpError::MethodNotAllowed { allow: "POST" })
+        );
+        let cases = [
+            ("/apps/1/batch_events", Some("1"), PusherEndpoint::BatchEvents, None),
+            ("/apps/1/channels", Some("1"), PusherEndpoint::Channels, None),
+            (
+                "/apps/1/channels/presence-a.b",
+                Some("1"),
+                PusherEndpoint::Channel,
+                Some("presence-a.b"),
+            ),
+            ("/apps/1/channels/p/users", Some("1"), PusherEndpoint::ChannelUsers, Some("p")),
+            (
+                "/apps/1/users/u%201/terminate_connections",
+                Some("1"),
+                PusherEndpoint::Terminate,
+                Some("u%201"),
+            ),
+            ("/users/u1/terminate_connections", None, PusherEndpoint::Terminate, Some("u1")),
+        ];
+        for (path, app, endpoint, name) in cases {
+            assert_eq!(pusher_path(path), Some(PusherPath { app, endpoint, name }), "{path}");
+        }
+        for bad in
+            ["/apps//events", "/apps/1/nope", "/apps/1/channels/", "/users/x", "/apps/1", "/events"]
+        {
+            assert_eq!(pusher_path(bad), None, "{bad}");
+        }
     }
 }

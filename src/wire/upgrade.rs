@@ -18,9 +18,18 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha1.finalize())
 }
 
-/// Checks an upgrade request in the order RFC 6455 lists the fields and
-/// returns the `Sec-WebSocket-Accept` value. Every refusal says what is wrong.
+/// Checks an upgrade request in the order RFC 6455 lists the fields, its
+/// `Origin` last, and returns the `Sec-WebSocket-Accept` value. Every
+/// refusal says what is wrong.
 pub fn validate(request: &Request<'_>, origins: &OriginPolicy) -> Result<String, HttpError> {
+    let accept = validate_handshake(request)?;
+    check_origin(request, origins)?;
+    Ok(accept)
+}
+
+/// [`validate`] without the `Origin` check (the Pusher endpoint refuses an
+/// origin once the socket is open, with a close code its clients read).
+pub fn validate_handshake(request: &Request<'_>) -> Result<String, HttpError> {
     if request.version < 1 {
         return Err(HttpError::BadHandshake("WebSocket needs HTTP/1.1"));
     }
@@ -53,7 +62,6 @@ pub fn validate(request: &Request<'_>, origins: &OriginPolicy) -> Result<String,
             "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)",
         ));
     }
-    check_origin(request, origins)?;
     Ok(accept_key(key))
 }
 

@@ -7,6 +7,8 @@
     clippy::cast_possible_truncation
 )]
 
+pub mod pusher;
+
 use herald::config::{NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
 use serde_json::{Value, json};

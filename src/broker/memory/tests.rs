@@ -84,7 +84,17 @@ fn subscribe(
     since: Option<&Since>,
     replay_limit: usize,
 ) -> Result<Position, BrokerError> {
-    now(engine.subscribe(Subscription { channel, who, member, since, replay_limit }, NOBODY))
+    let subscription = Subscription {
+        channel,
+        who,
+        member,
+        since,
+        replay_limit,
+        members: false,
+        newest: false,
+        member_limit: 0,
+    };
+    now(engine.subscribe(subscription, NOBODY))
 }
 
 fn history(
@@ -120,6 +130,7 @@ fn frame(delivery: &Delivery) -> Bytes {
         Event::Publication(publication) => publication.ws_frame().clone(),
         Event::Presence(change) => change.ws_frame().clone(),
         Event::Restart(restart) => restart.ws_frame().clone(),
+        Event::Relay(relayed) => relayed.frame().clone(),
     }
 }
 
@@ -292,8 +303,8 @@ fn recovery_fails_plainly_when_it_cannot_be_complete() {
 fn presence_and_join_leave_reach_other_shards() {
     let h = harness(2, |_| {});
     let lobby = channel("chat:lobby");
-    let alice = Member { client: "c-a".into(), user: "alice".into() };
-    let bob = Member { client: "c-b".into(), user: "bob".into() };
+    let alice = Member::new("c-a".into(), "alice".into());
+    let bob = Member::new("c-b".into(), "bob".into());
     subscribe(&h.engine, &lobby, conn(0, 1), Some(&alice), None, usize::MAX).unwrap();
     subscribe(&h.engine, &lobby, conn(1, 1), Some(&bob), None, usize::MAX).unwrap();
     let joins = h.drain(0);
@@ -311,6 +322,100 @@ fn presence_and_join_leave_reach_other_shards() {
     assert!(text(&frame(&leaves[0])).contains(r#""op":"leave""#));
     assert_eq!(presence(&h.engine, &lobby).unwrap().len(), 1);
     assert_eq!(presence(&h.engine, &channel("news")).unwrap_err(), BrokerError::PresenceOff);
+}
+
+#[test]
+fn pusher_presence_is_per_user_with_a_limit_and_a_member_list() {
+    let h = harness(2, |config| {
+        let text = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"0123456789abcdef\"\npresence_max_members = 2\n";
+        config.apps = Config::load(Some((std::path::Path::new("h.toml"), text)), Vec::new(), true)
+            .unwrap()
+            .apps;
+    });
+    let room = ChannelName::of_app("1", "presence-room").unwrap();
+    let member = |client: &str, user: &str| Member {
+        client: client.into(),
+        user: user.into(),
+        info: Some(format!(r#"{{"name":"{user}"}}"#).into()),
+    };
+    let join = |who: ConnRef, member: &Member| {
+        let subscription = Subscription {
+            channel: &room,
+            who,
+            member: Some(member),
+            since: None,
+            replay_limit: usize::MAX,
+            members: true,
+            newest: false,
+            member_limit: 2,
+        };
+        now(h.engine.subscribe(subscription, NOBODY))
+    };
+    let (u1a, u1b, u2, u3) =
+        (member("a", "u1"), member("b", "u1"), member("c", "u2"), member("d", "u3"));
+    let first = join(conn(0, 1), &u1a).unwrap();
+    assert_eq!(first.members, std::slice::from_ref(&u1a), "the member list has the subscriber");
+    join(conn(1, 2), &u1b).unwrap();
+    join(conn(1, 3), &u2).unwrap();
+    // Shard 0 hears u1's second tab (not a new user) and u2 (a new user).
+    let heard = h.drain(0);
+    let Event::Presence(tab) = &heard[0].event else { panic!("a presence change") };
+    assert!(tab.pusher_frame().is_none(), "no member_added for a user's second tab");
+    let changes: Vec<(String, bool)> = heard
+        .iter()
+        .map(|delivery| match &delivery.event {
+            Event::Presence(change) => (change.member.user.to_string(), change.user_changed),
+            _ => panic!("a presence change"),
+        })
+        .collect();
+    assert_eq!(changes, [("u1".into(), false), ("u2".into(), true)]);
+    h.drain(1);
+    // A third user is over the limit; another tab of a member is not.
+    assert_eq!(join(conn(0, 4), &u3).unwrap_err(), BrokerError::PresenceFull(2));
+    join(conn(0, 5), &member("e", "u2")).unwrap();
+    h.drain(1);
+    // u1 leaves once its last tab does.
+    Engine::unsubscribe(&*h.engine, &room, conn(0, 1), Some(&u1a));
+    Engine::unsubscribe(&*h.engine, &room, conn(1, 2), Some(&u1b));
+    let leaves: Vec<bool> = h
+        .drain(1)
+        .iter()
+        .map(|d| match &d.event {
+            Event::Presence(change) => change.user_changed,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(leaves, [false, true]);
+}
+
+#[test]
+fn a_subscribe_can_ask_for_the_newest_publication_and_relays_are_not_kept() {
+    let h = harness(1, |_| {});
+    let news = channel("news");
+    for n in 1..=3 {
+        publish(&h.engine, &news, format!("{n}").as_bytes(), None).unwrap();
+    }
+    let subscription = Subscription {
+        channel: &news,
+        who: conn(0, 1),
+        member: None,
+        since: None,
+        replay_limit: usize::MAX,
+        members: false,
+        newest: true,
+        member_limit: 0,
+    };
+    let position = now(h.engine.subscribe(subscription, NOBODY)).unwrap();
+    assert_eq!(position.newest.unwrap().offset(), 3);
+    h.drain(0);
+    let me = client_id("n1", conn(0, 1));
+    h.engine.relay(&news, br#"{"event":"client-x"}"#, Some(&me)).unwrap();
+    let relayed = h.drain(0);
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(relayed[0].offset(), None);
+    assert_eq!(relayed[0].exclude, Some(conn(0, 1)));
+    assert_eq!(text(&frame(&relayed[0])), r#"{"event":"client-x"}"#);
+    assert_eq!(history(&h.engine, &news, None, 10).unwrap().publications.len(), 3);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use super::pubsub::{MAX_BACKOFF, MIN_BACKOFF, bytes_of, note_epoch, number, stream_entry, text};
 use super::scripts::{POSITION_SCRIPT, PUBLISH_SCRIPT};
-use super::{Inner, Job, answer, control, presence};
+use super::{Inner, Job, Wants, answer, control, presence};
 use crate::broker::publication::{Position, Publication, Recovery};
 use crate::broker::{EngineAnswer, ReplyTo};
 use crate::channel::ChannelName;
@@ -134,8 +134,7 @@ impl Link {
 /// A subscribe waiting for the node's Redis subscription.
 struct Parked {
     channel: ChannelName,
-    since: Option<Since>,
-    replay_limit: usize,
+    wants: Wants,
     reply: ReplyTo,
     deadline: Instant,
 }
@@ -187,6 +186,7 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
     let scripts = Scripts {
         publish: redis::Script::new(PUBLISH_SCRIPT),
         position: redis::Script::new(POSITION_SCRIPT),
+        presence: presence::Scripts::new(),
     };
     let mut link = Link {
         connection: None,
@@ -195,12 +195,13 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
         last_used: Instant::now(),
     };
     let mut parked = ParkedSubscribes::default();
-    let mut next_refresh = Instant::now() + presence::PRESENCE_REFRESH;
+    let refresh = presence::refresh_interval(inner.config.presence_ttl);
+    let mut next_refresh = Instant::now() + refresh;
     while !inner.stop.load(Ordering::Acquire) {
         if Instant::now() >= next_refresh {
-            next_refresh = Instant::now() + presence::PRESENCE_REFRESH;
+            next_refresh = Instant::now() + refresh;
             if let Some(con) = link.fresh(inner)
-                && let Err(error) = presence::refresh(inner, con)
+                && let Err(error) = presence::refresh(inner, &scripts.presence, con)
             {
                 log::warn!("redis engine: presence refresh failed: {error}");
             }
@@ -224,15 +225,10 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
                     subscribe(inner, &mut link, &scripts, waiting);
                 }
             }
-            Job::Subscribe { channel, since, replay_limit, reply } => {
+            Job::Subscribe { channel, wants, reply } => {
                 let name = inner.pubsub_channel(channel.as_str());
-                let waiting = Parked {
-                    channel,
-                    since,
-                    replay_limit,
-                    reply,
-                    deadline: Instant::now() + SUBSCRIBE_WAIT,
-                };
+                let waiting =
+                    Parked { channel, wants, reply, deadline: Instant::now() + SUBSCRIBE_WAIT };
                 if inner.subscriptions.is_confirmed(&name) {
                     subscribe(inner, &mut link, &scripts, waiting);
                 } else {
@@ -262,6 +258,7 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
 struct Scripts {
     publish: redis::Script,
     position: redis::Script,
+    presence: presence::Scripts,
 }
 
 /// Reads a subscriber's position (and what it missed) and answers it.
@@ -290,20 +287,41 @@ fn position(
         IDLE_CHANNEL_TTL_MS
     };
     let (meta, history) = inner.keys(channel);
-    let since = waiting.since.as_ref();
+    let since = waiting.wants.since.as_ref();
     let values: Vec<redis::Value> = scripts
         .position
         .key(meta)
-        .key(history)
+        .key(&history)
         .arg(inner.table.next_epoch().as_str())
         .arg(since.map_or("", |s| s.epoch.as_str()))
         .arg(since.map_or(0, |s| s.offset))
         .arg(keep_ms.max(1))
         .invoke(con)?;
-    let position =
-        parse_position(waiting.channel.shared(), &values, since.is_some(), waiting.replay_limit)
-            .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
+    let mut position = parse_position(
+        waiting.channel.shared(),
+        &values,
+        since.is_some(),
+        waiting.wants.replay_limit,
+    )
+    .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
     note_epoch(inner, channel, position.epoch);
+    if waiting.wants.members {
+        position.members =
+            presence::members(con, inner, &scripts.presence, channel, options.join_leave)?;
+    }
+    if waiting.wants.newest {
+        let entries: Vec<redis::Value> = redis::cmd("XREVRANGE")
+            .arg(&history)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(con)?;
+        position.newest =
+            entries.iter().filter_map(stream_entry).next().map(|(offset, data, _)| {
+                Publication::new(waiting.channel.shared().clone(), offset, data)
+            });
+    }
     Ok(position)
 }
 
@@ -339,13 +357,24 @@ fn run_job(
             Ok(())
         }
         Job::PresenceJoin { channel, member, announce } => {
-            Ok(presence::join(con, inner, channel.as_str(), member, *announce)?)
+            Ok(presence::join(con, inner, &scripts.presence, channel.as_str(), member, *announce)?)
         }
         Job::PresenceLeave { channel, member, announce } => {
-            Ok(presence::leave(con, inner, channel.as_str(), member, *announce)?)
+            Ok(presence::leave(con, inner, &scripts.presence, channel.as_str(), member, *announce)?)
+        }
+        Job::Relay { channel, text, exclude } => {
+            let mut payload = format!("T:{}:", exclude.as_deref().unwrap_or_default()).into_bytes();
+            payload.extend_from_slice(text);
+            redis::cmd("PUBLISH")
+                .arg(inner.pubsub_channel(channel.as_str()))
+                .arg(payload)
+                .query::<()>(con)?;
+            Ok(())
         }
         Job::Presence { channel, reply } => {
-            let members = presence::members(con, inner, channel.as_str())?;
+            let announce = inner.config.options(channel).is_ok_and(|options| options.join_leave);
+            let members =
+                presence::members(con, inner, &scripts.presence, channel.as_str(), announce)?;
             answer(inner, *reply, EngineAnswer::Presence(channel.clone(), Ok(members)));
             Ok(())
         }
@@ -398,7 +427,19 @@ fn history(
         .take(limit)
         .map(|(offset, data, _)| (offset, Bytes::copy_from_slice(data)))
         .collect();
-    Ok(HistoryPage { epoch, offset: position.1.unwrap_or(0), publications })
+    // A stream entry's id begins with the Redis clock's milliseconds.
+    let newest_age_ms = entries
+        .last()
+        .and_then(entry_millis)
+        .map(|at| crate::clock::unix_millis().saturating_sub(at));
+    Ok(HistoryPage { epoch, offset: position.1.unwrap_or(0), publications, newest_age_ms })
+}
+
+/// The milliseconds part of a stream entry's id (`MS-SEQ`).
+fn entry_millis(entry: &redis::Value) -> Option<u64> {
+    let redis::Value::Array(parts) = entry else { return None };
+    let id = text(parts.first()?)?;
+    id.split_once('-')?.0.parse().ok()
 }
 
 /// Tells whoever waits for `job` that it failed.
@@ -415,11 +456,12 @@ fn fail(inner: &Inner, job: Job, error: &JobError) {
             (reply, EngineAnswer::Subscribed(channel, Err(refusal)))
         }
         // Presence entries are refreshed from the node's own table every
-        // PRESENCE_REFRESH: a join lost now is written then; a leave lost
-        // now expires with PRESENCE_TTL. The asking node answers a control
+        // refresh interval: a join lost now is written then; a leave lost
+        // now expires with the presence TTL. The asking node answers a control
         // call with the counts it got at its timeout.
         Job::PresenceJoin { .. }
         | Job::PresenceLeave { .. }
+        | Job::Relay { .. }
         | Job::ControlReply { .. }
         | Job::Listen(_)
         | Job::Unlisten(_)
@@ -443,8 +485,10 @@ fn parse_position(
 ) -> Option<Position> {
     let epoch = epoch_of(&text(values.first()?)?);
     let top = number(values.get(1)?)?;
+    let plain =
+        |recovery| Position { epoch, offset: top, recovery, members: Vec::new(), newest: None };
     if !with_since {
-        return Some(Position { epoch, offset: top, recovery: None });
+        return Some(plain(None));
     }
     let mut recovered = number(values.get(2)?)? == 1;
     let mut missed = Vec::new();
@@ -460,5 +504,5 @@ fn parse_position(
         }
         missed.push(publication);
     }
-    Some(Position { epoch, offset: top, recovery: Some(Recovery { recovered, missed }) })
+    Some(plain(Some(Recovery { recovered, missed })))
 }

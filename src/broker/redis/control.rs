@@ -44,6 +44,7 @@ pub(super) fn call(
     let (action_name, channel) = match action {
         UserAction::Disconnect => ("disconnect", None),
         UserAction::Unsubscribe(channel) => ("unsubscribe", Some(channel.as_str())),
+        UserAction::Terminate => ("terminate", None),
     };
     let message = serde_json::json!({
         "origin": &*inner.node, "id": id, "user": user,
@@ -96,6 +97,7 @@ pub(super) fn on_call(inner: &Inner, payload: &[u8]) {
     let Ok(call) = serde_json::from_slice::<Call>(payload) else { return };
     let action = match (call.action.as_str(), call.channel) {
         ("disconnect", _) => UserAction::Disconnect,
+        ("terminate", _) => UserAction::Terminate,
         ("unsubscribe", Some(channel)) => match ChannelName::parse(&channel) {
             Ok(channel) => UserAction::Unsubscribe(channel),
             Err(_) => return,

@@ -61,7 +61,9 @@ enum Job {
     Confirmed(String),
     /// A subscriber's position in Redis (once the node's subscription is
     /// confirmed) and what it missed.
-    Subscribe { channel: ChannelName, since: Option<Since>, replay_limit: usize, reply: ReplyTo },
+    Subscribe { channel: ChannelName, wants: Wants, reply: ReplyTo },
+    /// A message that is not kept, for every node's subscribers.
+    Relay { channel: ChannelName, text: Bytes, exclude: Option<String> },
     /// A client entered a channel's presence (and `join` goes to the others).
     PresenceJoin { channel: ChannelName, member: Member, announce: bool },
     /// A client left a channel's presence (and `leave` goes to the others).
@@ -84,11 +86,25 @@ impl Job {
             self,
             Job::Publish { .. }
                 | Job::Subscribe { .. }
+                | Job::Relay { .. }
                 | Job::Presence { .. }
                 | Job::History { .. }
                 | Job::UserCall { .. }
         )
     }
+}
+
+/// What a subscribe asks of Redis beside the position.
+#[derive(Debug, Clone)]
+struct Wants {
+    /// Recover from here.
+    since: Option<Since>,
+    /// Most bytes of missed publications to replay.
+    replay_limit: usize,
+    /// The channel's members.
+    members: bool,
+    /// The newest publication kept.
+    newest: bool,
 }
 
 /// What the engine's threads share.
@@ -148,8 +164,14 @@ impl Inner {
         format!("{}:ctl:{node}", self.prefix)
     }
 
-    fn presence_keys(&self, channel: &str) -> (String, String) {
-        (format!("{}:pr:{channel}", self.prefix), format!("{}:prz:{channel}", self.prefix))
+    /// A channel's members (client to user), their expiries, and the
+    /// connections each user has there.
+    fn presence_keys(&self, channel: &str) -> (String, String, String) {
+        (
+            format!("{}:pr:{channel}", self.prefix),
+            format!("{}:prz:{channel}", self.prefix),
+            format!("{}:pru:{channel}", self.prefix),
+        )
     }
 
     fn keys(&self, channel: &str) -> (String, String) {
@@ -255,7 +277,7 @@ impl Engine for RedisEngine {
     }
 
     fn subscribe(&self, subscription: Subscription<'_>, reply: ReplyTo) -> Answer<Position> {
-        let Subscription { channel, who, member, since, replay_limit } = subscription;
+        let Subscription { channel, who, member, since, replay_limit, .. } = subscription;
         let inner = &self.inner;
         // History lives in Redis: the node's table keeps none.
         let mut options = match inner.table.options(channel) {
@@ -272,21 +294,26 @@ impl Engine for RedisEngine {
         let first = state.add_subscriber(who);
         let joined = member.filter(|_| state.options.presence);
         if let Some(member) = joined {
-            state.presence.insert(member.client.clone(), member.user.clone());
+            state.join(member);
         }
         let announce = state.options.join_leave;
         drop(stripe);
         // The position comes from Redis; the client's deliveries are held
         // back until it does.
-        let job =
-            Job::Subscribe { channel: channel.clone(), since: since.cloned(), replay_limit, reply };
+        let wants = Wants {
+            since: since.cloned(),
+            replay_limit,
+            members: subscription.members,
+            newest: subscription.newest,
+        };
+        let job = Job::Subscribe { channel: channel.clone(), wants, reply };
         if let Err(error) = inner.submit(job) {
             // Refused at once: as if it had never come.
             let mut stripe = inner.table.lock(name);
             if let Some(state) = stripe.get(name) {
                 state.remove_subscriber(who);
                 if let Some(member) = joined {
-                    state.presence.remove(&member.client);
+                    state.leave(&member.client);
                 }
                 if state.subscribers == 0 {
                     stripe.settle(name);
@@ -313,7 +340,7 @@ impl Engine for RedisEngine {
         let mut stripe = inner.table.lock(name);
         let Some(state) = stripe.get(name) else { return };
         state.remove_subscriber(who);
-        let removed = member.filter(|member| state.presence.remove(&member.client).is_some());
+        let removed = member.and_then(|member| state.leave(&member.client)).map(|(left, _)| left);
         let announce = state.options.join_leave;
         let last = state.subscribers == 0;
         if last {
@@ -324,13 +351,26 @@ impl Engine for RedisEngine {
             // Every node's subscribers hear it through Redis.
             inner.submit_internal(Job::PresenceLeave {
                 channel: channel.clone(),
-                member: member.clone(),
+                member,
                 announce,
             });
         }
         if last && inner.subscriptions.unwant(&inner.pubsub_channel(name)) {
             inner.submit_internal(Job::Unlisten(inner.pubsub_channel(name)));
         }
+    }
+
+    fn relay(
+        &self,
+        channel: &ChannelName,
+        text: &[u8],
+        exclude: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        self.inner.submit(Job::Relay {
+            channel: channel.clone(),
+            text: Bytes::copy_from_slice(text),
+            exclude: exclude.map(str::to_string),
+        })
     }
 
     fn presence(&self, channel: &ChannelName, reply: ReplyTo) -> Answer<Vec<Member>> {
@@ -403,17 +443,17 @@ fn answer(inner: &Inner, reply: ReplyTo, answer: EngineAnswer) {
     inner.host.answer(reply, answer);
 }
 
-/// A presence change from Redis (`J:CLIENT:JSON`) for this node's
-/// subscribers of `channel`, but that client.
+/// A presence change from Redis for this node's subscribers of
+/// `channel`, but that client.
 fn deliver_presence(
     inner: &Inner,
     channel: &str,
-    joined: bool,
+    (joined, user_changed): (bool, bool),
     member: Member,
     exclude: Option<ConnRef>,
 ) {
     inner.deliver(channel, |name| {
-        (Event::Presence(PresenceChange::new(joined, name, member)), exclude)
+        (Event::Presence(PresenceChange::new(joined, name, member, user_changed)), exclude)
     });
 }
 

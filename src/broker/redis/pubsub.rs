@@ -1,7 +1,7 @@
 //! The pub/sub thread: the node's subscriber connection to Redis, which channels it wants and Redis confirmed, and every publication from it handed to the shards in offset order.
 
 use super::{Inner, Job, deliver_presence, lock};
-use crate::broker::publication::{Publication, Restart};
+use crate::broker::publication::{Publication, Relayed, Restart};
 use crate::broker::table::deliver_to;
 use crate::broker::{Delivery, Event};
 use crate::types::{Epoch, Member, parse_client_id};
@@ -204,6 +204,10 @@ fn read(inner: &Inner, stream: TcpStream) {
                     on_presence(inner, channel, event);
                     continue;
                 }
+                if let Some(relayed) = payload.strip_prefix(b"T:") {
+                    on_relay(inner, channel, relayed);
+                    continue;
+                }
                 if let Some((epoch, offset, exclude, data)) = split_payload(payload) {
                     let filled = fill_gap(inner, &mut catch_up, channel, epoch, offset);
                     deliver(inner, channel, epoch, offset, exclude, data, !filled);
@@ -214,20 +218,31 @@ fn read(inner: &Inner, stream: TcpStream) {
     }
 }
 
-/// `J:CLIENT:JOINED:USER` (`JOINED` is `1` or `0`): a join or leave, for
-/// everyone but that client.
+/// `J:CLIENT:JC:LEN:USERINFO`: a join (`J` = 1) or leave of a client, `C`
+/// = 1 when it was its user's first or last connection, then its user and
+/// info (`Member::encode_user`); for everyone but that client.
 fn on_presence(inner: &Inner, channel: &str, event: &[u8]) {
-    let mut parts = event.splitn(3, |b| *b == b':');
-    let (Some(client), Some(joined), Some(user)) = (parts.next(), parts.next(), parts.next())
+    let Ok(event) = std::str::from_utf8(event) else { return };
+    let mut parts = event.splitn(3, ':');
+    let (Some(client), Some(flags), Some(encoded)) = (parts.next(), parts.next(), parts.next())
     else {
         return;
     };
-    let (Ok(client), Ok(user)) = (std::str::from_utf8(client), std::str::from_utf8(user)) else {
-        return;
-    };
+    let Some(member) = Member::decode_user(client.into(), encoded) else { return };
     let exclude = parse_client_id(&inner.node, client);
-    let member = Member { client: client.into(), user: user.into() };
-    deliver_presence(inner, channel, joined == b"1", member, exclude);
+    let joined = flags.starts_with('1');
+    let user_changed = flags.get(1..2) == Some("1");
+    deliver_presence(inner, channel, (joined, user_changed), member, exclude);
+}
+
+/// `T:EXCLUDE:TEXT`: a message that is not kept, for everyone but the
+/// `EXCLUDE` client.
+fn on_relay(inner: &Inner, channel: &str, relayed: &[u8]) {
+    let Some(colon) = relayed.iter().position(|b| *b == b':') else { return };
+    let (exclude, text) = relayed.split_at(colon);
+    let exclude = std::str::from_utf8(exclude).ok().and_then(|id| parse_client_id(&inner.node, id));
+    let text = bytes::Bytes::copy_from_slice(text.get(1..).unwrap_or_default());
+    inner.deliver(channel, |name| (Event::Relay(Relayed::new(name, text)), exclude));
 }
 
 /// A publication from Redis, for this node's subscribers of `channel`.
