@@ -3,7 +3,7 @@
 // herald: private and presence channels through the page's own
 // /broadcasting/auth, whispers both ways, and recovery of what was
 // published while the page's WebSocket was cut.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -19,6 +19,7 @@ const js = "text/javascript; charset=utf-8";
 // Only the page's WebSocket goes through the proxy; `auth` is the page's app server.
 const s = h.setup({
   proxy: true,
+  browser: true,
   files: {
     "/": [
       "text/html; charset=utf-8",
@@ -29,10 +30,10 @@ const s = h.setup({
     "/echo.iife.js": [js, path.join(modules, "laravel-echo/dist/echo.iife.js")],
   },
 });
-let browser;
-before(async () => {
+/** Headless Chromium, the Debian package (never a downloaded browser). */
+function launch() {
   assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: install the Debian package chromium (.ci/run does)`);
-  browser = await chromium.launch({
+  return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
     args: [
@@ -46,12 +47,11 @@ before(async () => {
       "--disable-sync",
     ],
   });
-});
-after(async () => {
-  if (browser) await browser.close();
-});
+}
 
-test("BR-1 Chromium: Echo private/presence via /broadcasting/auth, whispers, recovery after a cut", async () => {
+test("BR-1 Chromium: Echo private/presence via /broadcasting/auth, whispers, recovery after a cut", async (t) => {
+  const browser = await launch();
+  t.after(() => browser.close());
   const page = await browser.newPage();
   const console_ = [];
   page.on("console", (message) => console_.push(message.text()));

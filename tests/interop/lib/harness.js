@@ -27,9 +27,9 @@ const HERALD_BIN = process.env.HERALD_BIN || path.join(ROOT, "target/debug/heral
 export const DEADLINE_MS = 10000;
 
 /** The test app: the Laravel `.env` of README.md's "Coming from Pusher" section. */
-export const APP = { id: "1", key: "app-key", secret: "app-secret" };
+export const APP = { id: "1", key: "app-key", secret: "app-secret-0123456789" };
 /** A second app, with client events off (the default). */
-export const QUIET_APP = { id: "2", key: "quiet-key", secret: "quiet-secret" };
+export const QUIET_APP = { id: "2", key: "quiet-key", secret: "quiet-secret-0123456789" };
 /** The encryption master key of `private-encrypted-` channels (32 bytes, base64); herald never sees it. */
 export const MASTER_KEY = Buffer.alloc(32, 7).toString("base64");
 const API_KEY = "interop-api-key-0123456789abcdef0123456789";
@@ -72,7 +72,7 @@ export async function holds(condition, what, ms) {
 // ---------------------------------------------------------------- herald
 
 function tomlValue(value) {
-  return typeof value === "string" ? JSON.stringify(value) : String(value);
+  return typeof value === "string" || Array.isArray(value) ? JSON.stringify(value) : String(value);
 }
 
 function tomlTable(fields) {
@@ -152,17 +152,20 @@ process.on("exit", () => {
 
 /**
  * The servers one test file shares, started before its first test and
- * stopped after its last: `herald` (`options` as startHerald takes them),
- * `auth`, the app's auth endpoint (serving `files`), `server`, the Node SDK,
- * and with `proxy: true`, `proxy` in front of herald. The fields are there
- * once the file's `before` hook has run.
+ * stopped after its last: `auth`, the app's server (its auth endpoint, and
+ * `files`), `herald` (`options` as startHerald takes them; with `browser:
+ * true`, the app server's origin in `allowed_origins`, as a site's origin
+ * must be for its pages to connect), `server`, the Node SDK, and with
+ * `proxy: true`, `proxy` in front of herald. The fields are there once the
+ * file's `before` hook has run.
  */
-export function setup({ proxy = false, files, ...options } = {}) {
+export function setup({ proxy = false, browser = false, files, ...options } = {}) {
   const servers = {};
   before(async () => {
+    servers.auth = await authServer({ files });
+    if (browser) options.top = { ...options.top, allowed_origins: [servers.auth.url] };
     servers.herald = await startHerald(options);
     if (proxy) servers.proxy = await startProxy(servers.herald);
-    servers.auth = await authServer(servers.herald, { files });
     servers.server = sdk(servers.herald);
   });
   after(async () => {
@@ -187,6 +190,17 @@ export function sdk(herald, app = APP, options = {}) {
     useTLS: false,
     encryptionMasterKeyBase64: MASTER_KEY,
     ...options,
+  });
+}
+
+/** The Node SDK as an app's auth endpoint uses it: it only signs, so it needs no address. */
+export function signer(app = APP) {
+  return new PusherServer({
+    appId: app.id,
+    key: app.key,
+    secret: app.secret,
+    useTLS: false,
+    encryptionMasterKeyBase64: MASTER_KEY,
   });
 }
 
@@ -411,7 +425,7 @@ function tamper(how, server, socketId, channel, data) {
     case "channel":
       return server.authorizeChannel(socketId, `${channel}x`, data);
     case "secret":
-      return sdk({ host: "127.0.0.1", port: 1 }, { ...APP, secret: "not-the-secret" }).authorizeChannel(
+      return signer({ ...APP, secret: "not-the-secret" }).authorizeChannel(
         socketId,
         channel,
         data,
@@ -429,8 +443,8 @@ function tamper(how, server, socketId, channel, data) {
  * PusherBroadcaster answers; `files` maps paths to [content type, file] for
  * GET. `requests` lists what it was asked.
  */
-export async function authServer(herald, { files = {} } = {}) {
-  const server = sdk(herald);
+export async function authServer({ files = {} } = {}) {
+  const server = signer();
   const requests = [];
   const http_ = http.createServer(async (request, response) => {
     const url = new URL(request.url, "http://127.0.0.1");

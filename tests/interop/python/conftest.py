@@ -19,7 +19,7 @@ import websocket
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 HERALD_BIN = os.environ.get("HERALD_BIN", str(ROOT / "target" / "debug" / "herald"))
 DEADLINE = 10.0
-APP = {"id": "1", "key": "app-key", "secret": "app-secret"}
+APP = {"id": "1", "key": "app-key", "secret": "app-secret-0123456789"}
 CONFIG = """\
 api_key = "interop-api-key-0123456789abcdef0123456789"
 token_secret = "interop-token-secret-0123456789abcdef012345"
@@ -27,7 +27,7 @@ token_secret = "interop-token-secret-0123456789abcdef012345"
 [[apps]]
 id = "1"
 key = "app-key"
-secret = "app-secret"
+secret = "app-secret-0123456789"
 client_events = true
 """
 
