@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::pusher::*;
 use common::*;
 use herald::config::Engine;
 use serde_json::{Value, json};
@@ -312,10 +313,15 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(redis: &Redis, prefix: &str, api_key: &str) -> NodeProcess {
+        NodeProcess::start_with(redis, prefix, api_key, "")
+    }
+
+    /// A node whose config file also has `extra`.
+    fn start_with(redis: &Redis, prefix: &str, api_key: &str, extra: &str) -> NodeProcess {
         let config =
             std::env::temp_dir().join(format!("herald-test-{}-{prefix}.toml", std::process::id()));
-        std::fs::write(&config, "[channels]\nhistory_size = 1000\nhistory_ttl_secs = 300\n")
-            .unwrap();
+        let text = format!("{extra}\n[channels]\nhistory_size = 1000\nhistory_ttl_secs = 300\n");
+        std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--threads", "2"])
             .args(["--engine", "redis", "--redis-url", &redis.url(), "--redis-prefix", prefix])
@@ -690,4 +696,99 @@ fn after_redis_restarts_a_new_subscribe_on_an_idle_node_is_served() {
     let (mut client, _) = WsClient::open_client(a.addr);
     let reply = client.call(json!({"op": "subscribe", "channel": "fresh"}));
     assert_eq!(reply["op"], "subscribed", "{reply}");
+}
+
+/// A node on `redis` with the Pusher test apps.
+fn pusher_node(redis: &Redis, prefix: &str) -> TestServer {
+    let url = redis.url();
+    let prefix = prefix.to_string();
+    start_server(2, move |config| {
+        config.engine = Engine::Redis;
+        config.redis_url = url;
+        config.redis_prefix = prefix;
+        config.apps = apps(APPS);
+        config.presence_ttl = Duration::from_secs(2);
+    })
+}
+
+#[test]
+fn pusher_events_presence_client_events_users_and_terminate_span_the_nodes() {
+    let redis = Redis::start();
+    let (a, b) = (pusher_node(&redis, "p1"), pusher_node(&redis, "p1"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    // Presence: one member_added per user, whichever node they are on.
+    let mut on_a = PusherClient::connect(a.addr, APP_KEY);
+    on_a.join("presence-room", "u1", json!({"name": "A"}));
+    let mut on_b = PusherClient::connect(b.addr, APP_KEY);
+    let here = on_b.join("presence-room", "u2", json!({"name": "B"}));
+    assert_eq!(here["presence"]["count"], 2, "{here}");
+    assert_eq!(here["presence"]["hash"]["u1"], json!({"name": "A"}));
+    let added = on_a.expect("pusher_internal:member_added");
+    assert_eq!(added["data"], r#"{"user_id":"u2","user_info":{"name":"B"}}"#);
+    let mut second_tab = PusherClient::connect(b.addr, APP_KEY);
+    second_tab.join("presence-room", "u1", json!({"name": "A"}));
+    on_a.expect_quiet(Duration::from_millis(300));
+    let users =
+        pusher_api(b.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
+    assert_eq!(users.json(), json!({"users":[{"id":"u1"},{"id":"u2"}]}));
+    // Events from either node's API, client events between nodes.
+    on_a.subscribe_private("private-chat");
+    on_b.subscribe_private("private-chat");
+    trigger(b.addr, &["private-chat"], "news", "1");
+    assert_eq!(on_a.expect("news")["data"], "1");
+    assert_eq!(on_b.expect("news")["data"], "1");
+    on_b.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"who": "b"}}));
+    assert_eq!(on_a.expect("client-typing")["data"], json!({"who": "b"}));
+    on_b.expect_quiet(Duration::from_millis(200));
+    // A user signed in on A gets sendToUser from B, and B terminates it.
+    let user_data = r#"{"id":"u9"}"#;
+    let auth = user_auth(&on_a.socket_id, user_data);
+    on_a.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}));
+    on_a.expect("pusher:signin_success");
+    wait_until("the user channel reaches A", || {
+        trigger(b.addr, &["#server-to-user-u9"], "ping-user", "{}");
+        on_a.next_within(Duration::from_millis(200)).is_some_and(|e| e["event"] == "ping-user")
+    });
+    let response = pusher_api(
+        b.addr,
+        "POST",
+        &format!("/apps/{APP_ID}/users/u9/terminate_connections"),
+        &[],
+        "{}",
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(on_a.ws.expect_close(), 4009);
+    // u1 is still there through its tab on B; when that goes, u1 leaves.
+    second_tab.ws.shutdown();
+    let removed = on_b.expect("pusher_internal:member_removed");
+    assert_eq!(removed["data"], r#"{"user_id":"u1"}"#);
+}
+
+#[test]
+fn a_dead_nodes_pusher_members_leave_within_the_presence_ttl() {
+    let redis = Redis::start();
+    let a = pusher_node(&redis, "p2");
+    wait_engine_up(&a);
+    let apps = format!("presence_ttl_secs = 2\n{APPS}");
+    let mut b = NodeProcess::start_with(&redis, "p2", "process-node-api-key-0123", &apps);
+    wait_until("node B reaches Redis", || {
+        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+    let mut watcher = PusherClient::connect(a.addr, APP_KEY);
+    watcher.join("presence-room", "u1", json!({}));
+    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
+    doomed.join("presence-room", "u2", json!({}));
+    watcher.expect("pusher_internal:member_added");
+    b.child.kill().unwrap(); // SIGKILL: the node never says goodbye
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    let removed = watcher.expect("pusher_internal:member_removed");
+    assert_eq!(removed["data"], r#"{"user_id":"u2"}"#);
+    // The entry lives 2 s after its last renewal (every 1/3 s), and A
+    // sweeps every 1/3 s.
+    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
+    let users =
+        pusher_api(a.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
+    assert_eq!(users.json(), json!({"users":[{"id":"u1"}]}));
 }

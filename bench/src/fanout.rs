@@ -46,6 +46,11 @@ pub struct FanoutArgs {
     /// Seconds to wait after the window for the last deliveries.
     #[arg(long, default_value_t = 10)]
     drain: u64,
+    /// Speak the Pusher protocol instead, as app `ID:KEY:SECRET`: the URL
+    /// is `ws://HOST:PORT/app/KEY`, subscribers send `pusher:subscribe`, and
+    /// publications go through the signed `POST /apps/ID/events`.
+    #[arg(long, value_name = "ID:KEY:SECRET")]
+    pusher: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -64,6 +69,77 @@ fn parse_push(payload: &[u8]) -> Option<(u64, u64)> {
     let mut fields = rest.split(|b| *b == b':');
     let number = |field: Option<&[u8]>| std::str::from_utf8(field?).ok()?.parse::<u64>().ok();
     Some((number(fields.next())?, number(fields.next())?))
+}
+
+/// A Pusher app the fanout speaks to.
+#[derive(Debug, Clone)]
+struct PusherApp {
+    id: String,
+    key: String,
+    secret: String,
+}
+
+impl PusherApp {
+    fn parse(text: &str) -> Result<PusherApp, String> {
+        let mut parts = text.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), Some(key), Some(secret)) => {
+                Ok(PusherApp { id: id.into(), key: key.into(), secret: secret.into() })
+            }
+            _ => Err("--pusher takes ID:KEY:SECRET".into()),
+        }
+    }
+
+    /// The query string of a signed request, as the Pusher SDKs sign it.
+    fn signed_query(&self, method: &str, path: &str, body: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        use md5::Digest;
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let query = format!(
+            "auth_key={}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={}",
+            self.key,
+            hex(&md5::Md5::digest(body.as_bytes()))
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("{method}\n{path}\n{query}").as_bytes());
+        format!("{query}&auth_signature={}", hex(&mac.finalize().into_bytes()))
+    }
+}
+
+/// What a protocol's subscribe, and its message frames, look like.
+struct Dialect {
+    subscribe: Vec<u8>,
+    subscribed: &'static [u8],
+    message: &'static [u8],
+}
+
+fn dialect(args: &FanoutArgs) -> Dialect {
+    match args.pusher {
+        None => Dialect {
+            subscribe: client_frame(
+                1,
+                format!(r#"{{"op":"subscribe","channel":"{}"}}"#, args.channel).as_bytes(),
+            ),
+            subscribed: br#"{"op":"subscribed""#,
+            message: br#"{"op":"message""#,
+        },
+        Some(_) => Dialect {
+            subscribe: client_frame(
+                1,
+                format!(
+                    r#"{{"event":"pusher:subscribe","data":{{"auth":"","channel":"{}"}}}}"#,
+                    args.channel
+                )
+                .as_bytes(),
+            ),
+            subscribed: br#"{"event":"pusher_internal:subscription_succeeded""#,
+            message: br#"{"channel":"#,
+        },
+    }
 }
 
 struct Subscriber {
@@ -91,6 +167,7 @@ fn read_subscriber(
     scratch: &mut [u8],
     window: &Window,
     tally: &mut Tally,
+    message: &[u8],
 ) -> Result<(), String> {
     loop {
         match sub.stream.read(scratch) {
@@ -116,7 +193,7 @@ fn read_subscriber(
             let _ = sub.stream.write_all(&pong);
             continue;
         }
-        if opcode != 1 || !payload.starts_with(br#"{"op":"message""#) {
+        if opcode != 1 || !payload.starts_with(message) {
             continue;
         }
         let (seq, send_ns) =
@@ -145,10 +222,9 @@ fn read_subscriber(
 fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let (addr, path) = parse_url(&args.url)?;
     let (first, count) = part.share(args.subscribers);
-    let subscribe =
-        client_frame(1, format!(r#"{{"op":"subscribe","channel":"{}"}}"#, args.channel).as_bytes());
+    let dialect = dialect(args);
     let opened = open_many(addr, &upgrade_request(addr, &path), first, count, 256, |_| {
-        Some(Then { send: subscribe.clone(), expect: br#"{"op":"subscribed""# })
+        Some(Then { send: dialect.subscribe.clone(), expect: dialect.subscribed })
     })?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut subs = Vec::with_capacity(count);
@@ -184,7 +260,7 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
         poll.poll(&mut events, Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
         for event in &events {
             if let Some(sub) = subs.get_mut(event.token().0) {
-                read_subscriber(sub, &mut scratch, &window, &mut tally)?;
+                read_subscriber(sub, &mut scratch, &window, &mut tally, dialect.message)?;
             }
         }
     }
@@ -235,7 +311,8 @@ fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, 
     Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
-/// A `POST /api/publish` request for publication `seq` sent at `send_ns`.
+/// A `POST /api/publish` request (with `--pusher`, a signed
+/// `POST /apps/ID/events`) for publication `seq` sent at `send_ns`.
 fn publish_request(
     args: &FanoutArgs,
     addr: SocketAddr,
@@ -243,11 +320,19 @@ fn publish_request(
     send_ns: u64,
     last: bool,
 ) -> String {
-    let body = format!(
-        r#"{{"channel":"{}","data":{}}}"#,
-        args.channel,
-        payload(seq, send_ns, args.payload)
-    );
+    let data = payload(seq, send_ns, args.payload);
+    if let Some(app) = args.pusher.as_deref().and_then(|text| PusherApp::parse(text).ok()) {
+        let body = format!(r#"{{"name":"bench","channel":"{}","data":{data}}}"#, args.channel);
+        let path = format!("/apps/{}/events", app.id);
+        let query = app.signed_query("POST", &path, &body);
+        return format!(
+            "POST {path}?{query} HTTP/1.1\r\nHost: {addr}\r\n{}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            if last { "Connection: close\r\n" } else { "" },
+            body.len()
+        );
+    }
+    let body = format!(r#"{{"channel":"{}","data":{data}}}"#, args.channel);
     format!(
         "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {}\r\n{}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -348,6 +433,9 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
     let (addr, _) = parse_url(&args.url)?;
+    if let Some(app) = &args.pusher {
+        PusherApp::parse(app)?;
+    }
     let processes = args.common.processes.unwrap_or_else(|| parts::processes_for(args.subscribers));
     let threads = args.common.threads.max(processes);
     let Some(mut coordinator) =
@@ -455,5 +543,16 @@ mod tests {
         assert_eq!(data.len(), 32);
         let push = format!(r#"{{"op":"message","channel":"c","offset":1,"data":{data}}}"#);
         assert_eq!(parse_push(push.as_bytes()), Some((42, 1_234_567_890_123)));
+        let pusher =
+            format!(r#"{{"channel":"c","event":"bench","data":{data},"herald_offset":1}}"#);
+        assert_eq!(parse_push(pusher.as_bytes()), Some((42, 1_234_567_890_123)));
+    }
+
+    #[test]
+    fn pusher_requests_are_signed_as_the_sdks_sign_them() {
+        let app = PusherApp::parse("3:278d425bdf160c739803:7ad3773142a6692b25b8").unwrap();
+        let query = app.signed_query("POST", "/apps/3/events", "{}");
+        assert!(query.starts_with("auth_key=278d425bdf160c739803&auth_timestamp="), "{query}");
+        assert!(query.contains("&body_md5=99914b932bd37a50b983c5e7c90ae93b&auth_signature="));
     }
 }

@@ -34,7 +34,8 @@ struct Args {
     )]
     workloads: Vec<String>,
     /// Servers (comma-separated): herald, herald-baseline (with
-    /// --baseline-bin), reference-tuned, reference-default.
+    /// --baseline-bin), herald-pusher (herald's Pusher endpoint and HTTP
+    /// API: fan-out workloads only), reference-tuned, reference-default.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
     /// The directory holding an earlier herald's release binary, run as the
@@ -60,6 +61,8 @@ struct Args {
 }
 
 const API_KEY: &str = "bench-api-key-0123456789";
+/// The Pusher app of the `herald-pusher` server.
+const PUSHER_APP: (&str, &str, &str) = ("1", "bench-key", "bench-secret-0123456789");
 
 /// One workload: the generator's arguments (`{addr}` stands for the server)
 /// and the metrics worth comparing.
@@ -230,6 +233,17 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             (bin.join("herald"), all)
         }
         "herald-baseline" => (options.baseline_bin.as_ref()?.join("herald"), herald_args),
+        "herald-pusher" => {
+            let (id, key, secret) = PUSHER_APP;
+            let config = options.out.join("herald-pusher.toml");
+            let app = format!("[[apps]]\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"{secret}\"\n");
+            std::fs::create_dir_all(&options.out).ok()?;
+            std::fs::write(&config, app).ok()?;
+            let mut all = herald_args;
+            all.extend(["--config".to_string(), config.display().to_string()]);
+            all.extend(options.herald_args.iter().cloned());
+            (bin.join("herald"), all)
+        }
         "reference-tuned" => (
             bin.join("herald-reference"),
             args(&[
@@ -278,6 +292,8 @@ fn pinned(cpus: &str, program: &Path, args: &[String]) -> Command {
 struct Server {
     child: Child,
     addr: String,
+    /// Loaded through the Pusher protocol.
+    pusher: bool,
 }
 
 fn start_server(name: &str, options: &Args) -> Result<Server, String> {
@@ -299,13 +315,27 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
     });
     let addr =
         rx.recv_timeout(Duration::from_secs(10)).map_err(|_| format!("{name} did not start"))?;
-    Ok(Server { child, addr })
+    Ok(Server { child, addr, pusher: name == "herald-pusher" })
 }
 
 fn run_load(workload: &Workload, server: &Server, bin: &Path) -> Result<Value, String> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut args: Vec<String> =
         workload.load.iter().map(|a| a.replace("{addr}", &server.addr)).collect();
+    if server.pusher {
+        if args.first().map(String::as_str) != Some("fanout") {
+            return Err(format!(
+                "herald-pusher runs fan-out workloads only, not {}",
+                workload.name
+            ));
+        }
+        let (id, key, secret) = PUSHER_APP;
+        for arg in &mut args {
+            *arg = arg.replace("/ws", &format!("/app/{key}"));
+        }
+        args.push("--pusher".into());
+        args.push(format!("{id}:{key}:{secret}"));
+    }
     args.push("--pid".into());
     args.push(server.child.id().to_string());
     if workload.name != "idle" && workload.name != "idle-subscribed" {
