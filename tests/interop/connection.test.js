@@ -41,7 +41,7 @@ test("WS-2 activity: pusher-js pings after activity_timeout, herald pongs, the c
   // handshake. `pinger` asks for 1 s, so that it is pusher-js that pings
   // first, every second, and each ping must be answered in time.
   const client = h.pusherClient(s.herald);
-  const pinger = h.pusherClient(s.herald, { activityTimeout: 1000, pongTimeout: 1500 });
+  const pinger = h.pusherClient(s.herald, { activityTimeout: 1000, pongTimeout: 3000 });
   const seen = [h.record(client), h.record(pinger)];
   await Promise.all([h.waitState(client, "connected"), h.waitState(pinger, "connected")]);
   assert.equal(client.connection.activityTimeout, 2000, "pusher-js took activity_timeout from the handshake");
