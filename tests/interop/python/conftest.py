@@ -47,13 +47,13 @@ def wait_for(condition, what, timeout=DEADLINE):
 class Herald:
     """herald serve --config FILE --listen 127.0.0.1:0, ready once it prints its address."""
 
-    def __init__(self):
+    def __init__(self, text=CONFIG):
         if not os.path.exists(HERALD_BIN):
             raise AssertionError("no herald binary at %s: run `cargo build` (or set HERALD_BIN)" % HERALD_BIN)
         self.dir = tempfile.TemporaryDirectory(prefix="herald-interop-")
         config = os.path.join(self.dir.name, "herald.toml")
         with open(config, "w") as f:
-            f.write(CONFIG)
+            f.write(text)
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self.process = subprocess.Popen(
             [HERALD_BIN, "serve", "--config", config, "--listen", "127.0.0.1:0"],
