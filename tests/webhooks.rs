@@ -5,6 +5,7 @@ mod common;
 
 use common::pusher::*;
 use common::receiver::{Mode, Receiver};
+use common::redis::{NodeProcess, Redis};
 use common::*;
 use herald::config::Secret;
 use herald::{Config, Server, ServerHandle};
@@ -243,4 +244,129 @@ fn a_backend_that_never_answers_holds_a_bounded_queue() {
     assert_eq!(metric(addr), 20, "10 queued (one of them in flight), 20 dropped");
     wait_until("the first request is sent (and waits for its answer)", || receiver.seen() >= 1);
     assert_eq!(metric(addr), 20);
+}
+
+/// The config file of a Redis node whose app `1` sends webhooks to `url`.
+fn redis_config(redis: &Redis, prefix: &str, url: &str) -> String {
+    format!(
+        r#"
+engine = "redis"
+redis_url = "{}"
+redis_prefix = "{prefix}"
+presence_ttl_secs = 2
+
+[[apps]]
+id = "1"
+key = "app-key"
+secret = "app-secret-0123456789"
+webhooks = [{{ url = "{url}" }}]
+"#,
+        redis.url()
+    )
+}
+
+/// A node in this process on `redis`.
+fn redis_node(redis: &Redis, prefix: &str, url: &str) -> (ServerHandle, SocketAddr) {
+    let text = redis_config(redis, prefix, url);
+    let mut config =
+        Config::load(Some((std::path::Path::new("node.toml"), &text)), Vec::new(), true).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.threads = 2;
+    let handle = Server::start(config).unwrap();
+    let addr = handle.local_addr();
+    wait_until("the node reaches Redis", || {
+        request(addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+    (handle, addr)
+}
+
+#[test]
+fn across_nodes_each_transition_is_sent_once_in_order() {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    let (_a, a) = redis_node(&redis, "w1", &receiver.url);
+    let (_b, b) = redis_node(&redis, "w1", &receiver.url);
+    let mut on_a = PusherClient::connect(a, APP_KEY);
+    on_a.join("presence-room", "u1", json!({}));
+    let mut tab_on_b = PusherClient::connect(b, APP_KEY);
+    tab_on_b.join("presence-room", "u1", json!({}));
+    let mut u2_on_b = PusherClient::connect(b, APP_KEY);
+    u2_on_b.join("presence-room", "u2", json!({}));
+    receiver.wait_for(3, DEADLINE);
+    assert_eq!(
+        summary(&receiver.events()),
+        [
+            triple("channel_occupied", "presence-room", ""),
+            triple("member_added", "presence-room", "u1"),
+            triple("member_added", "presence-room", "u2"),
+        ]
+    );
+    on_a.ws.shutdown();
+    u2_on_b.ws.shutdown();
+    // u1 still has its tab on B: only u2 leaves.
+    receiver.wait_for(4, DEADLINE);
+    tab_on_b.ws.shutdown();
+    receiver.wait_for(6, DEADLINE);
+    assert_eq!(
+        summary(&receiver.events()[3..]),
+        [
+            triple("member_removed", "presence-room", "u2"),
+            triple("member_removed", "presence-room", "u1"),
+            triple("channel_vacated", "presence-room", ""),
+        ]
+    );
+    // Nothing more: each was sent by one node.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(receiver.hooks().len(), 6);
+}
+
+#[test]
+fn a_killed_node_s_members_and_channel_leave_once_and_its_queue_lives_on() {
+    let redis = Redis::start();
+    let receiver = Receiver::start();
+    let mut b = NodeProcess::start_with(
+        &redis,
+        "w2",
+        "process-node-api-key-0123",
+        &redis_config(&redis, "w2", &receiver.url)
+            .replace("engine = \"redis\"", "")
+            .replace(&format!("redis_url = \"{}\"", redis.url()), "")
+            .replace("redis_prefix = \"w2\"", ""),
+    );
+    wait_until("node B reaches Redis", || {
+        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
+    doomed.join("presence-room", "u2", json!({}));
+    receiver.wait_for(2, DEADLINE);
+    // The backend goes down; B (likely the webhook's lease holder) dies
+    // with nobody else in the channel.
+    receiver.set_mode(Mode::Down);
+    let (_a, a) = redis_node(&redis, "w2", &receiver.url);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    // A sweeps B's entries (2 s TTL) and queues the leaves; whoever holds
+    // the lease next (A, once B's runs out) delivers them when the backend
+    // is back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.seen() < 1 || killed.elapsed() < Duration::from_secs(12) {
+        assert!(Instant::now() < deadline, "A tries to deliver B's leaves");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    receiver.set_mode(Mode::Up);
+    let hooks = receiver.wait_for(4, Duration::from_secs(40));
+    assert_eq!(
+        summary(&receiver.events()[2..]),
+        [
+            triple("member_removed", "presence-room", "u2"),
+            triple("channel_vacated", "presence-room", "")
+        ]
+    );
+    let ids: std::collections::HashSet<&str> =
+        hooks.iter().map(|hook| hook.header("x-herald-webhook-id")).collect();
+    assert_eq!(ids.len(), hooks.len(), "no notice delivered twice");
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(receiver.hooks().len(), 4);
+    let _ = a;
 }

@@ -31,7 +31,7 @@ impl MemoryEngine {
     /// An engine for node `node`, delivering through `host`.
     pub fn new(config: Arc<Config>, node: Arc<str>, host: Arc<dyn Host>) -> MemoryEngine {
         MemoryEngine {
-            notices: Arc::new(MemoryNotices::new(config.webhook_queue_size)),
+            notices: Arc::new(MemoryNotices::new(config.webhook_queue_size, &node)),
             table: Table::new(config),
             node,
             host,

@@ -53,6 +53,9 @@ pub struct MemoryNotices {
     scopes: Mutex<std::collections::HashMap<String, ScopeQueue>>,
     ready: std::sync::Condvar,
     bound: usize,
+    /// Ids are `NODE-N`: unique across restarts (the node id is random per
+    /// process), so a backend dropping repeats by id never drops a new one.
+    node: String,
 }
 
 #[derive(Debug, Default)]
@@ -65,9 +68,25 @@ struct ScopeQueue {
 }
 
 impl MemoryNotices {
-    /// Queues of at most `bound` notices per scope.
-    pub fn new(bound: usize) -> MemoryNotices {
-        MemoryNotices { scopes: Mutex::default(), ready: std::sync::Condvar::new(), bound }
+    /// Queues of at most `bound` notices per scope, their ids made on
+    /// `node`.
+    pub fn new(bound: usize, node: &str) -> MemoryNotices {
+        MemoryNotices {
+            scopes: Mutex::default(),
+            ready: std::sync::Condvar::new(),
+            bound,
+            node: node.to_string(),
+        }
+    }
+
+    fn id(&self, n: u64) -> String {
+        format!("{}-{n}", self.node)
+    }
+
+    fn number(id: &str) -> Result<u64, FeedError> {
+        id.rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .ok_or_else(|| FeedError(format!("bad id {id}")))
     }
 
     /// Queues a notice; `false` if its scope's queue is full (it is dropped).
@@ -112,10 +131,7 @@ impl NoticeFeed for MemoryFeed {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Queued>, FeedError> {
-        let after = match after {
-            Some(id) => Some(id.parse::<u64>().map_err(|_| FeedError(format!("bad id {id}")))?),
-            None => None,
-        };
+        let after = after.map(MemoryNotices::number).transpose()?;
         let notices = &self.notices;
         let mut scopes = notices.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let deadline = std::time::Instant::now() + wait;
@@ -135,7 +151,7 @@ impl NoticeFeed for MemoryFeed {
                     .skip(skip)
                     .take(max)
                     .map(|(index, notice)| Queued {
-                        id: (queue.first + index as u64).to_string(),
+                        id: notices.id(queue.first + index as u64),
                         notice: notice.clone(),
                     })
                     .collect();
@@ -156,7 +172,7 @@ impl NoticeFeed for MemoryFeed {
     }
 
     fn done(&mut self, id: &str) -> Result<(), FeedError> {
-        let next = id.parse::<u64>().map_err(|_| FeedError(format!("bad id {id}")))? + 1;
+        let next = MemoryNotices::number(id)? + 1;
         let mut scopes =
             self.notices.scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(queue) = scopes.get_mut(&self.scope) else { return Ok(()) };
@@ -197,7 +213,7 @@ mod tests {
 
     #[test]
     fn each_reader_has_its_cursor_and_a_full_queue_drops() {
-        let notices = Arc::new(MemoryNotices::new(3));
+        let notices = Arc::new(MemoryNotices::new(3, "n1"));
         let mut a = notices.feed("ns:", "a");
         let mut b = notices.feed("ns:", "b");
         for name in ["x", "y", "z", "w"] {
