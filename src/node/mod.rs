@@ -83,6 +83,10 @@ impl Shared {
             uptime_secs: self.started.elapsed().as_secs(),
             incomplete_bytes: self.incomplete_bytes.load(Ordering::Relaxed),
             engine_refusals: self.engine.health().refused,
+            tls: self.config.tls.as_ref().map(|tls| {
+                let (reloads, failed_reloads) = tls.reload_counts();
+                metrics::TlsFigures { not_after: tls.not_after(), reloads, failed_reloads }
+            }),
         };
         metrics::render(&self.metrics, &figures)
     }
