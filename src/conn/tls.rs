@@ -229,10 +229,9 @@ impl TlsLayer {
                     Step::Continue(0)
                 }
                 Ok(ConnectionState::BlockedHandshake) => Step::Wait,
-                Ok(ConnectionState::WriteTraffic(_)) => {
-                    self.established = true;
-                    Step::Wait
-                }
+                // TLS 1.3 lets the server send before the client's Finished
+                // has come: established only once the handshake is over.
+                Ok(ConnectionState::WriteTraffic(_)) => Step::Wait,
                 Ok(ConnectionState::PeerClosed) => {
                     peer_closed = true;
                     Step::Continue(0)
@@ -245,6 +244,9 @@ impl TlsLayer {
                 Ok(_) => Step::Fail(rustls::Error::General("unexpected TLS state".into())),
             };
             used += discard;
+            if !self.established && !self.conn.is_handshaking() {
+                self.established = true;
+            }
             match step {
                 Step::Continue(extra) => used += extra,
                 Step::Wait if peer_closed => return (used, Received::PeerClosed),
