@@ -304,11 +304,6 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Whether the connection came through the TLS listener.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// Bytes a TLS connection holds in its own buffers (received
     /// ciphertext, ciphertext to send): none while idle.
     pub fn tls_buffered(&self) -> usize {
