@@ -5,11 +5,13 @@ mod apps;
 pub use apps::App;
 
 use crate::channel::ChannelName;
+use crate::tls::{self, Tls};
 use crate::types::{BrokerError, NoticeKind, NoticeKinds};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request head, request line and headers together (over it: 431).
@@ -362,6 +364,12 @@ impl NamespaceOptions {
 pub struct Config {
     /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
+    /// Address of the TLS listener (`wss://`, `https://`), beside the
+    /// plain one; set together with `tls`.
+    pub listen_tls: Option<SocketAddr>,
+    /// The certificate and key the TLS listener serves (`tls_cert`,
+    /// `tls_key`), loaded and checked; reloaded on SIGHUP.
+    pub tls: Option<Arc<Tls>>,
     /// Number of shards (event-loop threads).
     pub threads: usize,
     /// Development mode: anonymous connections, any origin, generated secrets.
@@ -509,6 +517,9 @@ pub struct Override {
 /// `[namespaces.*]` tables.
 pub const KEYS: &[&str] = &[
     "listen",
+    "listen_tls",
+    "tls_cert",
+    "tls_key",
     "threads",
     "dev",
     "api_key",
@@ -872,6 +883,93 @@ impl Layers {
         }
     }
 
+    /// The TLS listener's address and its certificate: both or neither.
+    /// The files are read and checked here, so that a missing, unreadable,
+    /// mismatched or expired certificate is reported with every other
+    /// problem.
+    fn tls(&self, listen: SocketAddr) -> (Option<SocketAddr>, Option<Arc<Tls>>) {
+        let listen_tls = self.check(self.string("listen_tls")).and_then(|(text, source)| {
+            self.check(
+                parse_listen(&text)
+                    .map(|addr| Some((addr, source.clone())))
+                    .map_err(|problem| ConfigError::setting("listen_tls", &source, problem)),
+            )
+        });
+        let cert = self.check(self.string("tls_cert"));
+        let key = self.check(self.string("tls_key"));
+        if let Some((addr, source)) = &listen_tls
+            && addr.port() != 0
+            && *addr == listen
+        {
+            self.refuse(Err(ConfigError::setting(
+                "listen_tls",
+                source,
+                format_args!("{addr} is also the plain listener's address (listen)"),
+            )));
+        }
+        let paths = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some((_, source)), None) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_cert",
+                    &source,
+                    "tls_key is not set: give the private key of the certificate too",
+                )));
+                None
+            }
+            (None, Some((_, source))) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_key",
+                    &source,
+                    "tls_cert is not set: give the certificate (chain) of the key too",
+                )));
+                None
+            }
+        };
+        match (listen_tls, paths) {
+            (Some((addr, _)), Some(((cert, cert_source), (key, key_source)))) => {
+                match Tls::load(Path::new(&cert), Path::new(&key)) {
+                    Ok(loaded) => {
+                        let days_left = (loaded.not_after() - tls::unix_now()) / 86_400;
+                        if days_left < tls::EXPIRY_WARNING_DAYS {
+                            log::warn!(
+                                "the TLS certificate in {cert} expires in {days_left} days, on {}",
+                                tls::format_utc(loaded.not_after())
+                            );
+                        }
+                        (Some(addr), Some(Arc::new(loaded)))
+                    }
+                    Err(error) => {
+                        let source = match error.setting {
+                            tls::Setting::Cert => &cert_source,
+                            tls::Setting::Key => &key_source,
+                        };
+                        self.refuse(Err(ConfigError::setting(error.setting.key(), source, error)));
+                        (None, None)
+                    }
+                }
+            }
+            (None, None) => (None, None),
+            (Some((_, source)), None) => {
+                self.refuse(Err(ConfigError::setting(
+                    "listen_tls",
+                    &source,
+                    "a TLS listener needs tls_cert and tls_key (PEM files)",
+                )));
+                (None, None)
+            }
+            (None, Some(((_, source), _))) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_cert",
+                    &source,
+                    "listen_tls is not set: give the TLS listener's address too (e.g. 0.0.0.0:443)",
+                )));
+                (None, None)
+            }
+        }
+    }
+
     fn build(mut self, dev_default: bool) -> Result<Config, ConfigError> {
         let dev = self.check(self.boolean("dev")).unwrap_or(dev_default);
         let mut generated = Vec::new();
@@ -886,6 +984,8 @@ impl Layers {
                 )
                 .unwrap_or_else(|| parse_listen(DEFAULT_LISTEN).unwrap_or_else(|_| unreachable!())),
         };
+
+        let (listen_tls, tls) = self.tls(listen);
 
         let threads = match self.check(self.integer("threads", 1, 1024)) {
             Some(threads) => usize::try_from(threads).unwrap_or(1024),
@@ -1157,6 +1257,8 @@ impl Layers {
         }
         Ok(Config {
             listen,
+            listen_tls,
+            tls,
             threads,
             dev,
             api_key,
@@ -1542,6 +1644,107 @@ mod tests {
         let bad = "[namespaces.chat]\njoin_leave = true\n";
         let error = Config::load(Some((Path::new("h.toml"), bad)), vec![], true).unwrap_err();
         assert!(error.to_string().contains("join_leave needs presence"), "{error}");
+    }
+
+    #[test]
+    fn tls_settings_come_together_and_are_checked_with_the_rest() {
+        use crate::tls::test_certs::{dir, self_signed, valid, write};
+        let dir = dir("config");
+        let (cert, key) = valid();
+        let cert = write(&dir, "cert.pem", &cert);
+        let key = write(&dir, "key.pem", &key);
+        let (_, other_key) = valid();
+        let other_key = write(&dir, "other-key.pem", &other_key);
+        let (expired, expired_key) = self_signed((2019, 1, 1), (2020, 1, 1));
+        let expired = write(&dir, "expired.pem", &expired);
+        let expired_key = write(&dir, "expired-key.pem", &expired_key);
+        let path = |p: &PathBuf| p.display().to_string();
+
+        let config = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                env("tls_cert", &path(&cert)),
+                env("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(config.listen_tls, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.tls.as_ref().unwrap().cert_path(), cert.as_path());
+        assert!(Config::dev().tls.is_none() && Config::dev().listen_tls.is_none());
+
+        let error = Config::load(None, vec![flag("listen_tls", "127.0.0.1:0")], true).unwrap_err();
+        assert!(error.to_string().contains("needs tls_cert and tls_key"), "{error}");
+        let error =
+            Config::load(None, vec![flag("tls_cert", &path(&cert))], true).unwrap_err().to_string();
+        assert!(error.contains("tls_key is not set"), "{error}");
+        let error = Config::load(
+            None,
+            vec![flag("tls_cert", &path(&cert)), flag("tls_key", &path(&key))],
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("listen_tls is not set"), "{error}");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen", "127.0.0.1:8443"),
+                flag("listen_tls", "127.0.0.1:8443"),
+                flag("tls_cert", &path(&cert)),
+                flag("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("also the plain listener"), "{error}");
+
+        // A mismatched key and an expired certificate are reported with
+        // every other problem, naming the file and where it was set.
+        let file = format!("tls_key = \"{}\"\n", path(&other_key));
+        let error = Config::load(
+            Some((Path::new("h.toml"), &file)),
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&cert)),
+                env("threads", "0"),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("2 problems with the settings:"), "{error}");
+        assert!(error.contains("`tls_key` (from config file h.toml)"), "{error}");
+        assert!(error.contains(&path(&other_key)) && error.contains("do not match"), "{error}");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&expired)),
+                flag("tls_key", &path(&expired_key)),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`tls_cert` (from flag --tls_cert)"), "{error}");
+        assert!(
+            error.contains(&path(&expired)) && error.contains("expired on 2020-01-01"),
+            "{error}"
+        );
+        let missing = dir.join("missing.pem");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&missing)),
+                flag("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(&format!("cannot read {}", path(&missing))), "{error}");
     }
 
     #[test]

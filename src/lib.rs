@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod sys;
+pub mod tls;
 pub mod types;
 // 1: wire formats, pure
 pub mod protocol;

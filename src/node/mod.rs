@@ -93,6 +93,10 @@ impl Shared {
             incomplete_bytes: self.incomplete_bytes.load(Ordering::Relaxed),
             engine_refusals: health.refused,
             notices_dropped: health.notices_dropped,
+            tls: self.config.tls.as_ref().map(|tls| {
+                let (reloads, failed_reloads) = tls.reload_counts();
+                metrics::TlsFigures { not_after: tls.not_after(), reloads, failed_reloads }
+            }),
         };
         let mut text = metrics::render(&self.metrics, &figures);
         let webhooks: Vec<(&str, &metrics::WebhookCounters)> = self
