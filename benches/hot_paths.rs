@@ -135,7 +135,7 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
         .replace("?token=x", "")
         .replace("Origin: https://app.example.com\r\n", "");
     for _ in 0..SUBSCRIBERS {
-        let socket = MemorySocket { input: request.as_bytes().to_vec(), written: 0 };
+        let socket = MemorySocket { input: request.as_bytes().to_vec(), ..MemorySocket::default() };
         let entry = conns.vacant_entry();
         let key = entry.key();
         let mut conn = Conn::new(socket, &ctx);

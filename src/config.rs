@@ -5,11 +5,13 @@ mod apps;
 pub use apps::App;
 
 use crate::channel::ChannelName;
-use crate::types::BrokerError;
+use crate::tls::{self, Tls};
+use crate::types::{BrokerError, NoticeKind, NoticeKinds};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request head, request line and headers together (over it: 431).
@@ -80,6 +82,10 @@ pub const DEFAULT_COMPRESSION_THRESHOLD_BYTES: usize = 256;
 /// renewed by its node (renewed every sixth of it): a node that dies
 /// leaves members that are gone within about a minute.
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
+/// Notices a scope's webhook queue holds by default: about 20 MB of Redis
+/// (or of RAM with the memory engine) at worst, an hour of a busy site's
+/// joins and leaves while its backend is down.
+pub const DEFAULT_WEBHOOK_QUEUE_SIZE: usize = 100_000;
 /// Least default of `max_channels` (the default is the larger of this and
 /// `max_connections`).
 pub const MIN_DEFAULT_MAX_CHANNELS: usize = 100_000;
@@ -268,6 +274,64 @@ pub struct NamespaceOptions {
     pub join_leave: bool,
     /// Whether clients may publish (else only the server API may).
     pub client_publish: bool,
+    /// The transitions of its channels that webhooks are configured for
+    /// (from `webhook_events`, or the app's `webhooks`).
+    #[serde(skip)]
+    pub notices: NoticeKinds,
+}
+
+/// A webhook: where the notices of one scope (an app, a namespace) go, which
+/// kinds, and how the requests are signed.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// The scope whose notices it gets: `app:ID` or `ns:NAME` (`ns:` for
+    /// channels without a namespace).
+    pub scope: String,
+    /// Its name in logs and metrics, unique: `app-1-0`, `ns-chat`.
+    pub name: String,
+    /// `http://` or `https://` URL the notices are POSTed to.
+    pub url: String,
+    /// The kinds it gets.
+    pub kinds: NoticeKinds,
+    /// How requests are signed.
+    pub signing: WebhookSigning,
+}
+
+/// How a webhook's requests are signed.
+#[derive(Debug, Clone)]
+pub enum WebhookSigning {
+    /// Pusher's: `X-Pusher-Key` and `X-Pusher-Signature` with the app's
+    /// secret.
+    Pusher {
+        /// The app's key.
+        key: String,
+        /// The app's secret.
+        secret: Secret,
+    },
+    /// herald's: `X-Herald-Signature: sha256=HEX` with `webhook_secret`.
+    Herald(Secret),
+}
+
+/// Checks a webhook URL and its event names; returns the kinds (all when
+/// none are named).
+pub(crate) fn check_webhook(url: &str, events: &[String]) -> Result<NoticeKinds, String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    let host = rest.map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
+        return Err(format!("webhook url {url:?} must be an http:// or https:// URL with a host"));
+    }
+    if events.is_empty() {
+        return Ok(NoticeKinds(NoticeKind::ALL.iter().fold(0, |bits, kind| bits | kind.bit())));
+    }
+    let mut kinds = NoticeKinds::default();
+    for name in events {
+        let kind = NoticeKind::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = NoticeKind::ALL.iter().map(|kind| kind.name()).collect();
+            format!("unknown webhook event {name:?} (known: {})", known.join(", "))
+        })?;
+        kinds = kinds.with(kind);
+    }
+    Ok(kinds)
 }
 
 /// Largest `history_size` a namespace may ask for.
@@ -306,6 +370,12 @@ impl NamespaceOptions {
 pub struct Config {
     /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
+    /// Address of the TLS listener (`wss://`, `https://`), beside the
+    /// plain one; set together with `tls`.
+    pub listen_tls: Option<SocketAddr>,
+    /// The certificate and key the TLS listener serves (`tls_cert`,
+    /// `tls_key`), loaded and checked; reloaded on SIGHUP.
+    pub tls: Option<Arc<Tls>>,
     /// Number of shards (event-loop threads).
     pub threads: usize,
     /// Development mode: anonymous connections, any origin, generated secrets.
@@ -375,6 +445,11 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceOptions>,
     /// Pusher apps (`[[apps]]`).
     pub apps: Vec<App>,
+    /// Webhooks: each Pusher app's, then each namespace's.
+    pub webhooks: Vec<Webhook>,
+    /// Notices a scope's queue holds for its webhooks; past it new ones
+    /// are dropped (counted in `herald_webhook_notices_dropped_total`).
+    pub webhook_queue_size: usize,
     /// With the Redis engine: how long a presence entry lives without its
     /// node renewing it. A node that dies leaves members that leave (and
     /// are announced) within this and a sixth of it.
@@ -454,6 +529,9 @@ pub struct Override {
 /// `[namespaces.*]` tables.
 pub const KEYS: &[&str] = &[
     "listen",
+    "listen_tls",
+    "tls_cert",
+    "tls_key",
     "threads",
     "dev",
     "api_key",
@@ -485,6 +563,8 @@ pub const KEYS: &[&str] = &[
     "compression_threshold_bytes",
     "pusher_path_prefix",
     "presence_ttl_secs",
+    "webhook_secret",
+    "webhook_queue_size",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -504,6 +584,8 @@ struct Layers {
     namespaces: BTreeMap<String, NamespaceOptions>,
     /// `[[apps]]`, read as soon as the file is.
     apps: Option<Vec<App>>,
+    /// Namespaces' webhooks: namespace (`""` for `[channels]`), URL, kinds.
+    namespace_webhooks: Vec<(String, String, NoticeKinds)>,
 }
 
 impl Layers {
@@ -515,6 +597,7 @@ impl Layers {
             channels: None,
             namespaces: BTreeMap::new(),
             apps: None,
+            namespace_webhooks: Vec::new(),
         };
         if let Some((path, text)) = file {
             layers.read_file(path, text)?;
@@ -534,10 +617,7 @@ impl Layers {
         for (key, value) in table {
             match key.as_str() {
                 "channels" => {
-                    let options = value.try_into::<NamespaceOptions>().map_err(|error| {
-                        ConfigError::setting("channels", &source, error.to_string().trim())
-                    })?;
-                    options.validate("channels", &source)?;
+                    let options = self.read_namespace(value, "channels", "", &source)?;
                     self.channels = Some(options);
                 }
                 "apps" => {
@@ -556,10 +636,7 @@ impl Layers {
                         let section = format!("namespaces.{name}");
                         validate_namespace_name(&name)
                             .map_err(|problem| ConfigError::setting(&section, &source, problem))?;
-                        let options = options.try_into::<NamespaceOptions>().map_err(|error| {
-                            ConfigError::setting(&section, &source, error.to_string().trim())
-                        })?;
-                        options.validate(&section, &source)?;
+                        let options = self.read_namespace(options, &section, &name, &source)?;
                         self.namespaces.insert(name, options);
                     }
                 }
@@ -576,6 +653,53 @@ impl Layers {
             }
         }
         Ok(())
+    }
+
+    /// One `[channels]` or `[namespaces.NAME]` section: its options, and
+    /// its webhook (`webhook_url`, `webhook_events`), noted for the build.
+    fn read_namespace(
+        &mut self,
+        value: toml::Value,
+        section: &str,
+        namespace: &str,
+        source: &Source,
+    ) -> Result<NamespaceOptions, ConfigError> {
+        let toml::Value::Table(mut table) = value else {
+            return Err(ConfigError::setting(section, source, "must be a table"));
+        };
+        let url = table.remove("webhook_url");
+        let events = table.remove("webhook_events");
+        let mut options = toml::Value::Table(table)
+            .try_into::<NamespaceOptions>()
+            .map_err(|error| ConfigError::setting(section, source, error.to_string().trim()))?;
+        options.validate(section, source)?;
+        if let Some(url) = url {
+            let url = url.as_str().map(str::to_string).ok_or_else(|| {
+                ConfigError::setting(&format!("{section}.webhook_url"), source, "must be a string")
+            })?;
+            let events: Vec<String> = match events {
+                None => Vec::new(),
+                Some(events) => events.try_into().map_err(|_| {
+                    ConfigError::setting(
+                        &format!("{section}.webhook_events"),
+                        source,
+                        "must be a list of event names",
+                    )
+                })?,
+            };
+            let kinds = check_webhook(&url, &events).map_err(|problem| {
+                ConfigError::setting(&format!("{section}.webhook_url"), source, problem)
+            })?;
+            options.notices = kinds;
+            self.namespace_webhooks.push((namespace.to_string(), url, kinds));
+        } else if events.is_some() {
+            return Err(ConfigError::setting(
+                &format!("{section}.webhook_events"),
+                source,
+                "needs webhook_url in the same section",
+            ));
+        }
+        Ok(options)
     }
 
     /// The value, or `None` with the problem noted for the report.
@@ -773,6 +897,93 @@ impl Layers {
         }
     }
 
+    /// The TLS listener's address and its certificate: both or neither.
+    /// The files are read and checked here, so that a missing, unreadable,
+    /// mismatched or expired certificate is reported with every other
+    /// problem.
+    fn tls(&self, listen: SocketAddr) -> (Option<SocketAddr>, Option<Arc<Tls>>) {
+        let listen_tls = self.check(self.string("listen_tls")).and_then(|(text, source)| {
+            self.check(
+                parse_listen(&text)
+                    .map(|addr| Some((addr, source.clone())))
+                    .map_err(|problem| ConfigError::setting("listen_tls", &source, problem)),
+            )
+        });
+        let cert = self.check(self.string("tls_cert"));
+        let key = self.check(self.string("tls_key"));
+        if let Some((addr, source)) = &listen_tls
+            && addr.port() != 0
+            && *addr == listen
+        {
+            self.refuse(Err(ConfigError::setting(
+                "listen_tls",
+                source,
+                format_args!("{addr} is also the plain listener's address (listen)"),
+            )));
+        }
+        let paths = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some((_, source)), None) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_cert",
+                    &source,
+                    "tls_key is not set: give the private key of the certificate too",
+                )));
+                None
+            }
+            (None, Some((_, source))) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_key",
+                    &source,
+                    "tls_cert is not set: give the certificate (chain) of the key too",
+                )));
+                None
+            }
+        };
+        match (listen_tls, paths) {
+            (Some((addr, _)), Some(((cert, cert_source), (key, key_source)))) => {
+                match Tls::load(Path::new(&cert), Path::new(&key)) {
+                    Ok(loaded) => {
+                        let days_left = (loaded.not_after() - tls::unix_now()) / 86_400;
+                        if days_left < tls::EXPIRY_WARNING_DAYS {
+                            log::warn!(
+                                "the TLS certificate in {cert} expires in {days_left} days, on {}",
+                                tls::format_utc(loaded.not_after())
+                            );
+                        }
+                        (Some(addr), Some(Arc::new(loaded)))
+                    }
+                    Err(error) => {
+                        let source = match error.setting {
+                            tls::Setting::Cert => &cert_source,
+                            tls::Setting::Key => &key_source,
+                        };
+                        self.refuse(Err(ConfigError::setting(error.setting.key(), source, error)));
+                        (None, None)
+                    }
+                }
+            }
+            (None, None) => (None, None),
+            (Some((_, source)), None) => {
+                self.refuse(Err(ConfigError::setting(
+                    "listen_tls",
+                    &source,
+                    "a TLS listener needs tls_cert and tls_key (PEM files)",
+                )));
+                (None, None)
+            }
+            (None, Some(((_, source), _))) => {
+                self.refuse(Err(ConfigError::setting(
+                    "tls_cert",
+                    &source,
+                    "listen_tls is not set: give the TLS listener's address too (e.g. 0.0.0.0:443)",
+                )));
+                (None, None)
+            }
+        }
+    }
+
     fn build(mut self, dev_default: bool) -> Result<Config, ConfigError> {
         let dev = self.check(self.boolean("dev")).unwrap_or(dev_default);
         let mut generated = Vec::new();
@@ -787,6 +998,8 @@ impl Layers {
                 )
                 .unwrap_or_else(|| parse_listen(DEFAULT_LISTEN).unwrap_or_else(|_| unreachable!())),
         };
+
+        let (listen_tls, tls) = self.tls(listen);
 
         let threads = match self.check(self.integer("threads", 1, 1024)) {
             Some(threads) => usize::try_from(threads).unwrap_or(1024),
@@ -979,6 +1192,33 @@ impl Layers {
         let presence_ttl = self
             .check(self.seconds("presence_ttl_secs", 1.0, 3600.0))
             .unwrap_or(DEFAULT_PRESENCE_TTL);
+        let webhook_secret = match self.check(self.string("webhook_secret")) {
+            Some((secret, source)) => {
+                if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                    self.refuse(Err(ConfigError::setting(
+                        "webhook_secret",
+                        &source,
+                        "must be at least 16 printable characters without spaces",
+                    )));
+                }
+                Some(Secret::new(secret))
+            }
+            None if dev && !self.namespace_webhooks.is_empty() => {
+                generated.push("webhook_secret");
+                Some(Secret::new(random_token(24)))
+            }
+            None if !self.namespace_webhooks.is_empty() => {
+                self.refuse(Err(ConfigError::new(
+                    "namespaces have webhook_url but no webhook_secret is set to sign them \
+                     (webhook_secret in the config file, HERALD_WEBHOOK_SECRET, or --webhook-secret)",
+                )));
+                None
+            }
+            None => None,
+        };
+        let webhook_queue_size = self
+            .check(self.integer("webhook_queue_size", 1, 10_000_000))
+            .map_or(DEFAULT_WEBHOOK_QUEUE_SIZE, |size| usize::try_from(size).unwrap_or(usize::MAX));
         let apps = match self.apps.take() {
             Some(apps) => apps,
             None if dev => {
@@ -1010,6 +1250,7 @@ impl Layers {
 
         let mut namespaces = self.namespaces;
         let mut channels = self.channels;
+        let namespace_webhooks = self.namespace_webhooks;
         if dev {
             // What the README and the demo page use, unless the file says
             // otherwise: the default namespace keeps a modest history (so
@@ -1028,11 +1269,14 @@ impl Layers {
                     presence: true,
                     join_leave: true,
                     client_publish: true,
+                    notices: NoticeKinds::default(),
                 });
             }
         }
         Ok(Config {
             listen,
+            listen_tls,
+            tls,
             threads,
             dev,
             api_key,
@@ -1063,12 +1307,49 @@ impl Layers {
             compression_threshold_bytes,
             channels: channels.unwrap_or_default(),
             namespaces,
+            webhooks: webhooks(&apps, namespace_webhooks, webhook_secret.as_ref()),
+            webhook_queue_size,
             apps,
             presence_ttl,
             pusher_path_prefix,
             generated,
         })
     }
+}
+
+/// Every webhook: each app's (in order), then each namespace's.
+fn webhooks(
+    apps: &[App],
+    namespaces: Vec<(String, String, NoticeKinds)>,
+    secret: Option<&Secret>,
+) -> Vec<Webhook> {
+    let mut webhooks = Vec::new();
+    for app in apps {
+        for (index, (url, kinds)) in app.webhooks.iter().enumerate() {
+            webhooks.push(Webhook {
+                scope: format!("app:{}", app.id),
+                name: format!("app-{}-{index}", app.id),
+                url: url.clone(),
+                kinds: *kinds,
+                signing: WebhookSigning::Pusher {
+                    key: app.key.clone(),
+                    secret: app.secret.clone(),
+                },
+            });
+        }
+    }
+    if let Some(secret) = secret {
+        for (namespace, url, kinds) in namespaces {
+            webhooks.push(Webhook {
+                scope: format!("ns:{namespace}"),
+                name: if namespace.is_empty() { "ns".into() } else { format!("ns-{namespace}") },
+                url,
+                kinds,
+                signing: WebhookSigning::Herald(secret.clone()),
+            });
+        }
+    }
+    webhooks
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -1383,6 +1664,107 @@ mod tests {
         let bad = "[namespaces.chat]\njoin_leave = true\n";
         let error = Config::load(Some((Path::new("h.toml"), bad)), vec![], true).unwrap_err();
         assert!(error.to_string().contains("join_leave needs presence"), "{error}");
+    }
+
+    #[test]
+    fn tls_settings_come_together_and_are_checked_with_the_rest() {
+        use crate::tls::test_certs::{dir, self_signed, valid, write};
+        let dir = dir("config");
+        let (cert, key) = valid();
+        let cert = write(&dir, "cert.pem", &cert);
+        let key = write(&dir, "key.pem", &key);
+        let (_, other_key) = valid();
+        let other_key = write(&dir, "other-key.pem", &other_key);
+        let (expired, expired_key) = self_signed((2019, 1, 1), (2020, 1, 1));
+        let expired = write(&dir, "expired.pem", &expired);
+        let expired_key = write(&dir, "expired-key.pem", &expired_key);
+        let path = |p: &PathBuf| p.display().to_string();
+
+        let config = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                env("tls_cert", &path(&cert)),
+                env("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(config.listen_tls, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.tls.as_ref().unwrap().cert_path(), cert.as_path());
+        assert!(Config::dev().tls.is_none() && Config::dev().listen_tls.is_none());
+
+        let error = Config::load(None, vec![flag("listen_tls", "127.0.0.1:0")], true).unwrap_err();
+        assert!(error.to_string().contains("needs tls_cert and tls_key"), "{error}");
+        let error =
+            Config::load(None, vec![flag("tls_cert", &path(&cert))], true).unwrap_err().to_string();
+        assert!(error.contains("tls_key is not set"), "{error}");
+        let error = Config::load(
+            None,
+            vec![flag("tls_cert", &path(&cert)), flag("tls_key", &path(&key))],
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("listen_tls is not set"), "{error}");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen", "127.0.0.1:8443"),
+                flag("listen_tls", "127.0.0.1:8443"),
+                flag("tls_cert", &path(&cert)),
+                flag("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("also the plain listener"), "{error}");
+
+        // A mismatched key and an expired certificate are reported with
+        // every other problem, naming the file and where it was set.
+        let file = format!("tls_key = \"{}\"\n", path(&other_key));
+        let error = Config::load(
+            Some((Path::new("h.toml"), &file)),
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&cert)),
+                env("threads", "0"),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("2 problems with the settings:"), "{error}");
+        assert!(error.contains("`tls_key` (from config file h.toml)"), "{error}");
+        assert!(error.contains(&path(&other_key)) && error.contains("do not match"), "{error}");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&expired)),
+                flag("tls_key", &path(&expired_key)),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`tls_cert` (from flag --tls_cert)"), "{error}");
+        assert!(
+            error.contains(&path(&expired)) && error.contains("expired on 2020-01-01"),
+            "{error}"
+        );
+        let missing = dir.join("missing.pem");
+        let error = Config::load(
+            None,
+            vec![
+                flag("listen_tls", "127.0.0.1:0"),
+                flag("tls_cert", &path(&missing)),
+                flag("tls_key", &path(&key)),
+            ],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains(&format!("cannot read {}", path(&missing))), "{error}");
     }
 
     #[test]

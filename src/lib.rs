@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod sys;
+pub mod tls;
 pub mod types;
 // 1: wire formats, pure
 pub mod protocol;
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod auth;
 pub mod metrics;
 pub mod node;
+pub mod webhook;
 // 4: front ends
 pub mod api;
 pub mod pusher;

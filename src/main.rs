@@ -4,7 +4,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::config::{Config, KEYS, Override, Source};
 use herald::server::{Server, ServerHandle};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +56,15 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, env = "HERALD_LISTEN", value_name = "IP:PORT")]
     listen: Option<String>,
+    /// Address of the TLS listener (wss://, https://), beside --listen; needs --tls-cert and --tls-key.
+    #[arg(long, env = "HERALD_LISTEN_TLS", value_name = "IP:PORT")]
+    listen_tls: Option<String>,
+    /// TLS certificate, PEM: the server's certificate first, then the chain (certbot's fullchain.pem). Reread on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// The certificate's private key, PEM (certbot's privkey.pem). Reread on SIGHUP.
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<String>,
     /// Shards (event-loop threads); default: one per core.
     #[arg(long, env = "HERALD_THREADS", value_name = "N")]
     threads: Option<String>,
@@ -154,6 +163,12 @@ struct ServeArgs {
     /// With Redis: seconds a presence entry lives unless its node renews it.
     #[arg(long, env = "HERALD_PRESENCE_TTL_SECS", value_name = "SECS")]
     presence_ttl_secs: Option<String>,
+    /// Secret that signs the webhooks of namespaces (X-Herald-Signature).
+    #[arg(long, env = "HERALD_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Notices a scope's webhook queue holds before new ones are dropped.
+    #[arg(long, env = "HERALD_WEBHOOK_QUEUE_SIZE", value_name = "N")]
+    webhook_queue_size: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -213,6 +228,14 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             match *name {
                 "api_key" => println!("  api_key = {}", config.api_key.expose()),
                 "token_secret" => println!("  token_secret = {}", config.token_secret.expose()),
+                "webhook_secret" => {
+                    let secret =
+                        config.webhooks.iter().find_map(|webhook| match &webhook.signing {
+                            herald::config::WebhookSigning::Herald(secret) => Some(secret.expose()),
+                            herald::config::WebhookSigning::Pusher { .. } => None,
+                        });
+                    println!("  webhook_secret = {}", secret.unwrap_or_default());
+                }
                 _ => {
                     for app in &config.apps {
                         println!(
@@ -228,15 +251,19 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
     }
 
     // Signals are caught before the server announces itself, so a SIGTERM
-    // sent the moment "listening" appears is a graceful shutdown.
-    let signals = match Signals::new([SIGTERM, SIGINT]) {
+    // sent the moment "listening" appears is a graceful shutdown (and a
+    // SIGHUP a reload, not the end of the process).
+    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(error) => {
             eprintln!("herald: cannot install signal handlers: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let listen = config.listen;
+    let listen = match config.listen_tls {
+        Some(tls) => format!("{} and {tls} (TLS)", config.listen),
+        None => config.listen.to_string(),
+    };
     let dev_key = config.dev.then(|| config.api_key.expose().to_string());
     let handle = match Server::start(config) {
         Ok(handle) => handle,
@@ -247,9 +274,15 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
     };
     let addr = handle.local_addr();
     println!("herald listening on {addr}");
+    if let Some(tls_addr) = handle.tls_addr() {
+        println!("herald listening for TLS on {tls_addr}");
+    }
     if let Some(key) = dev_key {
         // Where to go next, for the developer at the terminal.
         println!("demo page: http://{addr}/");
+        if let Some(tls_addr) = handle.tls_addr() {
+            println!("demo page over TLS: https://{tls_addr}/");
+        }
         println!("publish from a shell:");
         println!("  export HERALD_API_KEY={key}");
         println!(
@@ -263,13 +296,18 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
 }
 
 fn wait_for_signal(mut signals: Signals, handle: ServerHandle) -> ExitCode {
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload_tls(&handle);
+            continue;
+        }
         let name = if signal == SIGTERM { "SIGTERM" } else { "SIGINT" };
         log::info!("{name}: shutting down gracefully (send it again to stop at once)");
+        break;
     }
     handle.shutdown();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|signal| signal != SIGHUP) {
             log::warn!("second signal: exiting without waiting for connections");
             std::process::exit(1);
         }
@@ -277,6 +315,23 @@ fn wait_for_signal(mut signals: Signals, handle: ServerHandle) -> ExitCode {
     handle.join();
     log::info!("shutdown complete");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: the TLS certificate and key are read again; new handshakes get
+/// them if they are good, else the current pair stays.
+fn reload_tls(handle: &ServerHandle) {
+    match handle.reload_tls() {
+        Ok(Some(reloaded)) => log::info!(
+            "SIGHUP: TLS certificate reloaded; new connections get it (it expires {})",
+            herald::tls::format_utc(reloaded.not_after)
+        ),
+        Ok(None) => log::info!("SIGHUP: no TLS listener, nothing to reload"),
+        Err(error) => log::error!(
+            "SIGHUP: the new TLS certificate was refused, the current one stays: invalid \
+             setting `{}`: {error}",
+            error.setting.key()
+        ),
+    }
 }
 
 /// Reads the config file and turns flags and environment variables into

@@ -103,6 +103,9 @@ pub enum Refusal {
     /// Closed before its first request was complete to make room under
     /// `max_pending_handshakes`.
     PendingHandshakes,
+    /// The TLS handshake failed (no shared version or suite, a bad record,
+    /// bytes that are not TLS).
+    TlsHandshake,
     /// The request was refused with this status (400, 401, 403, 404, ...).
     Status(u16),
 }
@@ -133,6 +136,7 @@ pub struct ShardMetrics {
     refused_descriptors: Counter,
     refused_timeout: Counter,
     refused_pending: Counter,
+    refused_tls: Counter,
     refused_status: [Counter; STATUSES.len()],
     /// WebSocket data messages received.
     pub messages_in: Counter,
@@ -153,6 +157,8 @@ pub struct ShardMetrics {
     pub streams_left: Counter,
     /// `/ws` commands refused by the per-connection rate limit.
     pub commands_limited: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
     close_codes: [Counter; CLOSE_CODES.len()],
     /// By endpoint (the last row: paths under `/api/` that name none) and status.
     api: [[Counter; STATUSES.len()]; Endpoint::ALL.len() + 1],
@@ -180,6 +186,7 @@ impl ShardMetrics {
             Refusal::OutOfDescriptors => &self.refused_descriptors,
             Refusal::HandshakeTimeout => &self.refused_timeout,
             Refusal::PendingHandshakes => &self.refused_pending,
+            Refusal::TlsHandshake => &self.refused_tls,
             Refusal::Status(status) => match self.refused_status.get(status_index(status)) {
                 Some(counter) => counter,
                 None => return,
@@ -246,6 +253,75 @@ pub struct NodeFigures {
     pub incomplete_bytes: usize,
     /// Calls the engine refused at once because its queue was full.
     pub engine_refusals: u64,
+    /// Webhook notices dropped because a queue was full.
+    pub notices_dropped: u64,
+    /// With a TLS listener: the served certificate's expiry (Unix
+    /// seconds), and the reloads done and refused.
+    pub tls: Option<TlsFigures>,
+}
+
+/// The TLS listener's certificate, for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFigures {
+    /// When the served certificate expires, Unix seconds.
+    pub not_after: i64,
+    /// Reloads that swapped the certificate.
+    pub reloads: u64,
+    /// Reloads refused (the new files were bad; the old pair stayed).
+    pub failed_reloads: u64,
+}
+
+/// One webhook's counters.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Notices the backend took (2xx).
+    pub delivered: Counter,
+    /// Tries that failed and were repeated.
+    pub retried: Counter,
+    /// Notices given up after five minutes of failures.
+    pub failed: Counter,
+    /// Leaves and joins that cancelled out within the grace.
+    pub cancelled: Counter,
+}
+
+/// A family of webhook counters: its name, its help, how to read it.
+type WebhookFamily = (&'static str, &'static str, fn(&WebhookCounters) -> u64);
+
+/// Renders the webhooks' counters, by webhook name.
+pub fn render_webhooks(out: &mut String, webhooks: &[(&str, &WebhookCounters)], dropped: u64) {
+    let rows: [WebhookFamily; 4] = [
+        ("herald_webhook_delivered_total", "Notices a webhook's backend took.", |c| {
+            c.delivered.get()
+        }),
+        (
+            "herald_webhook_retries_total",
+            "Webhook requests that failed and were tried again.",
+            |c| c.retried.get(),
+        ),
+        (
+            "herald_webhook_failed_total",
+            "Notices given up after five minutes of failed tries.",
+            |c| c.failed.get(),
+        ),
+        (
+            "herald_webhook_cancelled_total",
+            "Leaves and joins that cancelled out within the grace.",
+            |c| c.cancelled.get(),
+        ),
+    ];
+    for (name, help, read) in rows {
+        family(out, name, "counter", help);
+        for (webhook, counters) in webhooks {
+            let _ = writeln!(out, "{name}{{webhook=\"{webhook}\"}} {}", read(counters));
+        }
+    }
+    family(
+        out,
+        "herald_webhook_notices_dropped_total",
+        "counter",
+        "Notices dropped because their scope's queue was full.",
+    );
+    let _ = writeln!(out, "herald_webhook_notices_dropped_total {dropped}");
 }
 
 /// Renders every shard's counters, summed, in Prometheus text format
@@ -265,7 +341,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         let _ = writeln!(out, "herald_connections{{transport=\"{}\"}} {open}", transport.label());
     }
 
-    let counters: [(&str, &str, Read<'_>); 10] = [
+    let counters: [(&str, &str, Read<'_>); 11] = [
         ("herald_connections_accepted_total", "Connections accepted.", &|s| s.accepted.get()),
         ("herald_messages_received_total", "WebSocket data messages received.", &|s| {
             s.messages_in.get()
@@ -302,6 +378,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
             "WebSocket commands refused by the per-connection rate limit (too_many_requests).",
             &|s| s.commands_limited.get(),
         ),
+        ("herald_tls_handshakes_total", "TLS handshakes completed.", &|s| s.tls_handshakes.get()),
     ];
     for (name, help, read) in counters {
         family(&mut out, name, "counter", help);
@@ -312,13 +389,15 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         &mut out,
         "herald_connections_refused_total",
         "counter",
-        "Connections refused, by reason (an HTTP status, or capacity, descriptors, timeout).",
+        "Connections refused, by reason (an HTTP status, or capacity, descriptors, timeout, \
+         a failed TLS handshake).",
     );
-    let fixed: [(&str, Read<'_>); 4] = [
+    let fixed: [(&str, Read<'_>); 5] = [
         ("at_capacity", &|s| s.refused_capacity.get()),
         ("out_of_descriptors", &|s| s.refused_descriptors.get()),
         ("handshake_timeout", &|s| s.refused_timeout.get()),
         ("too_many_pending_handshakes", &|s| s.refused_pending.get()),
+        ("tls_handshake", &|s| s.refused_tls.get()),
     ];
     for (reason, read) in fixed {
         let _ =
@@ -440,6 +519,24 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         "Calls answered unavailable at once because the engine's queue was full (Redis engine).",
     );
     let _ = writeln!(out, "herald_engine_refusals_total {}", node.engine_refusals);
+    if let Some(tls) = &node.tls {
+        family(
+            &mut out,
+            "herald_tls_certificate_expiry_seconds",
+            "gauge",
+            "When the TLS listener's certificate expires (Unix time).",
+        );
+        let _ = writeln!(out, "herald_tls_certificate_expiry_seconds {}", tls.not_after);
+        family(
+            &mut out,
+            "herald_tls_reloads_total",
+            "counter",
+            "Certificate reloads (SIGHUP), by result: ok, or refused (the old pair stayed).",
+        );
+        let _ = writeln!(out, "herald_tls_reloads_total{{result=\"ok\"}} {}", tls.reloads);
+        let _ =
+            writeln!(out, "herald_tls_reloads_total{{result=\"refused\"}} {}", tls.failed_reloads);
+    }
     family(&mut out, "herald_uptime_seconds", "gauge", "Seconds since the server started.");
     let _ = writeln!(out, "herald_uptime_seconds {}", node.uptime_secs);
     family(&mut out, "herald_build_info", "gauge", "The running version.");
@@ -474,7 +571,14 @@ mod tests {
         shards[0].turn(Duration::from_secs(5));
         let text = render(
             &shards,
-            &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0, engine_refusals: 0 },
+            &NodeFigures {
+                channels: 2,
+                uptime_secs: 9,
+                incomplete_bytes: 0,
+                engine_refusals: 0,
+                notices_dropped: 0,
+                tls: Some(TlsFigures { not_after: 4_070_908_800, reloads: 1, failed_reloads: 2 }),
+            },
         );
         for line in [
             "herald_publications_total 7",
@@ -489,6 +593,8 @@ mod tests {
             "herald_loop_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3",
             "herald_loop_turn_seconds_count{shard=\"0\"} 3",
             "herald_channels 2",
+            "herald_tls_certificate_expiry_seconds 4070908800",
+            "herald_tls_reloads_total{result=\"refused\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

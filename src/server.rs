@@ -5,6 +5,8 @@ use crate::node::Shared;
 use crate::node::inbox::{Inbox, Work};
 use crate::shard::{Shard, WAKER};
 use crate::sys;
+use crate::tls;
+use crate::webhook::Webhooks;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,6 +38,22 @@ impl Server {
             .map(TcpListener::local_addr)
             .transpose()?
             .ok_or_else(|| io::Error::other("no listener"))?;
+        let mut tls_listeners: Vec<Option<TcpListener>> = match config.listen_tls {
+            Some(addr) if config.tls.is_some() => {
+                let listeners =
+                    bind_listeners(addr, threads, config.send_buffer_bytes).map_err(|error| {
+                        io::Error::new(error.kind(), format!("{addr} (TLS): {error}"))
+                    })?;
+                listeners.into_iter().map(Some).collect()
+            }
+            Some(_) => return Err(io::Error::other("listen_tls is set without a certificate")),
+            None => (0..threads).map(|_| None).collect(),
+        };
+        let tls_addr = tls_listeners
+            .first()
+            .and_then(Option::as_ref)
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let node: Arc<str> = Arc::from(node_id());
         let config = Arc::new(config);
         // Every shard's poll and inbox exist before the broker, which
@@ -50,11 +68,13 @@ impl Server {
         }
         let shared =
             Arc::new(Shared::new(config, node, inboxes.clone()).map_err(io::Error::other)?);
+        let webhooks = Some(Webhooks::start(&shared));
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
         {
-            shards.push(Shard::new(index, poll, listener, inbox, shared.clone())?);
+            let tls_listener = tls_listeners.get_mut(index).and_then(Option::take);
+            shards.push(Shard::new(index, poll, listener, tls_listener, inbox, shared.clone())?);
         }
         let mut threads = Vec::with_capacity(shards.len());
         for (index, shard) in shards.into_iter().enumerate() {
@@ -64,12 +84,13 @@ impl Server {
             threads.push(thread);
         }
         log::info!(
-            "herald {} node {} listening on {local_addr} with {} shards",
+            "herald {} node {} listening on {local_addr}{} with {} shards",
             env!("CARGO_PKG_VERSION"),
             shared.node,
+            tls_addr.map(|addr| format!(" and {addr} (TLS)")).unwrap_or_default(),
             threads.len()
         );
-        Ok(ServerHandle { local_addr, inboxes, threads, shared })
+        Ok(ServerHandle { local_addr, tls_addr, inboxes, threads, shared, webhooks })
     }
 }
 
@@ -77,15 +98,34 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     inboxes: Vec<Arc<Inbox>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Webhook delivery, stopped once the shards are.
+    webhooks: Option<Webhooks>,
 }
 
 impl ServerHandle {
     /// The address the server accepts on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the TLS listener, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Reads the TLS certificate and key again and serves them to new
+    /// handshakes if they are good; otherwise the current pair stays and
+    /// the error says why. `Ok(None)`: no TLS listener. Reads files: call it
+    /// off the shards (the main thread does, on SIGHUP).
+    pub fn reload_tls(&self) -> Result<Option<tls::Reloaded>, tls::TlsError> {
+        match &self.shared.config.tls {
+            Some(tls) => tls.reload().map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Open connections across shards.
@@ -118,6 +158,9 @@ impl ServerHandle {
             if thread.join().is_err() {
                 log::error!("a shard thread panicked");
             }
+        }
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.stop();
         }
     }
 }

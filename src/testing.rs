@@ -9,13 +9,15 @@ use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
 /// A socket in memory: reads hand out `input` (then WouldBlock), writes are
-/// counted and discarded.
+/// counted, and kept in `output` when it is `Some` (else discarded).
 #[derive(Debug, Default)]
 pub struct MemorySocket {
     /// Bytes still to be read.
     pub input: Vec<u8>,
     /// Bytes written so far.
     pub written: usize,
+    /// What was written, when kept.
+    pub output: Option<Vec<u8>>,
 }
 
 impl Read for MemorySocket {
@@ -33,13 +35,17 @@ impl Read for MemorySocket {
 
 impl Write for MemorySocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.written += buf.len();
-        Ok(buf.len())
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let n = bufs.iter().map(|b| b.len()).sum();
         self.written += n;
+        if let Some(output) = &mut self.output {
+            for buf in bufs {
+                output.extend_from_slice(buf);
+            }
+        }
         Ok(n)
     }
 

@@ -1,4 +1,4 @@
-//! Values every layer shares: where a connection is, a position in a channel, a member, what a user call does, and why the engine refuses.
+//! Values every layer shares: where a connection is, a position in a channel, a member, what a user call does, which transitions webhooks hear of, and why the engine refuses.
 
 use crate::channel::ChannelName;
 use bytes::Bytes;
@@ -172,6 +172,193 @@ pub enum UserAction {
     /// Close the Pusher connections signed in as the user (the user being
     /// `APP;ID`) with 4009.
     Terminate,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeKind {
+    /// The channel's first subscriber on any node.
+    ChannelOccupied,
+    /// The channel's last subscriber on every node left.
+    ChannelVacated,
+    /// A user's first connection in a presence channel.
+    MemberAdded,
+    /// A user's last connection in a presence channel left.
+    MemberRemoved,
+    /// A client sent a client event (Pusher apps).
+    ClientEvent,
+    /// A subscriber of a cache channel found no event (Pusher apps).
+    CacheMiss,
+}
+
+impl NoticeKind {
+    /// Every kind, in the order of their bits.
+    pub const ALL: [NoticeKind; 6] = [
+        NoticeKind::ChannelOccupied,
+        NoticeKind::ChannelVacated,
+        NoticeKind::MemberAdded,
+        NoticeKind::MemberRemoved,
+        NoticeKind::ClientEvent,
+        NoticeKind::CacheMiss,
+    ];
+
+    /// The event's name in webhook bodies (Pusher's names).
+    pub fn name(self) -> &'static str {
+        match self {
+            NoticeKind::ChannelOccupied => "channel_occupied",
+            NoticeKind::ChannelVacated => "channel_vacated",
+            NoticeKind::MemberAdded => "member_added",
+            NoticeKind::MemberRemoved => "member_removed",
+            NoticeKind::ClientEvent => "client_event",
+            NoticeKind::CacheMiss => "cache_miss",
+        }
+    }
+
+    /// The kind a name stands for.
+    pub fn from_name(name: &str) -> Option<NoticeKind> {
+        NoticeKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Its bit in a [`NoticeKinds`] set.
+    pub fn bit(self) -> u8 {
+        match self {
+            NoticeKind::ChannelOccupied => 1,
+            NoticeKind::ChannelVacated => 2,
+            NoticeKind::MemberAdded => 4,
+            NoticeKind::MemberRemoved => 8,
+            NoticeKind::ClientEvent => 16,
+            NoticeKind::CacheMiss => 32,
+        }
+    }
+
+    /// Whether it is the undoing of `other` (a leave and a join of the
+    /// same thing): within the grace period the two cancel out.
+    pub fn undoes(self, other: NoticeKind) -> bool {
+        matches!(
+            (self, other),
+            (NoticeKind::ChannelOccupied, NoticeKind::ChannelVacated)
+                | (NoticeKind::MemberAdded, NoticeKind::MemberRemoved)
+        )
+    }
+}
+
+/// A set of kinds, as a bit set (one byte, so that channel options stay
+/// small and `Copy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoticeKinds(pub u8);
+
+impl NoticeKinds {
+    /// Whether `kind` is in the set.
+    pub fn has(self, kind: NoticeKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Whether occupancy (occupied or vacated) is asked for.
+    pub fn occupancy(self) -> bool {
+        self.has(NoticeKind::ChannelOccupied) || self.has(NoticeKind::ChannelVacated)
+    }
+
+    /// Whether membership (added or removed) is asked for.
+    pub fn membership(self) -> bool {
+        self.has(NoticeKind::MemberAdded) || self.has(NoticeKind::MemberRemoved)
+    }
+
+    /// Adds `kind`.
+    pub fn with(self, kind: NoticeKind) -> NoticeKinds {
+        NoticeKinds(self.0 | kind.bit())
+    }
+}
+
+/// One transition, as a webhook reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// What happened.
+    pub kind: NoticeKind,
+    /// The channel, as the engine names it (`APP;NAME` for an app's).
+    pub channel: String,
+    /// The user, for member and (presence) client notices.
+    pub user: Option<String>,
+    /// A client event's name.
+    pub event: Option<String>,
+    /// A client event's data, raw JSON as sent.
+    pub data: Option<String>,
+    /// The Pusher socket id of a client event's sender.
+    pub socket_id: Option<String>,
+    /// When it happened, Unix milliseconds.
+    pub time_ms: u64,
+}
+
+impl Notice {
+    /// A notice of `kind` about `channel` (and `user`), now.
+    pub fn new(kind: NoticeKind, channel: &str, user: Option<&str>) -> Notice {
+        Notice {
+            kind,
+            channel: channel.to_string(),
+            user: user.map(str::to_string),
+            event: None,
+            data: None,
+            socket_id: None,
+            time_ms: crate::clock::unix_millis(),
+        }
+    }
+
+    /// The scope whose queue it goes to: the app of an app's channel
+    /// (`app:ID`), else the namespace (`ns:NAME`, `ns:` without one).
+    pub fn scope(&self) -> String {
+        scope_of(&self.channel)
+    }
+
+    /// The notice as field/value pairs (a Redis stream entry).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("k", self.kind.name().to_string()),
+            ("c", self.channel.clone()),
+            ("t", self.time_ms.to_string()),
+        ];
+        let optional =
+            [("u", &self.user), ("e", &self.event), ("d", &self.data), ("s", &self.socket_id)];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                fields.push((name, value.clone()));
+            }
+        }
+        fields
+    }
+
+    /// A notice from [`Notice::to_fields`]'s pairs.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Notice> {
+        let (mut kind, mut channel, mut time_ms) = (None, None, None);
+        let mut notice = Notice::new(NoticeKind::CacheMiss, "", None);
+        for (name, value) in fields {
+            match name {
+                "k" => kind = NoticeKind::from_name(value),
+                "c" => channel = Some(value.to_string()),
+                "t" => time_ms = value.parse().ok(),
+                "u" => notice.user = Some(value.to_string()),
+                "e" => notice.event = Some(value.to_string()),
+                "d" => notice.data = Some(value.to_string()),
+                "s" => notice.socket_id = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        notice.kind = kind?;
+        notice.channel = channel?;
+        notice.time_ms = time_ms?;
+        Some(notice)
+    }
+}
+
+/// The scope of a channel's notices: `app:ID` or `ns:NAMESPACE`.
+pub fn scope_of(channel: &str) -> String {
+    if let Some((app, _)) = channel.split_once(';') {
+        return format!("app:{app}");
+    }
+    let name =
+        channel.strip_prefix('$').or_else(|| channel.strip_prefix("private-")).unwrap_or(channel);
+    match name.split_once(':') {
+        Some((namespace, _)) => format!("ns:{namespace}"),
+        None => "ns:".to_string(),
+    }
 }
 
 /// Why the engine refused. Each front end maps these to its wire in one

@@ -1,4 +1,4 @@
-//! The demo page and herald.js in a real headless Chromium: delivery, reconnect with backoff through a cut connection, and recovery of what was published meanwhile, over WebSocket and over SSE with Last-Event-ID.
+//! The demo page and herald.js in a real headless Chromium: delivery, reconnect with backoff through a cut connection, and recovery of what was published meanwhile, over WebSocket and over SSE with Last-Event-ID; the page over https with wss and SSE on the TLS listener.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -132,6 +132,12 @@ struct Page {
 
 impl Page {
     fn open(url: &str) -> Page {
+        Page::open_trusting(url, None)
+    }
+
+    /// Opens `url` in a Chromium that trusts the certificate whose public
+    /// key has this SHA-256 (base64), if given.
+    fn open_trusting(url: &str, spki_sha256: Option<&str>) -> Page {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         assert!(
             root.join("tests/browser/node_modules/playwright-core").exists(),
@@ -144,6 +150,7 @@ impl Page {
         let mut child = Command::new("node")
             .arg(root.join("tests/browser/drive.mjs"))
             .arg(url)
+            .args(spki_sha256)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -319,4 +326,41 @@ fn herald_js_and_its_types_are_served() {
     let production = start_with(|config| config.dev = false);
     let root = request(production.local_addr(), "GET / HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(root.status, 404);
+}
+
+#[test]
+fn the_demo_page_over_https_subscribes_over_wss_and_streams_sse_over_https() {
+    let ca = certs::TestCa::new();
+    let issued = ca.issue();
+    let files = certs::CertFiles::new("browser", &issued);
+    let tls = Arc::new(herald::tls::Tls::load(&files.cert, &files.key).unwrap());
+    let server = start_server(2, |config| {
+        *config = herald::Config {
+            listen: config.listen,
+            threads: config.threads,
+            listen_tls: Some("127.0.0.1:0".parse().unwrap()),
+            tls: Some(tls),
+            ..herald::Config::dev()
+        };
+    });
+    let origin = format!("https://127.0.0.1:{}", server.handle.tls_addr().unwrap().port());
+    let trust = Some(issued.spki_sha256.as_str());
+
+    let mut page = Page::open_trusting(&format!("{origin}/?channel=demo:w"), trust);
+    let location = page.ask("location");
+    assert_eq!(location["href"], format!("{origin}/?channel=demo:w"));
+    assert_eq!(location["ws"], origin.replace("https:", "wss:"));
+    assert_eq!(page.ask("state connected")["transport"], "websocket");
+    wait_subscribed(&server, "demo:w", 1);
+    server.publish("demo:w", json!("over wss"));
+    assert_eq!(data_of(&page.ask("received 1")["received"]), [json!("over wss")]);
+
+    let mut sse = Page::open_trusting(&format!("{origin}/?channel=demo:s&transport=sse"), trust);
+    assert_eq!(sse.ask("state connected")["transport"], "sse");
+    wait_subscribed(&server, "demo:s", 1);
+    server.publish("demo:s", json!("over https"));
+    assert_eq!(data_of(&sse.ask("received 1")["received"]), [json!("over https")]);
+    // Everything the pages did went over TLS: the page, herald.js, the
+    // WebSocket and the stream.
+    assert!(metric(server.addr, "herald_tls_handshakes_total ") >= 3.0);
 }

@@ -217,3 +217,95 @@ fn the_php_package_mints_the_tokens_herald_mints() {
         ]
     );
 }
+
+/// `php -S` serving the webhook example, stopped when dropped.
+struct PhpReceiver {
+    child: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for PhpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PhpReceiver {
+    fn start(secret: &str) -> PhpReceiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir =
+            std::env::temp_dir().join(format!("herald-php-webhook-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("events.log");
+        let child = Command::new("php")
+            .args(["-S", &format!("127.0.0.1:{port}"), "examples/php/webhook.php"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HERALD_WEBHOOK_SECRET", secret)
+            .env("HERALD_WEBHOOK_LOG", &log)
+            .env("HERALD_WEBHOOK_SEEN", dir.join("seen"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("php runs (install php-cli; ./.ci/run does)");
+        let receiver = PhpReceiver { child, url: format!("http://127.0.0.1:{port}/"), log };
+        wait_until("php -S listens", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        receiver
+    }
+
+    /// The events the example handled, in order.
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn the_php_webhook_example_verifies_and_handles_each_event_once() {
+    let secret = "webhook-secret-0123456789";
+    let receiver = PhpReceiver::start(secret);
+    let url = receiver.url.clone();
+    let server = start_server(2, move |config| {
+        let text = format!(
+            "webhook_secret = \"{secret}\"\n[namespaces.chat]\npresence = true\nwebhook_url = \"{url}\"\n"
+        );
+        let loaded =
+            herald::Config::load(Some((std::path::Path::new("h.toml"), &text)), Vec::new(), true)
+                .unwrap();
+        config.namespaces.insert("chat".into(), loaded.namespaces["chat"].clone());
+        config.webhooks = loaded.webhooks;
+    });
+    let (mut client, _) = WsClient::open_client(server.addr);
+    client.subscribe("chat:lobby");
+    wait_until("the example handled two events", || receiver.events().len() >= 2);
+    let events = receiver.events();
+    assert_eq!(events[0]["name"], "channel_occupied");
+    assert_eq!(events[0]["channel"], "chat:lobby");
+    assert_eq!(events[1]["name"], "member_added");
+    assert_ne!(events[0]["id"], events[1]["id"]);
+    // A forged request is refused and not handled; a repeat is handled once.
+    let body = r#"{"time_ms":1,"events":[{"name":"channel_vacated","channel":"chat:lobby"}]}"#;
+    let forged = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Herald-Signature: sha256=00\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let address = receiver.url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    assert_eq!(request(address, &forged).status, 401);
+    let time_ms = herald::clock::unix_millis();
+    let body = format!(
+        r#"{{"time_ms":{time_ms},"events":[{{"name":"channel_vacated","channel":"chat:lobby"}}]}}"#
+    );
+    let signature =
+        herald::wire::pusher::sign(&herald::config::Secret::new(secret), body.as_bytes());
+    let repeat = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Herald-Signature: sha256={signature}\r\nX-Herald-Webhook-Id: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        events[0]["id"].as_str().unwrap(),
+        body.len()
+    );
+    assert_eq!(request(address, &repeat).status, 204);
+    assert_eq!(receiver.events().len(), 2, "{:?}", receiver.events());
+}

@@ -16,6 +16,8 @@ const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 struct Herald {
     child: Child,
     addr: SocketAddr,
+    /// The TLS listener's address, with `--listen-tls`.
+    tls_addr: Option<SocketAddr>,
 }
 
 impl Herald {
@@ -38,12 +40,18 @@ impl Herald {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("herald listening on ") {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    let _ = tx.send((false, addr.parse::<SocketAddr>().unwrap()));
+                } else if let Some(addr) = line.strip_prefix("herald listening for TLS on ") {
+                    let _ = tx.send((true, addr.parse::<SocketAddr>().unwrap()));
                 }
             }
         });
-        let addr = rx.recv_timeout(DEADLINE).expect("the listening line");
-        Herald { child, addr }
+        let (tls, addr) = rx.recv_timeout(DEADLINE).expect("the listening line");
+        assert!(!tls, "the plain listener is announced first");
+        let tls_addr = args
+            .contains(&"--listen-tls")
+            .then(|| rx.recv_timeout(DEADLINE).expect("the TLS listening line").1);
+        Herald { child, addr, tls_addr }
     }
 
     fn signal(&self, signal: Signal) {
@@ -257,4 +265,105 @@ fn accept_under_a_low_open_file_limit_does_not_spin_and_recovers() {
     assert!(herald.wait().success());
     let log = herald.stderr();
     assert!(log.contains("refusing new clients with 503"), "{log}");
+}
+
+/// `serve` arguments for a TLS listener on a free port with `files`.
+fn tls_args(files: &certs::CertFiles) -> Vec<String> {
+    [
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn expired_mismatched_and_missing_certificates_stop_start_up_naming_the_file() {
+    let ca = certs::TestCa::new();
+    let files = certs::CertFiles::new("startup", &ca.issue_valid((2019, 1, 1), (2020, 1, 1)));
+    let args = tls_args(&files);
+    let mut all = vec!["serve", "--dev", "--listen", "127.0.0.1:0"];
+    all.extend(args.iter().map(String::as_str));
+    let (code, stderr) = run(&all, &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`tls_cert` (from flag --tls-cert)"), "{stderr}");
+    assert!(stderr.contains(&files.cert.display().to_string()), "{stderr}");
+    assert!(stderr.contains("expired on 2020-01-01"), "{stderr}");
+
+    files.replace(&ca.issue());
+    std::fs::write(&files.key, ca.issue().key).unwrap();
+    let (code, stderr) = run(&all, &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`tls_key` (from flag --tls-key)"), "{stderr}");
+    assert!(stderr.contains(&files.key.display().to_string()), "{stderr}");
+    assert!(stderr.contains("do not match"), "{stderr}");
+
+    // Reported with the other problems, from the environment too.
+    std::fs::remove_file(&files.cert).unwrap();
+    let (code, stderr) = run(
+        &["serve", "--dev", "--listen", "127.0.0.1:0", "--threads", "0"],
+        &[
+            ("HERALD_LISTEN_TLS", "127.0.0.1:0"),
+            ("HERALD_TLS_CERT", files.cert.to_str().unwrap()),
+            ("HERALD_TLS_KEY", files.key.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("2 problems with the settings"), "{stderr}");
+    assert!(stderr.contains("environment variable HERALD_TLS_CERT"), "{stderr}");
+    assert!(stderr.contains(&format!("cannot read {}", files.cert.display())), "{stderr}");
+}
+
+#[test]
+fn sighup_serves_the_new_certificate_to_new_connections_while_old_ones_keep_receiving() {
+    const KEY: &str = "process-test-api-key-0123";
+    let ca = certs::TestCa::new();
+    let first = ca.issue();
+    let files = certs::CertFiles::new("sighup", &first);
+    let args = tls_args(&files);
+    let mut all = vec!["--dev", "--listen", "127.0.0.1:0", "--api-key", KEY];
+    all.extend(args.iter().map(String::as_str));
+    let mut herald = Herald::spawn("", &all);
+    let tls_addr = herald.tls_addr.unwrap();
+    let config = ca.client_config();
+    let stream = certs::connect_tls(tls_addr, &config);
+    assert_eq!(certs::served_certificate(&stream), first.der);
+    let (mut old, _) = WsClient::upgrade_client(stream, "/ws");
+    old.subscribe("news");
+
+    let second = ca.issue_valid((2021, 1, 1), (2098, 1, 1));
+    files.replace(&second);
+    herald.signal(Signal::HUP);
+    wait_until("a new connection to get the new certificate", || {
+        certs::served_certificate(&certs::connect_tls(tls_addr, &config)) == second.der
+    });
+    let mut api = ApiClient::new(herald.addr, KEY);
+    assert_eq!(api.publish("news", serde_json::json!("renewed")).status, 200);
+    assert_eq!(old.next_push()["data"], "renewed");
+
+    // A bad pair is refused; the new one stays.
+    std::fs::write(&files.key, ca.issue().key).unwrap();
+    herald.signal(Signal::HUP);
+    wait_until("the refused reload to be counted", || {
+        metric(herald.addr, "herald_tls_reloads_total{result=\"refused\"} ") == 1.0
+    });
+    assert_eq!(certs::served_certificate(&certs::connect_tls(tls_addr, &config)), second.der);
+    assert_eq!(api.publish("news", serde_json::json!("still here")).status, 200);
+    assert_eq!(old.next_push()["data"], "still here");
+
+    herald.signal(Signal::TERM);
+    assert_eq!(old.expect_close(), 1001);
+    old.finish_close(1001);
+    assert_eq!(herald.wait().code(), Some(0));
+    let log = herald.stderr();
+    assert!(log.contains("SIGHUP: TLS certificate reloaded"), "{log}");
+    assert!(
+        log.contains("SIGHUP: the new TLS certificate was refused, the current one stays"),
+        "{log}"
+    );
+    assert!(log.contains(&files.key.display().to_string()), "{log}");
 }

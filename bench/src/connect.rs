@@ -3,10 +3,10 @@
 use crate::clock::{now_ns, sleep_until};
 use crate::echo::per_second_samples;
 use crate::hist::Latency;
-use crate::net::{connect, parse_url, upgrade_request};
+use crate::net::{open, parse_url, upgrade_request};
 use crate::parts::{self, Part, PartCtl};
+use crate::stream::Stream;
 use crate::window::{self, Common, Window, round};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 use std::io::{self, Read, Write};
@@ -15,7 +15,8 @@ use std::time::Duration;
 /// Arguments of the `connect` mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The endpoint to upgrade on: ws://127.0.0.1:PORT/echo.
+    /// The endpoint to upgrade on: ws://127.0.0.1:PORT/echo, or wss:// (each
+    /// attempt then makes a full TLS handshake first).
     #[arg(long)]
     url: String,
     /// Connection attempts in flight.
@@ -26,15 +27,15 @@ pub struct ConnectArgs {
 }
 
 struct Attempt {
-    stream: TcpStream,
+    stream: Stream,
     started_ns: u64,
     sent: bool,
     buf: Vec<u8>,
 }
 
 fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
-    let (addr, path) = parse_url(&args.url)?;
-    let request = upgrade_request(addr, &path);
+    let (target, path) = parse_url(&args.url)?;
+    let request = upgrade_request(target.addr, &path);
     let (first, count) = part.share(args.inflight);
     let window = Window::from_command(&ctl.ready(json!({"ready": 1}))?)?;
     let mut per_second = vec![0u64; window.seconds()];
@@ -48,7 +49,7 @@ fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
         |slot: usize, poll: &mut Poll, attempts: &mut Vec<Option<Attempt>>| -> Result<(), String> {
             // One request per connection: Nagle cannot delay it.
             let mut stream =
-                connect(first + slot, addr, false).map_err(|e| format!("connect: {e}"))?;
+                open(first + slot, target, false).map_err(|e| format!("connect: {e}"))?;
             poll.registry()
                 .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| e.to_string())?;
@@ -65,7 +66,11 @@ fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
             let slot = event.token().0;
             let Some(attempt) = attempts.get_mut(slot).and_then(Option::as_mut) else { continue };
             let mut finished = false;
-            if event.is_writable() && !attempt.sent {
+            if event.is_writable() && attempt.stream.flush_tls().is_err() {
+                errors += 1;
+                finished = true;
+            }
+            if event.is_writable() && !attempt.sent && !finished {
                 match attempt.stream.write(&request) {
                     Ok(_) => attempt.sent = true,
                     Err(e)

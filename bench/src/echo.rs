@@ -4,8 +4,8 @@ use crate::clock::{now_ns, sleep_until};
 use crate::hist::Latency;
 use crate::net::{client_frame, open_many, parse_frame, parse_url, upgrade_request};
 use crate::parts::{self, Part, PartCtl};
+use crate::stream::Stream;
 use crate::window::{self, Common, Window, round};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 use std::io::{self, Read, Write};
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Arguments of the `echo` mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EchoArgs {
-    /// The server's echo endpoint: ws://127.0.0.1:PORT/echo.
+    /// The server's echo endpoint: ws://127.0.0.1:PORT/echo (or wss://).
     #[arg(long)]
     url: String,
     /// Connections.
@@ -35,7 +35,7 @@ pub struct EchoArgs {
 }
 
 struct Client {
-    stream: TcpStream,
+    stream: Stream,
     inbound: Vec<u8>,
     outbound: Vec<u8>,
     seq: u64,
@@ -51,6 +51,7 @@ impl Client {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush_tls()?;
         while !self.outbound.is_empty() {
             match self.stream.write(&self.outbound) {
                 Ok(n) => {
@@ -65,9 +66,10 @@ impl Client {
 }
 
 fn part(args: &EchoArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
-    let (addr, path) = parse_url(&args.url)?;
+    let (target, path) = parse_url(&args.url)?;
     let (first, count) = part.share(args.connections);
-    let opened = open_many(addr, &upgrade_request(addr, &path), first, count, 256, |_| None)?;
+    let request = upgrade_request(target.addr, &path);
+    let opened = open_many(target, &request, first, count, 256, |_| None)?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut clients = Vec::with_capacity(count);
     for (i, open) in opened.into_iter().enumerate() {

@@ -5,8 +5,8 @@ use crate::echo::per_second_samples;
 use crate::hist::Latency;
 use crate::net::{Then, client_frame, open_many, parse_frame, parse_url, upgrade_request};
 use crate::parts::{self, Part, PartCtl};
+use crate::stream::Stream;
 use crate::window::{self, Common, Window, round};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -19,9 +19,13 @@ use std::time::Duration;
 /// Arguments of the `fanout` mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// The server's client endpoint: ws://127.0.0.1:PORT/ws.
+    /// The server's client endpoint: ws://127.0.0.1:PORT/ws (or wss://).
     #[arg(long)]
     url: String,
+    /// Where the server API listens (plain HTTP), if not at the URL's
+    /// address: a wss:// URL needs it.
+    #[arg(long)]
+    api_addr: Option<SocketAddr>,
     /// The server API key (publications go through POST /api/publish).
     #[arg(long)]
     api_key: String,
@@ -143,7 +147,7 @@ fn dialect(args: &FanoutArgs) -> Dialect {
 }
 
 struct Subscriber {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     last_seq: Option<u64>,
 }
@@ -220,10 +224,11 @@ fn read_subscriber(
 }
 
 fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
-    let (addr, path) = parse_url(&args.url)?;
+    let (target, path) = parse_url(&args.url)?;
     let (first, count) = part.share(args.subscribers);
     let dialect = dialect(args);
-    let opened = open_many(addr, &upgrade_request(addr, &path), first, count, 256, |_| {
+    let request = upgrade_request(target.addr, &path);
+    let opened = open_many(target, &request, first, count, 256, |_| {
         Some(Then { send: dialect.subscribe.clone(), expect: dialect.subscribed })
     })?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
@@ -432,7 +437,12 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         let args = args.clone();
         move |p: Part, ctl: PartCtl| part(&args, p, ctl)
     };
-    let (addr, _) = parse_url(&args.url)?;
+    let (target, _) = parse_url(&args.url)?;
+    let addr = match (args.api_addr, target.tls) {
+        (Some(addr), _) => addr,
+        (None, false) => target.addr,
+        (None, true) => return Err("a wss:// URL needs --api-addr (the plain server API)".into()),
+    };
     if let Some(app) = &args.pusher {
         PusherApp::parse(app)?;
     }

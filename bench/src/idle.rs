@@ -21,7 +21,8 @@ pub enum Subscribe {
 /// Arguments of the `idle` mode.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
-    /// The server, as ws://127.0.0.1:PORT/PATH (/echo, or /ws to subscribe).
+    /// The server, as ws://127.0.0.1:PORT/PATH (/echo, or /ws to subscribe),
+    /// or wss://.
     #[arg(long)]
     url: String,
     /// The server's process id: its RSS is read from /proc/PID/status.
@@ -51,8 +52,8 @@ pub struct IdleArgs {
 }
 
 fn part(args: &IdleArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
-    let (addr, path) = parse_url(&args.url)?;
-    let request = upgrade_request(addr, &path);
+    let (target, path) = parse_url(&args.url)?;
+    let request = upgrade_request(target.addr, &path);
     let most = args.steps.iter().copied().max().unwrap_or(0);
     // Part p owns load indexes [p * span, (p + 1) * span): distinct source
     // ports and addresses whatever the step.
@@ -63,7 +64,7 @@ fn part(args: &IdleArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
         let more = mine.saturating_sub(held.len());
         let first = part.index * span + held.len();
         let subscribe = args.subscribe;
-        let opened = open_many(addr, &request, first, more, args.concurrency, |index| {
+        let opened = open_many(target, &request, first, more, args.concurrency, |index| {
             let channel = match subscribe {
                 Subscribe::None => return None,
                 Subscribe::Shared => "idle".to_string(),

@@ -9,6 +9,7 @@ mod idle;
 mod net;
 mod parts;
 mod procfs;
+mod stream;
 mod window;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
+    /// CA certificate (PEM) that wss:// servers' certificates chain to.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +40,12 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca) = &cli.ca
+        && let Err(error) = stream::trust(ca)
+    {
+        eprintln!("herald-load: {error}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.mode {
         Mode::Echo(args) => echo::run(&args),
         Mode::Fanout(args) => fanout::run(&args),

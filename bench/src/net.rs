@@ -1,5 +1,6 @@
-//! Client connections for the load modes: non-blocking connects from several 127.0.0.x addresses, upgrades, subscriptions, and frames.
+//! Client connections for the load modes: non-blocking connects from several 127.0.0.x addresses, TLS for wss:// servers, upgrades, subscriptions, and frames.
 
+use crate::stream::Stream;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Socket, Type};
@@ -11,9 +12,21 @@ use std::time::{Duration, Instant};
 /// ephemeral ports one address has toward one server port.
 const PER_SOURCE_ADDRESS: usize = 20_000;
 
-/// `ws://IP:PORT/PATH` as an address and a path (loopback only).
-pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
-    let rest = url.strip_prefix("ws://").ok_or("the URL must start with ws://")?;
+/// A server to load: its address, and whether it speaks TLS (wss://).
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// `ws://IP:PORT/PATH` or `wss://IP:PORT/PATH` as a target and a path
+/// (loopback only).
+pub fn parse_url(url: &str) -> Result<(Target, String), String> {
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("the URL must start with ws:// or wss://".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(slash) => (&rest[..slash], rest[slash..].to_string()),
         None => (rest, "/".to_string()),
@@ -23,7 +36,7 @@ pub fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
     if !addr.ip().is_loopback() {
         return Err("only loopback servers may be loaded".into());
     }
-    Ok((addr, path))
+    Ok((Target { addr, tls }, path))
 }
 
 /// The upgrade request for `path`.
@@ -59,6 +72,11 @@ pub fn connect(index: usize, addr: SocketAddr, nodelay: bool) -> io::Result<TcpS
         Err(error) => return Err(error),
     }
     Ok(TcpStream::from_std(socket.into()))
+}
+
+/// [`connect`], with TLS for a wss:// target.
+pub fn open(index: usize, target: Target, nodelay: bool) -> io::Result<Stream> {
+    Stream::new(connect(index, target.addr, nodelay)?, target.tls)
 }
 
 /// A masked client frame (text 0x1 or binary 0x2).
@@ -99,8 +117,8 @@ pub fn parse_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
 
 /// An open connection and the bytes read past what opening it needed.
 pub struct Open {
-    /// The socket (non-blocking, not registered).
-    pub stream: TcpStream,
+    /// The connection (non-blocking, not registered).
+    pub stream: Stream,
     /// Bytes already read and not yet parsed as frames.
     pub buf: Vec<u8>,
 }
@@ -115,7 +133,7 @@ pub struct Then<'a> {
 }
 
 struct Opening {
-    stream: TcpStream,
+    stream: Stream,
     sent: bool,
     upgraded: bool,
     buf: Vec<u8>,
@@ -125,7 +143,7 @@ struct Opening {
 /// upgraded with `request` and, if given, subscribed by `then(index)`; at
 /// most `concurrency` in flight.
 pub fn open_many<'a>(
-    addr: SocketAddr,
+    target: Target,
     request: &[u8],
     first: usize,
     count: usize,
@@ -142,7 +160,7 @@ pub fn open_many<'a>(
     while opened.len() < count {
         while in_flight < concurrency && started < count {
             let index = first + started;
-            let mut stream = connect(index, addr, true).map_err(|e| format!("connect: {e}"))?;
+            let mut stream = open(index, target, true).map_err(|e| format!("connect: {e}"))?;
             let slot = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1
@@ -164,8 +182,11 @@ pub fn open_many<'a>(
             let Some((index, opening)) = slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
+            if event.is_writable() {
+                opening.stream.flush_tls().map_err(|e| format!("TLS: {e}"))?;
+            }
             if event.is_writable() && !opening.sent {
-                match opening.stream.take_error() {
+                match opening.stream.tcp().take_error() {
                     Ok(Some(error)) | Err(error) => {
                         return Err(format!("connection failed: {error}"));
                     }

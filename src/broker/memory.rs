@@ -6,6 +6,7 @@
 //! publications in offset order, whichever shards their publishers run on.
 //! Lock order is always stripe, then inbox.
 
+use super::notice::{MemoryNotices, Notice, NoticeFeed, NoticeKind};
 use super::publication::{Kept, Position, PresenceChange, Publication, Relayed};
 use super::table::{Table, deliver_to, recover};
 use super::{Answer, Delivery, Engine, Event, Health, Host, ReplyTo, Subscription};
@@ -22,12 +23,30 @@ pub struct MemoryEngine {
     table: Table,
     node: Arc<str>,
     host: Arc<dyn Host>,
+    notices: Arc<MemoryNotices>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryEngine {
     /// An engine for node `node`, delivering through `host`.
     pub fn new(config: Arc<Config>, node: Arc<str>, host: Arc<dyn Host>) -> MemoryEngine {
-        MemoryEngine { table: Table::new(config), node, host }
+        MemoryEngine {
+            notices: Arc::new(MemoryNotices::new(config.webhook_queue_size, &node)),
+            table: Table::new(config),
+            node,
+            host,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Queues a notice if its channel's webhooks want its kind.
+    fn notice(&self, wanted: crate::types::NoticeKinds, notice: Notice) {
+        if wanted.has(notice.kind) && !self.notices.push(notice) {
+            let dropped = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                log::warn!("webhook notices dropped: a queue is full ({} so far)", dropped + 1);
+            }
+        }
     }
 
     /// Moves the engine's clock forward (history TTLs, channel expiry).
@@ -113,12 +132,18 @@ impl Engine for MemoryEngine {
             }
             return Answer::Now(Err(BrokerError::PresenceFull(limit)));
         }
-        state.add_subscriber(who);
+        let wanted = state.options.notices;
+        if state.add_subscriber(who) {
+            self.notice(wanted, Notice::new(NoticeKind::ChannelOccupied, name, None));
+        }
         let recovery = since.map(|since| recover(state, since, replay_limit));
         if let Some(member) = member
             && state.options.presence
         {
             let first = state.join(member);
+            if first {
+                self.notice(wanted, Notice::new(NoticeKind::MemberAdded, name, Some(&member.user)));
+            }
             if state.options.join_leave {
                 let change = PresenceChange::new(true, name.clone(), member.clone(), first);
                 deliver_to(
@@ -152,6 +177,13 @@ impl Engine for MemoryEngine {
         let Some(state) = stripe.get(name) else { return };
         state.remove_subscriber(who);
         let left = member.and_then(|member| state.leave(&member.client));
+        let wanted = state.options.notices;
+        if let Some((member, true)) = &left {
+            self.notice(wanted, Notice::new(NoticeKind::MemberRemoved, name, Some(&member.user)));
+        }
+        if state.subscribers == 0 {
+            self.notice(wanted, Notice::new(NoticeKind::ChannelVacated, name, None));
+        }
         if let Some((member, last)) = left
             && state.options.join_leave
         {
@@ -188,6 +220,14 @@ impl Engine for MemoryEngine {
             &Delivery { channel: name.clone(), event: Event::Relay(relayed), exclude },
         );
         Ok(())
+    }
+
+    fn notify(&self, notice: Notice) {
+        self.notice(crate::types::NoticeKinds(u8::MAX), notice);
+    }
+
+    fn notice_feed(&self, scope: &str, reader: &str) -> Box<dyn NoticeFeed> {
+        Box::new(self.notices.feed(scope, reader))
     }
 
     fn presence(&self, channel: &ChannelName, _reply: ReplyTo) -> Answer<Vec<Member>> {
@@ -275,7 +315,12 @@ impl Engine for MemoryEngine {
     }
 
     fn health(&self) -> Health {
-        Health { name: "memory", up: None, refused: 0 }
+        Health {
+            name: "memory",
+            up: None,
+            refused: 0,
+            notices_dropped: self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     fn stop(&self) {}

@@ -9,6 +9,7 @@
 //! encodings are built once per node, on first use.
 
 pub mod memory;
+pub mod notice;
 mod publication;
 pub mod redis;
 mod table;
@@ -20,6 +21,7 @@ pub use publication::{
 use crate::channel::ChannelName;
 use crate::config::{Config, Engine as EngineKind};
 use crate::types::{BrokerError, ConnRef, HistoryPage, Member, Published, Since, UserAction};
+use notice::{Notice, NoticeFeed};
 use std::sync::Arc;
 
 /// An engine's answer: now, or later through [`Host::answer`].
@@ -109,6 +111,8 @@ pub struct Health {
     pub up: Option<bool>,
     /// Calls refused at once because the engine's queue was full.
     pub refused: u64,
+    /// Notices dropped because their scope's queue was full.
+    pub notices_dropped: u64,
 }
 
 /// Channels, offsets, history, presence and delivery between nodes.
@@ -129,6 +133,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn subscribe(&self, subscription: Subscription<'_>, reply: ReplyTo) -> Answer<Position>;
     /// Removes a subscriber (and its presence entry).
     fn unsubscribe(&self, channel: &ChannelName, who: ConnRef, member: Option<&Member>);
+    /// Queues a notice a front end found (a client event, a cache miss)
+    /// for its scope's webhooks. Transitions of channels and presence the
+    /// engine notices itself, where it sees the whole cluster.
+    fn notify(&self, notice: Notice);
+    /// Reader `reader` (a webhook's name) of the notices of `scope`.
+    fn notice_feed(&self, scope: &str, reader: &str) -> Box<dyn NoticeFeed>;
     /// Hands `text` (one frame's text) to the channel's subscribers on
     /// every node, but `exclude` (a client id): not kept, no offset (a
     /// Pusher client event).

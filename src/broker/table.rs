@@ -369,15 +369,30 @@ impl Table {
         found
     }
 
-    /// Every channel's presence entries on this node, by channel, with
-    /// whether its joins and leaves are announced.
-    pub(super) fn all_presence(&self) -> Vec<(Arc<str>, bool, Vec<Member>)> {
+    /// Every channel's presence entries on this node, by channel, with its
+    /// options.
+    pub(super) fn all_presence(&self) -> Vec<(Arc<str>, NamespaceOptions, Vec<Member>)> {
         let mut entries = Vec::new();
         for stripe in &self.stripes {
             let stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
             for (name, state) in &stripe.channels {
                 if !state.presence.is_empty() {
-                    entries.push((name.clone(), state.options.join_leave, state.members()));
+                    entries.push((name.clone(), state.options.clone(), state.members()));
+                }
+            }
+        }
+        entries
+    }
+
+    /// Channels with subscribers on this node whose webhooks want to know
+    /// when they are occupied or vacated, with their options.
+    pub(super) fn occupied_channels(&self) -> Vec<(Arc<str>, NamespaceOptions)> {
+        let mut entries = Vec::new();
+        for stripe in &self.stripes {
+            let stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, state) in &stripe.channels {
+                if state.subscribers > 0 && state.options.notices.occupancy() {
+                    entries.push((name.clone(), state.options.clone()));
                 }
             }
         }

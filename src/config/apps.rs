@@ -1,7 +1,8 @@
 //! Pusher apps (`[[apps]]`): their credentials, limits, and the options each kind of their channels gets.
 
-use super::{ConfigError, NamespaceOptions, Secret, Source};
+use super::{ConfigError, NamespaceOptions, Secret, Source, check_webhook};
 use crate::channel::{AppChannelKind, MAX_APP_ID_LEN};
+use crate::types::NoticeKinds;
 use std::time::Duration;
 
 /// Options every app channel of one kind shares, indexed by
@@ -50,6 +51,17 @@ struct AppSettings {
     history_size: usize,
     #[serde(default = "default_history_ttl")]
     history_ttl_secs: u64,
+    #[serde(default)]
+    webhooks: Vec<WebhookSettings>,
+}
+
+/// One of an app's webhooks as written: `{ url = "...", event_types = [...] }`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSettings {
+    url: String,
+    #[serde(default)]
+    event_types: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -124,6 +136,8 @@ pub struct App {
     pub history_size: usize,
     /// How long they are kept.
     pub history_ttl_secs: u64,
+    /// Its webhooks: URL and the kinds each gets.
+    pub webhooks: Vec<(String, NoticeKinds)>,
     /// Channel options by kind: plain, presence, cache, presence cache.
     options: [NamespaceOptions; 4],
 }
@@ -218,16 +232,30 @@ fn check(app: &AppSettings, before: &[App]) -> Vec<String> {
     if app.history_size > 0 && app.history_ttl_secs == 0 {
         problems.push("history_ttl_secs must be above 0 when history_size is".into());
     }
+    for webhook in &app.webhooks {
+        if let Err(problem) = check_webhook(&webhook.url, &webhook.event_types) {
+            problems.push(problem);
+        }
+    }
     problems
 }
 
 fn build(app: AppSettings) -> App {
+    let webhooks: Vec<(String, NoticeKinds)> = app
+        .webhooks
+        .iter()
+        .filter_map(|webhook| {
+            Some((webhook.url.clone(), check_webhook(&webhook.url, &webhook.event_types).ok()?))
+        })
+        .collect();
+    let notices = NoticeKinds(webhooks.iter().fold(0, |bits, (_, kinds)| bits | kinds.0));
     let plain = NamespaceOptions {
         history_size: app.history_size,
         history_ttl_secs: if app.history_size > 0 { app.history_ttl_secs } else { 0 },
         presence: false,
         join_leave: false,
         client_publish: false,
+        notices,
     };
     let presence = NamespaceOptions { presence: true, join_leave: true, ..plain.clone() };
     // A cache channel keeps at least its last event, for the cache's TTL.
@@ -254,6 +282,7 @@ fn build(app: AppSettings) -> App {
         max_connections: app.max_connections,
         history_size: app.history_size,
         history_ttl_secs: app.history_ttl_secs,
+        webhooks,
         options: [plain, presence, cache, presence_cache],
     }
 }
@@ -278,6 +307,7 @@ pub(super) fn dev_app(secret: String) -> App {
         max_connections: 0,
         history_size: default_history_size(),
         history_ttl_secs: default_history_ttl(),
+        webhooks: Vec::new(),
     })
 }
 

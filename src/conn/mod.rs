@@ -3,6 +3,7 @@
 pub mod io;
 pub mod out_queue;
 mod request;
+pub mod tls;
 pub mod websocket;
 
 use crate::api;
@@ -30,6 +31,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tls::{Received, TlsLayer};
 use tungstenite::Message;
 use websocket::{Handler, Input, WsSession};
 
@@ -44,6 +46,8 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes discarded while lingering before the socket is closed anyway.
 pub const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// The least a TLS connection reads at once, whatever its phase's limit.
+pub const TLS_MIN_READ: usize = 4096;
 /// How long herald waits for the peer's close frame after sending its own.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -368,6 +372,8 @@ enum Phase {
 #[derive(Debug)]
 pub struct Conn<S> {
     socket: S,
+    /// On the TLS listener: the TLS state between the socket and the phases.
+    tls: Option<Box<TlsLayer>>,
     out: OutQueue,
     phase: Phase,
     /// The socket may have input: set by readiness, cleared on WouldBlock.
@@ -402,6 +408,7 @@ impl<S: Transport> Conn<S> {
         ctx.metrics.connection(ConnKind::Http, 1);
         Conn {
             socket,
+            tls: None,
             out: OutQueue::default(),
             phase: Phase::Http(HttpPhase::new(deadline)),
             readable: false,
@@ -415,6 +422,28 @@ impl<S: Transport> Conn<S> {
             counted: true,
             transport: ConnKind::Http,
         }
+    }
+
+    /// Puts TLS between the socket and the phases (a connection from the
+    /// TLS listener, before any byte was read). Returns false if rustls
+    /// refused to start one (the connection is then closed).
+    pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> bool {
+        match TlsLayer::new(config) {
+            Ok(layer) => {
+                self.tls = Some(Box::new(layer));
+                true
+            }
+            Err(error) => {
+                log::warn!("cannot start TLS on a connection: {error}");
+                false
+            }
+        }
+    }
+
+    /// Bytes a TLS connection holds in its own buffers (received
+    /// ciphertext, ciphertext to send): none while idle.
+    pub fn tls_buffered(&self) -> usize {
+        self.tls.as_ref().map_or(0, |tls| tls.buffered_capacity())
     }
 
     /// What the connection is now (HTTP, `/ws`, `/echo`).
@@ -452,9 +481,10 @@ impl<S: Transport> Conn<S> {
         matches!(&self.phase, Phase::WebSocket(ws) if ws.close_deadline.is_none())
     }
 
-    /// Bytes queued for sending.
+    /// Bytes queued for sending (with TLS, plaintext waiting to be
+    /// encrypted and ciphertext waiting to be written).
     pub fn queued_bytes(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.tls.as_ref().map_or(0, |tls| tls.pending_bytes())
     }
 
     /// Whether the last drive stopped at the read budget with input left.
@@ -550,6 +580,11 @@ impl<S: Transport> Conn<S> {
             self.respond(HttpError::HeadTooLarge.to_response(), ctx);
             return Next::Keep;
         }
+        // Ciphertext is read in reasonable pieces whatever little the phase
+        // wants: the plaintext it gives is still bounded (by the limit plus
+        // a record), and a record a few bytes at a time would cost a read
+        // per few bytes.
+        let limit = if self.tls.is_some() { limit.max(TLS_MIN_READ) } else { limit };
         let buf = match scratch.get_mut(..limit) {
             Some(buf) => buf,
             None => &mut *scratch,
@@ -573,7 +608,57 @@ impl<S: Transport> Conn<S> {
             IoOutcome::Closed | IoOutcome::Error(_) => return self.on_peer_gone(ctx),
         };
         ctx.metrics.bytes_in.add(n as u64);
-        let input = buf.get(..n).unwrap_or_default();
+        let Some(input) = buf.get_mut(..n) else { return Next::Keep };
+        match self.tls.take() {
+            // A lingering close discards what comes, ciphertext or not.
+            Some(tls) if matches!(self.phase, Phase::Draining(_)) => {
+                self.tls = Some(tls);
+                self.on_input(input, ctx)
+            }
+            Some(tls) => self.on_ciphertext(tls, input, ctx),
+            None => self.on_input(input, ctx),
+        }
+    }
+
+    /// Ciphertext read on a TLS connection: each record's plaintext goes to
+    /// the phase as plain input would. The TLS state is out of `self` for
+    /// the call, so that the phases can have `self`.
+    fn on_ciphertext(&mut self, mut tls: Box<TlsLayer>, input: &mut [u8], ctx: &mut Ctx) -> Next {
+        let was_established = tls.is_established();
+        let mut next = Next::Keep;
+        let received = tls.receive(input, &mut |plain| {
+            next = self.on_input(plain, ctx);
+            next == Next::Keep
+        });
+        if !was_established && tls.is_established() {
+            ctx.metrics.tls_handshakes.inc();
+        }
+        let established = tls.is_established();
+        self.tls = Some(tls);
+        if next == Next::Close {
+            return Next::Close;
+        }
+        match received {
+            Received::More | Received::Stopped => Next::Keep,
+            Received::PeerClosed => self.on_peer_gone(ctx),
+            Received::Failed(error) => {
+                log::debug!("TLS failed: {error}");
+                if !established {
+                    ctx.metrics.refused(Refusal::TlsHandshake);
+                }
+                // Nothing more can be encrypted: the alert rustls queued
+                // goes out, then the connection lingers and closes.
+                self.out = OutQueue::default();
+                self.start_drain(ctx);
+                Next::Keep
+            }
+        }
+    }
+
+    /// Input for the phase: bytes read from a plain socket, or one TLS
+    /// record's plaintext.
+    fn on_input(&mut self, input: &[u8], ctx: &mut Ctx) -> Next {
+        let n = input.len();
         match &mut self.phase {
             Phase::Http(_) => {
                 self.on_http_bytes(input, ctx);
@@ -603,7 +688,10 @@ impl<S: Transport> Conn<S> {
             }
             // Queued output (an error answer) may still reach a peer that
             // only half-closed.
-            Phase::Draining(drain) if !self.out.is_empty() => {
+            Phase::Draining(drain)
+                if !self.out.is_empty()
+                    || self.tls.as_ref().is_some_and(|tls| tls.has_pending()) =>
+            {
                 drain.peer_done = true;
                 Next::Keep
             }
@@ -970,30 +1058,61 @@ impl<S: Transport> Conn<S> {
     /// Writes what is queued; a draining connection half-closes once its
     /// queue is empty.
     pub fn flush(&mut self, ctx: &Ctx) -> Next {
-        if !self.out.is_empty() && self.writable {
-            let before = self.out.len();
-            let flushed = self.out.write_to(&mut self.socket);
-            ctx.metrics.bytes_out.add((before - self.out.len()) as u64);
+        let mut flushed = self.write_out(ctx);
+        loop {
             match flushed {
                 Flush::Drained => {}
                 Flush::WouldBlock => self.writable = false,
                 Flush::Closed => return Next::Close,
             }
-        }
-        if let Phase::Draining(drain) = &mut self.phase
-            && self.out.is_empty()
-        {
+            let tls_pending = self.tls.as_ref().is_some_and(|tls| tls.has_pending());
+            let Phase::Draining(drain) = &mut self.phase else { return Next::Keep };
+            if !self.out.is_empty() || tls_pending {
+                return Next::Keep;
+            }
             if drain.peer_done {
                 return Next::Close;
             }
-            if !drain.fin_sent {
-                drain.fin_sent = true;
-                if self.socket.shutdown_write().is_err() {
-                    return Next::Close;
-                }
+            if drain.fin_sent {
+                return Next::Keep;
+            }
+            // TLS says goodbye with close_notify before the FIN.
+            if let Some(tls) = &mut self.tls
+                && !tls.is_closing()
+                && tls.queue_close_notify()
+            {
+                flushed = self.write_out(ctx);
+                continue;
+            }
+            drain.fin_sent = true;
+            if self.socket.shutdown_write().is_err() {
+                return Next::Close;
+            }
+            return Next::Keep;
+        }
+    }
+
+    /// Writes what is queued, through TLS where there is TLS, as far as the
+    /// socket takes it.
+    fn write_out(&mut self, ctx: &Ctx) -> Flush {
+        if !self.writable {
+            return Flush::Drained;
+        }
+        match &mut self.tls {
+            None if self.out.is_empty() => Flush::Drained,
+            None => {
+                let before = self.out.len();
+                let flushed = self.out.write_to(&mut self.socket);
+                ctx.metrics.bytes_out.add((before - self.out.len()) as u64);
+                flushed
+            }
+            Some(tls) if self.out.is_empty() && !tls.has_pending() => Flush::Drained,
+            Some(tls) => {
+                let (flushed, written) = tls.flush(&mut self.out, &mut self.socket);
+                ctx.metrics.bytes_out.add(written as u64);
+                flushed
             }
         }
-        Next::Keep
     }
 
     /// The next moment this connection has something to do on its own.

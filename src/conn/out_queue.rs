@@ -77,7 +77,7 @@ impl OutQueue {
             let slices = slices.get(..count).unwrap_or_default();
             match io::write_vectored(socket, slices) {
                 IoOutcome::Progress(written) => {
-                    self.consume(written);
+                    self.consume_bytes(written);
                     // A short write filled the socket buffer: the next write
                     // would only say EAGAIN, and an edge-triggered EPOLLOUT
                     // comes when there is room again.
@@ -94,7 +94,26 @@ impl OutQueue {
         Flush::Drained
     }
 
-    fn consume(&mut self, mut written: usize) {
+    /// The queued chunks, front first.
+    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.chunks.iter()
+    }
+
+    /// How many chunks are queued.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Takes `written` bytes off the front (they were sent, or encrypted
+    /// to be sent). An emptied queue keeps no allocation.
+    pub fn consume(&mut self, written: usize) {
+        self.consume_bytes(written);
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    fn consume_bytes(&mut self, mut written: usize) {
         self.len -= written.min(self.len);
         while written > 0 {
             let Some(front) = self.chunks.front_mut() else { break };

@@ -217,6 +217,10 @@ const HEALTH_BODY: &[u8] = br#"{"status":"ok"}"#;
 pub const HERALD_JS: &[u8] = include_bytes!("../../web/herald.js");
 /// Its TypeScript declarations, at `/herald.d.ts`.
 pub const HERALD_DTS: &[u8] = include_bytes!("../../web/herald.d.ts");
+/// The recovery module for pusher-js and Laravel Echo, at `/herald-pusher.js`.
+pub const HERALD_PUSHER_JS: &[u8] = include_bytes!("../../web/herald-pusher.js");
+/// Its TypeScript declarations, at `/herald-pusher.d.ts`.
+pub const HERALD_PUSHER_DTS: &[u8] = include_bytes!("../../web/herald-pusher.d.ts");
 /// The demo page, at `/` in `--dev`.
 pub const DEMO_PAGE: &[u8] = include_bytes!("../../web/index.html");
 /// How long a server API request waits for the shards that carry it out.
@@ -843,6 +847,12 @@ fn route<S: SocketTransport>(
                 File::HeraldJs => Ok(Action::Static("text/javascript; charset=utf-8", HERALD_JS)),
                 File::HeraldDts => {
                     Ok(Action::Static("application/typescript; charset=utf-8", HERALD_DTS))
+                }
+                File::HeraldPusherJs => {
+                    Ok(Action::Static("text/javascript; charset=utf-8", HERALD_PUSHER_JS))
+                }
+                File::HeraldPusherDts => {
+                    Ok(Action::Static("application/typescript; charset=utf-8", HERALD_PUSHER_DTS))
                 }
                 File::DemoPage if config.dev => {
                     Ok(Action::Static("text/html; charset=utf-8", DEMO_PAGE))

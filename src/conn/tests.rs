@@ -496,10 +496,11 @@ fn a_peer_that_does_not_read_stops_being_read() {
 /// slot's size (docs/BENCHMARKS.md has the measured RSS per connection).
 #[test]
 fn an_idle_connection_is_small() {
+    // 224 bytes, then one word for the Pusher endpoint (its session is a
+    // third kind of endpoint, whose tag costs one) and one for the TLS
+    // state's pointer.
     assert!(
-        // 224 before the Pusher endpoint: its session is a third kind of
-        // endpoint, whose tag costs one word.
-        size_of::<Conn<mio::net::TcpStream>>() <= 232,
+        size_of::<Conn<mio::net::TcpStream>>() <= 240,
         "{}",
         size_of::<Conn<mio::net::TcpStream>>()
     );
@@ -548,4 +549,259 @@ fn spurious_readiness_is_harmless() {
     assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
     assert!(io.take_written().is_empty());
     assert!(conn.is_open_websocket());
+}
+
+// TLS: the same connection behind rustls' unbuffered server, driven by an
+// in-memory rustls client through the scripted socket.
+
+mod tls {
+    use super::*;
+    use crate::conn::tls::WRITE_BATCH;
+    use crate::tls::Tls;
+    use crate::tls::test_certs;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::io::ErrorKind;
+    use std::sync::Arc;
+
+    /// A server configuration for `localhost` signed by a test CA, and a
+    /// client that trusts that CA.
+    fn pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let (ca, chain, key) = test_certs::ca_signed();
+        let dir = test_certs::dir(&format!("conn-{:?}", std::thread::current().id()));
+        let tls = Tls::load(
+            &test_certs::write(&dir, "chain.pem", &chain),
+            &test_certs::write(&dir, "key.pem", &key),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (tls.server_config().clone(), Arc::new(client))
+    }
+
+    fn client(config: &Arc<rustls::ClientConfig>) -> rustls::ClientConnection {
+        rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap()
+    }
+
+    fn tls_conn(
+        io: &ScriptedIo,
+        server: &Arc<rustls::ServerConfig>,
+        ctx: &Ctx,
+    ) -> Conn<ScriptedIo> {
+        let mut conn = Conn::new(io.clone(), ctx);
+        assert!(conn.start_tls(server.clone()));
+        conn
+    }
+
+    /// Moves bytes both ways until neither side has anything more to say:
+    /// the client's ciphertext reaches the server in reads of `piece`
+    /// bytes. Returns the plaintext the client received, and whether it
+    /// saw the server's close_notify.
+    fn exchange(
+        conn: &mut Conn<ScriptedIo>,
+        io: &ScriptedIo,
+        client: &mut rustls::ClientConnection,
+        ctx: &mut Ctx,
+        piece: usize,
+    ) -> (Vec<u8>, bool) {
+        let mut plain = Vec::new();
+        let mut closed = false;
+        for _ in 0..10_000 {
+            let mut to_server = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut to_server).unwrap();
+            }
+            for chunk in to_server.chunks(piece) {
+                io.data(chunk);
+                let _ = conn.ready(true, true, ctx);
+            }
+            if to_server.is_empty() {
+                let _ = conn.ready(false, true, ctx);
+            }
+            let from_server = io.take_written();
+            let mut rest = &from_server[..];
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            loop {
+                let mut buf = [0u8; 4096];
+                match client.reader().read(&mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => plain.extend_from_slice(&buf[..n]),
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                    Err(error) => panic!("client read: {error}"),
+                }
+            }
+            if to_server.is_empty() && from_server.is_empty() {
+                return (plain, closed);
+            }
+        }
+        panic!("the exchange never settled");
+    }
+
+    #[test]
+    fn a_tls_websocket_works_whatever_the_pieces_the_ciphertext_comes_in() {
+        let (server, client_config) = pair();
+        let mut ctx = ctx();
+        for piece in [1, 5, 100, 1500, 65536] {
+            let io = ScriptedIo::new();
+            let mut conn = tls_conn(&io, &server, &ctx);
+            let mut client = client(&client_config);
+            let (plain, _) = exchange(&mut conn, &io, &mut client, &mut ctx, piece);
+            assert!(plain.is_empty());
+            assert!(!client.is_handshaking(), "piece {piece}");
+            assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert!(conn.in_first_request(), "the handshake counts as a pending request");
+
+            client.writer().write_all(ECHO_UPGRADE).unwrap();
+            let (plain, _) = exchange(&mut conn, &io, &mut client, &mut ctx, piece);
+            assert_eq!(plain, SWITCHING, "piece {piece}");
+            client.writer().write_all(&frame(true, 1, b"over tls")).unwrap();
+            let (plain, _) = exchange(&mut conn, &io, &mut client, &mut ctx, piece);
+            assert_eq!(plain, b"\x81\x08over tls", "piece {piece}");
+            // Idle again: no ciphertext buffer is kept, in or out.
+            assert_eq!(conn.tls_buffered(), 0, "piece {piece}");
+            assert_eq!(conn.queued_bytes(), 0);
+            assert!(conn.is_open_websocket());
+        }
+        assert_eq!(ctx.metrics.tls_handshakes.get(), 5);
+    }
+
+    #[test]
+    fn many_frames_in_one_flush_are_gathered_into_few_records() {
+        let (server, client_config) = pair();
+        let mut ctx = ctx();
+        let io = ScriptedIo::new();
+        let mut conn = tls_conn(&io, &server, &ctx);
+        let mut client = client(&client_config);
+        exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        client.writer().write_all(ECHO_UPGRADE).unwrap();
+        exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        let push = encode_frame(Opcode::Text, b"tick");
+        for _ in 0..100 {
+            assert_eq!(conn.push(push.clone(), &ctx), Pushed::Queued);
+        }
+        conn.flush(&ctx);
+        let written = io.take_written();
+        // One record of 600 bytes, not 100 records of 6.
+        assert!(written.len() < 700, "{} bytes of ciphertext", written.len());
+        let mut rest = &written[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let mut plain = Vec::new();
+        let _ = client.reader().read_to_end(&mut plain);
+        assert_eq!(plain, push.repeat(100));
+    }
+
+    #[test]
+    fn garbage_before_the_client_hello_gets_an_alert_then_a_close() {
+        let (server, _) = pair();
+        for garbage in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+            b"\x16\x03\x01\xff\xff",
+            b"\x15\x03\x03\x00\x02\x02\x28",
+        ] {
+            let mut ctx = ctx();
+            let io = ScriptedIo::new();
+            let mut conn = tls_conn(&io, &server, &ctx);
+            io.data(garbage);
+            assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+            let written = io.take_written();
+            // An alert record, or nothing (after the peer's own alert).
+            assert!(written.is_empty() || written[0] == 0x15, "{written:?}");
+            assert!(written.len() < 64);
+            assert!(io.write_shut(), "half-closed after the alert");
+            assert_eq!(conn.tls_buffered(), 0);
+            assert_eq!(conn.queued_bytes(), 0);
+            assert!(!conn.in_first_request());
+        }
+    }
+
+    #[test]
+    fn a_handshake_that_stalls_is_closed_at_the_deadline() {
+        let (server, client_config) = pair();
+        let mut ctx = ctx();
+        let io = ScriptedIo::new();
+        let mut conn = tls_conn(&io, &server, &ctx);
+        let mut client = client(&client_config);
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        io.data(&hello[..hello.len() / 2]);
+        assert_eq!(conn.ready(true, true, &mut ctx), Next::Keep);
+        assert!(conn.in_first_request());
+        assert!(conn.tls_buffered() > 0, "half a ClientHello is kept");
+        let deadline = conn.deadline(&ctx);
+        assert_eq!(deadline, ctx.now + millis(ctx.config.handshake_timeout));
+        ctx.now = deadline;
+        assert_eq!(conn.on_timer(&mut ctx), Next::Close);
+    }
+
+    #[test]
+    fn a_tls_answer_ends_with_close_notify_before_the_fin() {
+        let (server, client_config) = pair();
+        let mut ctx = ctx();
+        let io = ScriptedIo::new();
+        let mut conn = tls_conn(&io, &server, &ctx);
+        let mut client = client(&client_config);
+        exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        client
+            .writer()
+            .write_all(b"GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (plain, closed) = exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        let text = String::from_utf8(plain).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
+        assert!(closed, "close_notify came");
+        assert!(io.write_shut());
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_holds_its_queue_and_one_batch_at_most() {
+        let (server, client_config) = pair();
+        let mut config = Config::dev();
+        config.max_outbound_bytes = 256 << 10;
+        let mut ctx = ctx_with(config);
+        let io = ScriptedIo::new();
+        let mut conn = tls_conn(&io, &server, &ctx);
+        let mut client = client(&client_config);
+        exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        client.writer().write_all(ECHO_UPGRADE).unwrap();
+        exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        // The socket takes 1000 bytes, then nothing.
+        io.write(WriteStep::Take(1000));
+        io.write(WriteStep::WouldBlock);
+        let push = encode_frame(Opcode::Text, &[b'x'; 1000]);
+        let mut pushed = Vec::new();
+        while conn.push(push.clone(), &ctx) == Pushed::Queued {
+            pushed.extend_from_slice(&push);
+            conn.flush(&ctx);
+            assert!(
+                conn.queued_bytes() <= (256 << 10) + WRITE_BATCH + 4 * 64,
+                "{} bytes held",
+                conn.queued_bytes()
+            );
+        }
+        // Over the bound: closed with 4008 after what was started.
+        io.0.borrow_mut().writes_unlimited = true;
+        let (plain, closed) = exchange(&mut conn, &io, &mut client, &mut ctx, 65536);
+        assert!(closed);
+        let close = close_frame(CloseReason::SlowConsumer);
+        assert!(plain.ends_with(&close));
+        let frames = &plain[..plain.len() - close.len()];
+        assert!(pushed.starts_with(frames) && frames.len() % push.len() == 0);
+    }
 }

@@ -41,6 +41,8 @@ pub struct Shared {
     pub incomplete_bytes: AtomicUsize,
     /// Open Pusher connections per app (by index), for its `max_connections`.
     pub app_connections: Box<[AtomicUsize]>,
+    /// Each webhook's counters, in the configuration's order.
+    pub webhooks: Box<[metrics::WebhookCounters]>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
         let engine = broker::start(config.clone(), node.clone(), inboxes.clone())?;
         let metrics = (0..inboxes.0.len()).map(|_| Arc::new(ShardMetrics::default())).collect();
         let app_connections = config.apps.iter().map(|_| AtomicUsize::new(0)).collect();
+        let config_webhooks = config.webhooks.iter().map(|_| Default::default()).collect();
         Ok(Shared {
             api_key: ApiKey::new(&config.api_key),
             config,
@@ -67,6 +70,7 @@ impl Shared {
             started: Instant::now(),
             incomplete_bytes: AtomicUsize::new(0),
             app_connections,
+            webhooks: config_webhooks,
         })
     }
 
@@ -82,13 +86,28 @@ impl Shared {
 
     /// `/metrics`: every shard's counters, summed, in Prometheus text format.
     pub fn render_metrics(&self) -> String {
+        let health = self.engine.health();
         let figures = NodeFigures {
             channels: self.engine.channel_count(),
             uptime_secs: self.started.elapsed().as_secs(),
             incomplete_bytes: self.incomplete_bytes.load(Ordering::Relaxed),
-            engine_refusals: self.engine.health().refused,
+            engine_refusals: health.refused,
+            notices_dropped: health.notices_dropped,
+            tls: self.config.tls.as_ref().map(|tls| {
+                let (reloads, failed_reloads) = tls.reload_counts();
+                metrics::TlsFigures { not_after: tls.not_after(), reloads, failed_reloads }
+            }),
         };
-        metrics::render(&self.metrics, &figures)
+        let mut text = metrics::render(&self.metrics, &figures);
+        let webhooks: Vec<(&str, &metrics::WebhookCounters)> = self
+            .config
+            .webhooks
+            .iter()
+            .map(|webhook| webhook.name.as_str())
+            .zip(self.webhooks.iter())
+            .collect();
+        metrics::render_webhooks(&mut text, &webhooks, health.notices_dropped);
+        text
     }
 }
 

@@ -16,7 +16,7 @@ use crate::error::CloseReason;
 use crate::node::local::{Local, PENDING};
 use crate::node::subscribers::Subscriber;
 use crate::session::{Allowance, CommandBucket, Outbox};
-use crate::types::{BrokerError, ConnRef, Member, Since, client_id, socket_id};
+use crate::types::{BrokerError, ConnRef, Member, Notice, NoticeKind, Since, client_id, socket_id};
 use crate::wire::frame::{Opcode, encode_frame};
 use crate::wire::pusher::{
     self as wire, ChannelData, ClientMessage, SigninData, SubscribeData, UnsubscribeData,
@@ -484,6 +484,13 @@ impl PusherSession {
         send(out, local, &herald);
         if cache_miss {
             send(out, local, &wire::cache_miss(name));
+            if wants(local, channel, NoticeKind::CacheMiss) {
+                local.shared.engine.notify(Notice::new(
+                    NoticeKind::CacheMiss,
+                    channel.as_str(),
+                    None,
+                ));
+            }
         }
         self.send_events(&publications, out, local);
     }
@@ -626,6 +633,13 @@ impl PusherSession {
             return;
         }
         local.metrics.publications.inc();
+        if wants(local, &channel, NoticeKind::ClientEvent) {
+            let mut notice = Notice::new(NoticeKind::ClientEvent, channel.as_str(), user);
+            notice.event = Some(message.event.to_string());
+            notice.data = message.data.map(|data| data.get().to_string());
+            notice.socket_id = Some(self.socket_id(local));
+            local.shared.engine.notify(notice);
+        }
     }
 
     /// The connection was terminated or is closing: it leaves every
@@ -639,6 +653,11 @@ impl PusherSession {
             leave(self.me, &sub, local);
         }
     }
+}
+
+/// Whether the channel's webhooks want notices of `kind`.
+fn wants(local: &Local, channel: &ChannelName, kind: NoticeKind) -> bool {
+    local.config.options(channel).is_ok_and(|options| options.notices.has(kind))
 }
 
 /// Leaves one channel: the shard's table, held deliveries, the engine.

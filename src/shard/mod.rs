@@ -24,8 +24,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use timers::Timers;
 
-/// The listener's token.
+/// The plain listener's token (and the accept pause's timer).
 pub const LISTENER: Token = Token(usize::MAX - 1);
+/// The TLS listener's token.
+pub const TLS_LISTENER: Token = Token(usize::MAX - 3);
 /// The inbox waker's token.
 pub const WAKER: Token = Token(usize::MAX);
 /// The token of the periodic channel sweep.
@@ -71,7 +73,9 @@ Content-Type: application/json\r\nContent-Length: 83\r\nConnection: close\r\n\r\
 #[derive(Debug)]
 pub struct Shard {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// The plain listener, then the TLS one if there is one; emptied at
+    /// shutdown.
+    listeners: Vec<Listener>,
     conns: Slab<Conn<TcpStream>>,
     ctx: Ctx,
     timers: Timers,
@@ -79,8 +83,6 @@ pub struct Shard {
     shared: Arc<Shared>,
     epoch: Instant,
     next_generation: u32,
-    /// The listener may have connections waiting (budget ran out, or a pause ended).
-    accept_ready: bool,
     /// Accepting is paused until this time (out of descriptors).
     accept_paused_until: Option<Millis>,
     accept_pause: Duration,
@@ -106,17 +108,40 @@ pub struct Shard {
     dirty: Vec<usize>,
 }
 
+/// One listening socket of a shard.
+#[derive(Debug)]
+struct Listener {
+    socket: TcpListener,
+    /// For the TLS listener: the configuration its connections start with.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections may be waiting (an event came, the budget ran out, or a
+    /// pause ended).
+    ready: bool,
+}
+
 impl Shard {
-    /// Builds shard `index` around its poll, listener and inbox.
+    /// Builds shard `index` around its poll, listeners (the plain one, and
+    /// the TLS one when `listen_tls` is set) and inbox.
     pub fn new(
         index: usize,
         poll: Poll,
         mut listener: TcpListener,
+        tls_listener: Option<TcpListener>,
         inbox: Arc<Inbox>,
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let config = shared.config.clone();
+        let mut listeners = vec![Listener { socket: listener, tls: None, ready: false }];
+        if let Some(mut socket) = tls_listener {
+            let tls = config
+                .tls
+                .as_ref()
+                .map(|tls| tls.server_config().clone())
+                .ok_or_else(|| io::Error::other("a TLS listener without a certificate"))?;
+            poll.registry().register(&mut socket, TLS_LISTENER, Interest::READABLE)?;
+            listeners.push(Listener { socket, tls: Some(tls), ready: false });
+        }
         // Slots for this shard's share of max_connections, reserved up front:
         // untouched pages cost no memory, and the slab never moves under load.
         let share = config.max_connections / config.threads.max(1) + 64;
@@ -124,7 +149,7 @@ impl Shard {
         timers.schedule(millis(SWEEP_INTERVAL), SWEEP);
         Ok(Shard {
             poll,
-            listener: Some(listener),
+            listeners,
             conns: Slab::with_capacity(share.min(1 << 20)),
             ctx: Ctx::new(shared.clone(), index),
             timers,
@@ -132,7 +157,6 @@ impl Shard {
             shared,
             epoch: Instant::now(),
             next_generation: 0,
-            accept_ready: false,
             accept_paused_until: None,
             accept_pause: MIN_ACCEPT_PAUSE,
             out_of_descriptors: false,
@@ -168,13 +192,14 @@ impl Shard {
             self.ctx.now = self.clock();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_ready = true,
+                    LISTENER => self.set_accept_ready(Some(0)),
+                    TLS_LISTENER => self.set_accept_ready(Some(1)),
                     // The inbox is drained below, every turn.
                     WAKER => {}
                     token => self.on_conn_event(token, event),
                 }
             }
-            if self.accept_ready {
+            if self.accept_pending() {
                 self.accept();
             }
             self.continue_input();
@@ -207,7 +232,7 @@ impl Shard {
     /// How long `poll` may sleep: until the next timer, or not at all when
     /// work is left over from this turn.
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.accept_ready || !self.more_input.is_empty() || self.inbox.has_local_work() {
+        if self.accept_pending() || !self.more_input.is_empty() || self.inbox.has_local_work() {
             return Some(Duration::ZERO);
         }
         let next = match (self.timers.next_deadline(), self.stopping) {
@@ -371,7 +396,7 @@ impl Shard {
         while let Some((at, token)) = self.timers.pop_due(now) {
             if token == LISTENER {
                 self.accept_paused_until = None;
-                self.accept_ready = true;
+                self.set_accept_ready(None);
                 continue;
             }
             if token == SWEEP {
@@ -390,18 +415,51 @@ impl Shard {
         }
     }
 
+    /// Notes that listener `index` (`None`: every listener) may have
+    /// connections waiting.
+    fn set_accept_ready(&mut self, index: Option<usize>) {
+        for (i, listener) in self.listeners.iter_mut().enumerate() {
+            if index.is_none_or(|index| index == i) {
+                listener.ready = true;
+            }
+        }
+    }
+
+    /// Whether some listener may have connections waiting.
+    fn accept_pending(&self) -> bool {
+        self.listeners.iter().any(|listener| listener.ready)
+    }
+
     fn accept(&mut self) {
-        self.accept_ready = false;
         if self.accept_paused_until.is_some() || self.stopping.is_some() {
+            for listener in &mut self.listeners {
+                listener.ready = false;
+            }
             return;
         }
+        for index in 0..self.listeners.len() {
+            if self.listeners.get(index).is_some_and(|listener| listener.ready) {
+                self.accept_from(index);
+            }
+        }
+    }
+
+    /// Accepts from listener `index` until it has no more connections, the
+    /// budget runs out, or descriptors do.
+    fn accept_from(&mut self, index: usize) {
+        let Some(listener) = self.listeners.get_mut(index) else { return };
+        listener.ready = false;
+        let tls = listener.tls.clone();
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = &self.listener else { return };
-            match listener.accept() {
+            if self.accept_paused_until.is_some() {
+                return;
+            }
+            let Some(listener) = self.listeners.get(index) else { return };
+            match listener.socket.accept() {
                 Ok((stream, _)) => {
                     self.accept_pause = MIN_ACCEPT_PAUSE;
                     self.out_of_descriptors = false;
-                    self.admit(stream);
+                    self.admit(stream, tls.as_ref());
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if is_out_of_descriptors(&error) => {
@@ -417,7 +475,7 @@ impl Shard {
                     // Waiting clients are told 503 at once. If that emptied
                     // the backlog, the next arrival wakes the listener again;
                     // if not, retry after a pause rather than spin.
-                    if !self.refuse_through_spare() {
+                    if !self.refuse_through_spare(index) {
                         self.pause_accept();
                     }
                     return;
@@ -439,7 +497,7 @@ impl Shard {
             }
         }
         // Budget used up: more may be waiting; continue next turn.
-        self.accept_ready = true;
+        self.set_accept_ready(Some(index));
     }
 
     fn pause_accept(&mut self) {
@@ -451,9 +509,11 @@ impl Shard {
     }
 
     /// Out of descriptors: close the spare one, and use the slot it frees to
-    /// accept waiting clients one at a time and tell them 503, so they do not
-    /// hang in the backlog. Returns whether the backlog was emptied.
-    fn refuse_through_spare(&mut self) -> bool {
+    /// accept waiting clients of listener `index` one at a time and tell
+    /// them 503 (a TLS client cannot read a plain answer: it is closed), so
+    /// they do not hang in the backlog. Returns whether the backlog was
+    /// emptied.
+    fn refuse_through_spare(&mut self, index: usize) -> bool {
         let Some(spare) = self.spare_fd.take() else {
             self.spare_fd = File::open("/dev/null").ok();
             return false;
@@ -461,13 +521,15 @@ impl Shard {
         drop(spare);
         let mut refused = 0;
         let mut emptied = false;
-        if let Some(listener) = &self.listener {
+        if let Some(listener) = self.listeners.get(index) {
             while refused < REFUSE_BATCH {
-                match listener.accept() {
+                match listener.socket.accept() {
                     Ok((mut stream, _)) => {
                         // Best effort: a non-blocking write into an empty
                         // socket buffer; the socket closes right after.
-                        let _ = stream.write(NO_DESCRIPTORS_RESPONSE);
+                        if listener.tls.is_none() {
+                            let _ = stream.write(NO_DESCRIPTORS_RESPONSE);
+                        }
                         refused += 1;
                         self.ctx.metrics.refused(Refusal::OutOfDescriptors);
                     }
@@ -483,7 +545,7 @@ impl Shard {
         emptied && self.spare_fd.is_some()
     }
 
-    fn admit(&mut self, stream: TcpStream) {
+    fn admit(&mut self, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) {
         // TCP_NODELAY comes from the listener (see `bind_listeners`).
         self.ctx.metrics.accepted.inc();
         let live = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
@@ -500,6 +562,13 @@ impl Shard {
         } else {
             Conn::new(stream, &self.ctx)
         };
+        // A TLS connection's answers (a 503 too) wait for its handshake.
+        if let Some(config) = tls
+            && !conn.start_tls(config.clone())
+        {
+            self.uncount(&conn);
+            return;
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
@@ -575,7 +644,7 @@ impl Shard {
             // try again now rather than at the end of the pause.
             if self.accept_paused_until.is_some() && self.stopping.is_none() {
                 self.accept_paused_until = None;
-                self.accept_ready = true;
+                self.set_accept_ready(None);
             }
         }
     }
@@ -587,10 +656,9 @@ impl Shard {
         let now = self.clock();
         self.ctx.now = now;
         self.stopping = Some(now + millis(self.ctx.config.shutdown_timeout));
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
-        self.accept_ready = false;
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {

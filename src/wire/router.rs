@@ -110,6 +110,10 @@ pub enum File {
     HeraldJs,
     /// `/herald.d.ts`, its TypeScript declarations.
     HeraldDts,
+    /// `/herald-pusher.js`, recovery for pusher-js and Laravel Echo.
+    HeraldPusherJs,
+    /// `/herald-pusher.d.ts`, its TypeScript declarations.
+    HeraldPusherDts,
     /// `/`, the demo page (in `--dev` only).
     DemoPage,
 }
@@ -222,6 +226,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, HttpError> {
         "/metrics" => Route::Metrics,
         "/herald.js" => Route::File(File::HeraldJs),
         "/herald.d.ts" => Route::File(File::HeraldDts),
+        "/herald-pusher.js" => Route::File(File::HeraldPusherJs),
+        "/herald-pusher.d.ts" => Route::File(File::HeraldPusherDts),
         // The demo page exists only for GET.
         "/" if method == "GET" => Route::File(File::DemoPage),
         _ => return Err(HttpError::NotFound),

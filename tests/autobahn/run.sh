@@ -4,6 +4,10 @@
 # case's result compared with a committed oracle (expected.json).
 #
 #   tests/autobahn/run.sh ws://127.0.0.1:PORT/echo REPORT_DIR [--expect FILE | --write-expect FILE]
+#   tests/autobahn/run.sh wss://127.0.0.1:PORT/echo REPORT_DIR ...
+#
+# With wss:// the fuzzingclient speaks TLS (Twisted with pyOpenSSL, which
+# does not check the server's certificate: any test certificate will do).
 #
 # Autobahn|Testsuite runs only on Python 2.7. Everything it needs is built
 # inside the repository, under target/autobahn/ (ignored): a Python 2.7 found
@@ -36,7 +40,8 @@ die() { echo "autobahn: $*" >&2; exit 2; }
 url="$1" report="$2"; shift 2
 case "$url" in
   ws://127.*|ws://localhost[:/]*|ws://\[::1\]*) ;;
-  *) die "only ws:// servers on loopback are tested, got $url" ;;
+  wss://127.*|wss://localhost[:/]*|wss://\[::1\]*) ;;
+  *) die "only ws:// and wss:// servers on loopback are tested, got $url" ;;
 esac
 command -v python3 >/dev/null || die "python3 is needed"
 

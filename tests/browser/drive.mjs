@@ -1,13 +1,16 @@
 // Drives one page of herald's demo in a real headless Chromium for tests/browser.rs.
 //
-//   node tests/browser/drive.mjs URL
+//   node tests/browser/drive.mjs URL [SPKI_SHA256]
 //
-// Opens URL, then reads commands from stdin, one per line, and answers each
-// with one JSON line on stdout:
+// Opens URL (with SPKI_SHA256, base64, Chromium trusts the certificate whose
+// public key has that hash, as the tests' CA-signed one), then reads
+// commands from stdin, one per line, and answers each with one JSON line on
+// stdout:
 //   state S           wait until the page's connection state is S
 //   received N        wait until the page has received N messages; answer them
 //   reconnects N      wait until the page has reconnected N times
 //   states            the page's state changes so far
+//   location          the page's URL and the address herald.js connects to
 //   quit
 // Every wait has a deadline; a failure is answered {"error": ...}.
 import { chromium } from "playwright-core";
@@ -15,13 +18,12 @@ import readline from "node:readline";
 
 const DEADLINE_MS = 20000;
 const url = process.argv[2];
+const spki = process.argv[3];
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
+const args = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"];
+if (spki) args.push(`--ignore-certificate-errors-spki-list=${spki}`);
+const browser = await chromium.launch({ executablePath, headless: true, args });
 const page = await browser.newPage();
 const consoleLines = [];
 page.on("console", (message) => consoleLines.push(message.text()));
@@ -54,6 +56,8 @@ for await (const line of lines) {
       reply({ reconnects: await page.evaluate(() => window.reconnects) });
     } else if (command === "states") {
       reply({ states: await page.evaluate(() => window.stateLog) });
+    } else if (command === "location") {
+      reply(await page.evaluate(() => ({ href: location.href, ws: window.herald._ws })));
     } else if (command === "quit") {
       reply({ bye: true });
       break;

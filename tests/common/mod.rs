@@ -7,7 +7,10 @@
     clippy::cast_possible_truncation
 )]
 
+pub mod certs;
 pub mod pusher;
+pub mod receiver;
+pub mod redis;
 
 use herald::config::{NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
@@ -72,6 +75,7 @@ pub fn channel_config(config: &mut Config) {
             presence: true,
             join_leave: true,
             client_publish: true,
+            ..Default::default()
         },
     );
     config.namespaces.insert(
@@ -175,9 +179,30 @@ impl Response {
     }
 }
 
+/// A stream a test client talks over: a TCP socket, or TLS over one.
+pub trait TestStream: Read + Write {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TestStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A TLS client stream over TCP.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl TestStream for TlsStream {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+}
+
 /// Reads one HTTP response head (and a Content-Length body) from `stream`,
 /// leaving whatever follows in `rest`.
-pub fn read_response(stream: &mut TcpStream, rest: &mut Vec<u8>) -> Response {
+pub fn read_response(stream: &mut impl Read, rest: &mut Vec<u8>) -> Response {
     let deadline = Instant::now() + DEADLINE;
     let head_end = loop {
         if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -216,15 +241,18 @@ pub fn request(addr: SocketAddr, request: &str) -> Response {
     read_response(&mut stream, &mut Vec::new())
 }
 
-/// Whether the server closed the connection (EOF or reset) within the deadline.
-pub fn closed_by_server(stream: &mut TcpStream) -> bool {
+/// Whether the server closed the connection (EOF, or a reset, or with TLS
+/// the end of TCP without close_notify) within the deadline.
+pub fn closed_by_server(stream: &mut impl Read) -> bool {
     let deadline = Instant::now() + DEADLINE;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => {
+                return true;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return false;
             }
@@ -262,9 +290,9 @@ impl Frame {
 
 pub use herald::testing::client_frame;
 
-/// A WebSocket client over a raw socket.
-pub struct WsClient {
-    pub stream: TcpStream,
+/// A WebSocket client over a raw socket (or TLS over one).
+pub struct WsClient<S: TestStream = TcpStream> {
+    pub stream: S,
     pub buf: Vec<u8>,
     pub response: Response,
     /// Frames read while looking for a reply, in order.
@@ -272,20 +300,15 @@ pub struct WsClient {
     next_id: u64,
 }
 
-impl WsClient {
+impl<S: TestStream> WsClient<S> {
     /// A client over an already upgraded stream (`buf`: bytes read past the head).
-    pub fn from_parts(stream: TcpStream, buf: Vec<u8>, response: Response) -> WsClient {
+    pub fn from_parts(stream: S, buf: Vec<u8>, response: Response) -> WsClient<S> {
         WsClient { stream, buf, response, pending: VecDeque::new(), next_id: 0 }
     }
 
-    /// Opens a WebSocket on `path`; panics unless the answer is 101.
-    pub fn open(addr: SocketAddr, path: &str) -> WsClient {
-        WsClient::open_with(addr, path, "")
-    }
-
-    /// Opens a WebSocket on `path` with extra header lines.
-    pub fn open_with(addr: SocketAddr, path: &str, headers: &str) -> WsClient {
-        let mut stream = connect(addr);
+    /// Opens a WebSocket on `path` over `stream`; panics unless the
+    /// answer is 101.
+    pub fn upgrade(mut stream: S, path: &str, headers: &str) -> WsClient<S> {
         stream.write_all(upgrade_request(path, headers).as_bytes()).unwrap();
         let mut buf = Vec::new();
         let response = read_response(&mut stream, &mut buf);
@@ -293,14 +316,9 @@ impl WsClient {
         WsClient::from_parts(stream, buf, response)
     }
 
-    /// Opens `/ws` and reads the welcome message.
-    pub fn open_client(addr: SocketAddr) -> (WsClient, Value) {
-        WsClient::open_client_at(addr, "/ws", "")
-    }
-
-    /// Opens `/ws` with a query and headers, and reads the welcome message.
-    pub fn open_client_at(addr: SocketAddr, path: &str, headers: &str) -> (WsClient, Value) {
-        let mut client = WsClient::open_with(addr, path, headers);
+    /// Opens `/ws` (or `path`) over `stream` and reads the welcome message.
+    pub fn upgrade_client(stream: S, path: &str) -> (WsClient<S>, Value) {
+        let mut client = WsClient::upgrade(stream, path, "");
         let welcome = client.read_frame().json();
         assert_eq!(welcome["op"], "welcome");
         (client, welcome)
@@ -389,10 +407,10 @@ impl WsClient {
             if left.is_zero() {
                 return None;
             }
-            self.stream.set_read_timeout(Some(left)).unwrap();
+            self.stream.tcp().set_read_timeout(Some(left)).unwrap();
             let mut chunk = vec![0u8; 64 * 1024];
             let read = self.stream.read(&mut chunk);
-            self.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            self.stream.tcp().set_read_timeout(Some(DEADLINE)).unwrap();
             match read {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -414,7 +432,14 @@ impl WsClient {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return None;
+                }
                 Err(e) => panic!("reading a frame: {e}"),
             }
         }
@@ -438,7 +463,32 @@ impl WsClient {
     }
 
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl WsClient {
+    /// Opens a WebSocket on `path`; panics unless the answer is 101.
+    pub fn open(addr: SocketAddr, path: &str) -> WsClient {
+        WsClient::open_with(addr, path, "")
+    }
+
+    /// Opens a WebSocket on `path` with extra header lines.
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &str) -> WsClient {
+        WsClient::upgrade(connect(addr), path, headers)
+    }
+
+    /// Opens `/ws` and reads the welcome message.
+    pub fn open_client(addr: SocketAddr) -> (WsClient, Value) {
+        WsClient::open_client_at(addr, "/ws", "")
+    }
+
+    /// Opens `/ws` with a query and headers, and reads the welcome message.
+    pub fn open_client_at(addr: SocketAddr, path: &str, headers: &str) -> (WsClient, Value) {
+        let mut client = WsClient::open_with(addr, path, headers);
+        let welcome = client.read_frame().json();
+        assert_eq!(welcome["op"], "welcome");
+        (client, welcome)
     }
 }
 

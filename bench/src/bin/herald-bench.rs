@@ -6,6 +6,12 @@
 //! C ...), so slow drifts of a shared machine hit all of them alike. Seconds
 //! in which the hypervisor stole more than 5% of the machine are left out of
 //! the CPU-per-operation figures. Each figure is the median over runs.
+//!
+//! Servers whose name ends in `-wss` are loaded over TLS (wss://, with a
+//! certificate this run makes under `--out`/tls, its CA trusted by the
+//! generator); the server API the fan-out publisher uses stays plain HTTP
+//! on the server's other listener, as a backend on the same network would
+//! reach it.
 
 use clap::Parser;
 use serde_json::{Value, json};
@@ -35,7 +41,8 @@ struct Args {
     workloads: Vec<String>,
     /// Servers (comma-separated): herald, herald-baseline (with
     /// --baseline-bin), herald-pusher (herald's Pusher endpoint and HTTP
-    /// API: fan-out workloads only), reference-tuned, reference-default.
+    /// API: fan-out workloads only), reference-tuned, reference-default;
+    /// and over TLS: herald-wss, reference-tuned-wss, reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
     /// The directory holding an earlier herald's release binary, run as the
@@ -91,7 +98,9 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
         args(&[
             "fanout",
             "--url",
-            "ws://{addr}/ws",
+            "{ws}/ws",
+            "--api-addr",
+            "{addr}",
             "--api-key",
             API_KEY,
             "--subscribers",
@@ -125,7 +134,7 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             load: args(&[
                 "echo",
                 "--url",
-                "ws://{addr}/echo",
+                "{ws}/echo",
                 "--connections",
                 "100",
                 "--size",
@@ -170,15 +179,7 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
         "connect" => Workload {
             name: "connect",
             title: "connect, 64 upgrades in flight",
-            load: args(&[
-                "connect",
-                "--url",
-                "ws://{addr}/echo",
-                "--inflight",
-                "64",
-                "--seconds",
-                &s,
-            ]),
+            load: args(&["connect", "--url", "{ws}/echo", "--inflight", "64", "--seconds", &s]),
             metrics: vec![
                 metric("upgrades_per_s", "upgrades/s", false),
                 metric("server_cpu_us_per_upgrade", "server CPU µs/upgrade", true),
@@ -189,7 +190,7 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
         "idle" => Workload {
             name: "idle",
             title: "idle, 0 to 10,000 connections",
-            load: args(&["idle", "--url", "ws://{addr}/echo", "--steps", "0,2500,5000,7500,10000"]),
+            load: args(&["idle", "--url", "{ws}/echo", "--steps", "0,2500,5000,7500,10000"]),
             metrics: vec![metric("rss_bytes_per_connection", "RSS bytes per connection", true)],
         },
         "idle-subscribed" => Workload {
@@ -198,7 +199,7 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             load: args(&[
                 "idle",
                 "--url",
-                "ws://{addr}/ws",
+                "{ws}/ws",
                 "--subscribe",
                 "shared",
                 "--steps",
@@ -214,6 +215,11 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
 fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> {
     let bin = &options.bin;
     let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let tls_dir = options.out.join("tls");
+    let (cert, key) = (tls_dir.join("chain.pem"), tls_dir.join("key.pem"));
+    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let herald_tls = args(&["--listen-tls", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key]);
+    let reference_tls = args(&["--tls-cert", &cert, "--tls-key", &key]);
     let herald_args = args(&[
         "serve",
         "--dev",
@@ -231,6 +237,17 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             let mut all = herald_args;
             all.extend(options.herald_args.iter().cloned());
             (bin.join("herald"), all)
+        }
+        "herald-wss" => {
+            let mut all = herald_args;
+            all.extend(herald_tls);
+            all.extend(options.herald_args.iter().cloned());
+            (bin.join("herald"), all)
+        }
+        "reference-tuned-wss" | "reference-default-wss" => {
+            let (program, mut all) = server_command(name.trim_end_matches("-wss"), options)?;
+            all.extend(reference_tls);
+            (program, all)
         }
         "herald-baseline" => (options.baseline_bin.as_ref()?.join("herald"), herald_args),
         "herald-pusher" => {
@@ -291,9 +308,12 @@ fn pinned(cpus: &str, program: &Path, args: &[String]) -> Command {
 
 struct Server {
     child: Child,
+    /// The plain listener.
     addr: String,
     /// Loaded through the Pusher protocol.
     pusher: bool,
+    /// The TLS listener, for a `-wss` server.
+    tls_addr: Option<String>,
 }
 
 fn start_server(name: &str, options: &Args) -> Result<Server, String> {
@@ -309,19 +329,45 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some((_, addr)) = line.split_once("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((false, addr.trim().to_string()));
+            } else if let Some((_, addr)) = line.split_once("listening for TLS on ") {
+                let _ = tx.send((true, addr.trim().to_string()));
             }
         }
     });
-    let addr =
-        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| format!("{name} did not start"))?;
-    Ok(Server { child, addr, pusher: name == "herald-pusher" })
+    let mut server =
+        Server { child, addr: String::new(), tls_addr: None, pusher: name == "herald-pusher" };
+    let wanted = if name.ends_with("-wss") { 2 } else { 1 };
+    for _ in 0..wanted {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((false, addr)) => server.addr = addr,
+            Ok((true, addr)) => server.tls_addr = Some(addr),
+            Err(_) => {
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                return Err(format!("{name} did not start"));
+            }
+        }
+    }
+    Ok(server)
 }
 
-fn run_load(workload: &Workload, server: &Server, bin: &Path) -> Result<Value, String> {
+fn run_load(workload: &Workload, server: &Server, options: &Args) -> Result<Value, String> {
+    let bin = &options.bin;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut args: Vec<String> =
-        workload.load.iter().map(|a| a.replace("{addr}", &server.addr)).collect();
+    let ws = match &server.tls_addr {
+        Some(addr) => format!("wss://{addr}"),
+        None => format!("ws://{}", server.addr),
+    };
+    let mut args: Vec<String> = workload
+        .load
+        .iter()
+        .map(|a| a.replace("{ws}", &ws).replace("{addr}", &server.addr))
+        .collect();
+    if server.tls_addr.is_some() {
+        args.push("--ca".into());
+        args.push(options.out.join("tls/ca.pem").to_string_lossy().into_owned());
+    }
     if server.pusher {
         if args.first().map(String::as_str) != Some("fanout") {
             return Err(format!(
@@ -539,6 +585,9 @@ fn run(args: &Args) -> Result<(), String> {
         eprintln!("{table}");
         return Ok(());
     }
+    if args.servers.iter().any(|server| server.ends_with("-wss")) {
+        make_certificates(&args.out.join("tls"))?;
+    }
     let jsonl_path = args.out.join("results.jsonl");
     let mut jsonl = std::fs::File::create(&jsonl_path).map_err(|e| e.to_string())?;
     let total = workloads.len() * args.runs * args.servers.len();
@@ -558,7 +607,7 @@ fn run(args: &Args) -> Result<(), String> {
                 );
                 let _ = std::io::stderr().flush();
                 let mut server = start_server(server_name, args)?;
-                let outcome = run_load(workload, &server, &args.bin);
+                let outcome = run_load(workload, &server, args);
                 let _ = server.child.kill();
                 let _ = server.child.wait();
                 let mut result = outcome?;
@@ -591,8 +640,33 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A test CA and a certificate it signs for localhost and 127.0.0.1, for
+/// the `-wss` servers: `ca.pem`, `chain.pem`, `key.pem` in `dir`.
+fn make_certificates(dir: &Path) -> Result<(), String> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let err = |e: rcgen::Error| e.to_string();
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?).map_err(err)?;
+    let key = KeyPair::generate().map_err(err)?;
+    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(err)?;
+    let cert = params.signed_by(&key, &ca).map_err(err)?;
+    for (name, text) in [
+        ("ca.pem", ca.pem()),
+        ("chain.pem", format!("{}{}", cert.pem(), ca.pem())),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Medians and ratios of one workload: a table for people and a summary
-/// line for machines. Ratios are herald / each reference.
+/// line for machines. Ratios are herald / each reference (herald-wss /
+/// each `-wss` reference), and herald-wss / herald: what TLS costs.
 fn report(
     workload: &Workload,
     servers: &[String],
@@ -602,13 +676,21 @@ fn report(
     for server in servers {
         table.push_str(&format!(" {server} |"));
     }
-    // herald against each reference, and against its own earlier build.
-    let references: Vec<&String> = servers
+    // herald against each reference, and against its own earlier build;
+    // over TLS, herald-wss against the TLS references and against herald.
+    let mut references: Vec<(&str, &str)> = servers
         .iter()
         .filter(|s| s.starts_with("reference") || s.as_str() == "herald-baseline")
+        .map(|reference| {
+            let ours = if reference.ends_with("-wss") { "herald-wss" } else { "herald" };
+            (ours, reference.as_str())
+        })
         .collect();
-    for reference in &references {
-        table.push_str(&format!(" herald / {reference} |"));
+    if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-wss") {
+        references.push(("herald-wss", "herald"));
+    }
+    for (ours, reference) in &references {
+        table.push_str(&format!(" {ours} / {reference} |"));
     }
     table.push_str("\n|---|");
     table.push_str(&"---|".repeat(servers.len() + references.len()));
@@ -625,15 +707,22 @@ fn report(
             table.push_str(&format!(" {} |", value.map_or("-".into(), format_number)));
             summary["medians"][server][metric.key] = json!(value);
         }
-        let herald = results.iter().position(|(s, _)| s == "herald").and_then(|i| medians[i]);
-        for reference in &references {
-            let theirs = results.iter().position(|(s, _)| s == *reference).and_then(|i| medians[i]);
-            let ratio = match (herald, theirs) {
+        let median_of =
+            |name: &str| results.iter().position(|(s, _)| s == name).and_then(|i| medians[i]);
+        for (ours, reference) in &references {
+            let ratio = match (median_of(ours), median_of(reference)) {
                 (Some(h), Some(t)) if t != 0.0 => Some(h / t),
                 _ => None,
             };
             table.push_str(&format!(" {} |", ratio.map_or("-".into(), |r| format!("{r:.2}x"))));
-            summary["ratios"][reference.as_str()][metric.key] = json!(ratio);
+            // Keyed by the reference alone where herald itself is measured
+            // against it, as before.
+            let key = if *ours == "herald" {
+                reference.to_string()
+            } else {
+                format!("{ours}/{reference}")
+            };
+            summary["ratios"][key][metric.key] = json!(ratio);
         }
         table.push('\n');
     }

@@ -1,5 +1,9 @@
 //! herald-reference: a plain, idiomatic tokio-tungstenite server speaking the benchmark subset of herald's protocol (`/echo`, `/ws` subscribe, `POST /api/publish`), measured side by side with herald.
 //!
+//! With `--tls-cert` and `--tls-key` it also listens for TLS (tokio-rustls,
+//! ring provider, ALPN http/1.1, as herald's TLS listener), serving the same
+//! endpoints over it.
+//!
 //! One task per connection. `/echo` is tokio-tungstenite's own echo example
 //! (`read.forward(write)`). On `/ws`, each subscription is a
 //! `tokio::sync::broadcast` receiver; a connection's task selects between
@@ -17,9 +21,10 @@ use serde_json::Value;
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -59,6 +64,39 @@ struct Args {
     /// (instead of one flushed send per message).
     #[arg(long)]
     batch_writes: bool,
+    /// Address of the TLS listener (with --tls-cert and --tls-key).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen_tls: String,
+    /// TLS certificate chain (PEM): with it, a TLS listener too.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// A rustls server configuration like herald's: ring, TLS 1.3 and 1.2,
+/// ALPN http/1.1.
+fn tls_config(
+    cert: &PathBuf,
+    key: &PathBuf,
+) -> io::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 struct Channel {
@@ -99,6 +137,24 @@ async fn serve(args: Args) -> io::Result<()> {
         capacity: args.channel_capacity,
         batch_writes: args.batch_writes,
     });
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(cert, key)?);
+        let tls_listener = TcpListener::bind(&args.listen_tls).await?;
+        println!("reference listening for TLS on {}", tls_listener.local_addr()?);
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tls_listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let (state, acceptor) = (state.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = connection(stream, state).await;
+                    }
+                });
+            }
+        });
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -114,7 +170,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Serves HTTP requests on one connection until it upgrades or closes.
-async fn connection(mut stream: TcpStream, state: Arc<State>) -> io::Result<()> {
+async fn connection<S>(mut stream: S, state: Arc<State>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -224,7 +283,7 @@ fn publish(state: &State, body: &[u8]) -> (&'static str, String) {
 }
 
 /// tokio-tungstenite's echo server example.
-async fn echo(ws: WebSocketStream<TcpStream>) {
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: WebSocketStream<S>) {
     let (write, read) = ws.split();
     let _ = read
         .try_filter(|message| future::ready(message.is_text() || message.is_binary()))
@@ -248,7 +307,7 @@ fn subscription(rx: broadcast::Receiver<Message>) -> Subscription {
 }
 
 /// A `/ws` client: commands in, replies and subscribed messages out.
-async fn client(ws: WebSocketStream<TcpStream>, state: &State) {
+async fn client<S: AsyncRead + AsyncWrite + Unpin>(ws: WebSocketStream<S>, state: &State) {
     let (mut sink, mut incoming) = ws.split();
     let mut subscriptions: SelectAll<Subscription> = SelectAll::new();
     loop {

@@ -200,10 +200,11 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
     while !inner.stop.load(Ordering::Acquire) {
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh;
-            if let Some(con) = link.fresh(inner)
-                && let Err(error) = presence::refresh(inner, &scripts.presence, con)
-            {
-                log::warn!("redis engine: presence refresh failed: {error}");
+            if let Some(con) = link.fresh(inner) {
+                match presence::refresh(inner, &scripts.presence, con) {
+                    Ok(dropped) => inner.dropped(dropped),
+                    Err(error) => log::warn!("redis engine: presence refresh failed: {error}"),
+                }
             }
         }
         link.connect_if_due(inner);
@@ -306,8 +307,9 @@ fn position(
     .ok_or_else(|| JobError::Failed("unexpected answer from Redis".into()))?;
     note_epoch(inner, channel, position.epoch);
     if waiting.wants.members {
-        position.members =
-            presence::members(con, inner, &scripts.presence, channel, options.join_leave)?;
+        let (members, dropped) = presence::members(con, inner, &scripts.presence, channel)?;
+        inner.dropped(dropped);
+        position.members = members;
     }
     if waiting.wants.newest {
         let entries: Vec<redis::Value> = redis::cmd("XREVRANGE")
@@ -356,11 +358,43 @@ fn run_job(
             answer(inner, *reply, EngineAnswer::Published(Ok(results)));
             Ok(())
         }
-        Job::PresenceJoin { channel, member, announce } => {
-            Ok(presence::join(con, inner, &scripts.presence, channel.as_str(), member, *announce)?)
+        Job::PresenceJoin { channel, member } => {
+            let flags = flags_of(inner, channel);
+            let dropped =
+                presence::join(con, inner, &scripts.presence, channel.as_str(), &flags, member)?;
+            inner.dropped(dropped);
+            Ok(())
         }
-        Job::PresenceLeave { channel, member, announce } => {
-            Ok(presence::leave(con, inner, &scripts.presence, channel.as_str(), member, *announce)?)
+        Job::PresenceLeave { channel, member } => {
+            let flags = flags_of(inner, channel);
+            let dropped =
+                presence::leave(con, inner, &scripts.presence, channel.as_str(), &flags, member)?;
+            inner.dropped(dropped);
+            Ok(())
+        }
+        Job::Occupy(channel) => {
+            let flags = flags_of(inner, channel);
+            let dropped =
+                presence::occupy(con, inner, &scripts.presence, channel.as_str(), &flags)?;
+            inner.dropped(dropped);
+            Ok(())
+        }
+        Job::Vacate(channel) => {
+            let flags = flags_of(inner, channel);
+            let dropped =
+                presence::vacate(con, inner, &scripts.presence, channel.as_str(), &flags)?;
+            inner.dropped(dropped);
+            Ok(())
+        }
+        Job::Notice(notice) => {
+            let mut call = scripts.presence.notify.key(inner.notice_stream(&notice.scope()));
+            call.arg(inner.config.webhook_queue_size);
+            for (field, value) in notice.to_fields() {
+                call.arg(field).arg(value);
+            }
+            let dropped: u64 = call.invoke(con)?;
+            inner.dropped(dropped);
+            Ok(())
         }
         Job::Relay { channel, text, exclude } => {
             let mut payload = format!("T:{}:", exclude.as_deref().unwrap_or_default()).into_bytes();
@@ -372,9 +406,9 @@ fn run_job(
             Ok(())
         }
         Job::Presence { channel, reply } => {
-            let announce = inner.config.options(channel).is_ok_and(|options| options.join_leave);
-            let members =
-                presence::members(con, inner, &scripts.presence, channel.as_str(), announce)?;
+            let (members, dropped) =
+                presence::members(con, inner, &scripts.presence, channel.as_str())?;
+            inner.dropped(dropped);
             answer(inner, *reply, EngineAnswer::Presence(channel.clone(), Ok(members)));
             Ok(())
         }
@@ -435,6 +469,12 @@ fn history(
     Ok(HistoryPage { epoch, offset: position.1.unwrap_or(0), publications, newest_age_ms })
 }
 
+/// A channel's flags for the presence scripts, from its options.
+fn flags_of(inner: &Inner, channel: &ChannelName) -> String {
+    let options = inner.config.options(channel).cloned().unwrap_or_default();
+    presence::channel_flags(inner, channel.as_str(), &options)
+}
+
 /// The milliseconds part of a stream entry's id (`MS-SEQ`).
 fn entry_millis(entry: &redis::Value) -> Option<u64> {
     let redis::Value::Array(parts) = entry else { return None };
@@ -461,6 +501,9 @@ fn fail(inner: &Inner, job: Job, error: &JobError) {
         // call with the counts it got at its timeout.
         Job::PresenceJoin { .. }
         | Job::PresenceLeave { .. }
+        | Job::Occupy(_)
+        | Job::Vacate(_)
+        | Job::Notice(_)
         | Job::Relay { .. }
         | Job::ControlReply { .. }
         | Job::Listen(_)

@@ -12,10 +12,12 @@
 
 mod commands;
 mod control;
+mod feed;
 mod presence;
 mod pubsub;
 mod scripts;
 
+use super::notice::{Notice, NoticeFeed};
 use super::table::{Table, deliver_to};
 use super::{
     Answer, Delivery, Engine, EngineAnswer, Event, Health, Host, Position, PresenceChange, ReplyTo,
@@ -65,9 +67,16 @@ enum Job {
     /// A message that is not kept, for every node's subscribers.
     Relay { channel: ChannelName, text: Bytes, exclude: Option<String> },
     /// A client entered a channel's presence (and `join` goes to the others).
-    PresenceJoin { channel: ChannelName, member: Member, announce: bool },
+    PresenceJoin { channel: ChannelName, member: Member },
     /// A client left a channel's presence (and `leave` goes to the others).
-    PresenceLeave { channel: ChannelName, member: Member, announce: bool },
+    PresenceLeave { channel: ChannelName, member: Member },
+    /// This node's first subscriber of a channel whose webhooks want its
+    /// occupancy came.
+    Occupy(ChannelName),
+    /// This node's last subscriber of such a channel left.
+    Vacate(ChannelName),
+    /// A notice a front end found, for its scope's webhooks.
+    Notice(Box<Notice>),
     /// The channel's presence on every node.
     Presence { channel: ChannelName, reply: ReplyTo },
     /// A channel's history.
@@ -132,6 +141,8 @@ struct Inner {
     subscriptions: pubsub::Subscriptions,
     calls: control::Calls,
     stop: AtomicBool,
+    /// Notices dropped because their stream was full.
+    notices_dropped: AtomicU64,
 }
 
 impl Inner {
@@ -164,14 +175,39 @@ impl Inner {
         format!("{}:ctl:{node}", self.prefix)
     }
 
-    /// A channel's members (client to user), their expiries, and the
-    /// connections each user has there.
-    fn presence_keys(&self, channel: &str) -> (String, String, String) {
-        (
-            format!("{}:pr:{channel}", self.prefix),
-            format!("{}:prz:{channel}", self.prefix),
-            format!("{}:pru:{channel}", self.prefix),
-        )
+    /// A channel's members (client to user and info), and the connections
+    /// each user has there.
+    fn presence_keys(&self, channel: &str) -> (String, String) {
+        (format!("{}:pr:{channel}", self.prefix), format!("{}:pru:{channel}", self.prefix))
+    }
+
+    /// A key of the deployment: `PREFIX:NAME`.
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// The nodes that have subscribers of a channel (where webhooks want
+    /// its occupancy).
+    fn occupancy_key(&self, channel: &str) -> String {
+        format!("{}:oc:{channel}", self.prefix)
+    }
+
+    /// What the scripts need of a channel's options (`presence::channel_flags`).
+    fn channel_flags_key(&self, channel: &str) -> String {
+        format!("{}:chf:{channel}", self.prefix)
+    }
+
+    /// The stream a scope's notices wait in for its webhooks.
+    fn notice_stream(&self, scope: &str) -> String {
+        format!("{}:wh:{scope}", self.prefix)
+    }
+
+    /// Counts notices dropped because a stream was full.
+    fn dropped(&self, count: u64) {
+        if count > 0 {
+            let before = self.notices_dropped.fetch_add(count, Ordering::Relaxed);
+            log::warn!("webhook notices dropped: a queue is full ({} so far)", before + count);
+        }
     }
 
     fn keys(&self, channel: &str) -> (String, String) {
@@ -237,6 +273,7 @@ impl RedisEngine {
             subscriptions: pubsub::Subscriptions::default(),
             calls: control::Calls::default(),
             stop: AtomicBool::new(false),
+            notices_dropped: AtomicU64::new(0),
         });
         // Every node listens for calls on users' connections, and for the
         // counts answering its own.
@@ -296,7 +333,6 @@ impl Engine for RedisEngine {
         if let Some(member) = joined {
             state.join(member);
         }
-        let announce = state.options.join_leave;
         drop(stripe);
         // The position comes from Redis; the client's deliveries are held
         // back until it does.
@@ -324,11 +360,13 @@ impl Engine for RedisEngine {
         if first && inner.subscriptions.want(inner.pubsub_channel(name)) {
             inner.submit_internal(Job::Listen(inner.pubsub_channel(name)));
         }
+        if first && options.notices.occupancy() {
+            inner.submit_internal(Job::Occupy(channel.clone()));
+        }
         if let Some(member) = joined {
             inner.submit_internal(Job::PresenceJoin {
                 channel: channel.clone(),
                 member: member.clone(),
-                announce,
             });
         }
         Answer::Later
@@ -341,19 +379,18 @@ impl Engine for RedisEngine {
         let Some(state) = stripe.get(name) else { return };
         state.remove_subscriber(who);
         let removed = member.and_then(|member| state.leave(&member.client)).map(|(left, _)| left);
-        let announce = state.options.join_leave;
         let last = state.subscribers == 0;
+        let occupancy = state.options.notices.occupancy();
         if last {
             stripe.settle(name);
         }
         drop(stripe);
         if let Some(member) = removed {
             // Every node's subscribers hear it through Redis.
-            inner.submit_internal(Job::PresenceLeave {
-                channel: channel.clone(),
-                member,
-                announce,
-            });
+            inner.submit_internal(Job::PresenceLeave { channel: channel.clone(), member });
+        }
+        if last && occupancy {
+            inner.submit_internal(Job::Vacate(channel.clone()));
         }
         if last && inner.subscriptions.unwant(&inner.pubsub_channel(name)) {
             inner.submit_internal(Job::Unlisten(inner.pubsub_channel(name)));
@@ -371,6 +408,14 @@ impl Engine for RedisEngine {
             text: Bytes::copy_from_slice(text),
             exclude: exclude.map(str::to_string),
         })
+    }
+
+    fn notify(&self, notice: Notice) {
+        self.inner.submit_internal(Job::Notice(Box::new(notice)));
+    }
+
+    fn notice_feed(&self, scope: &str, reader: &str) -> Box<dyn NoticeFeed> {
+        Box::new(feed::RedisFeed::new(self.inner.clone(), scope, reader))
     }
 
     fn presence(&self, channel: &ChannelName, reply: ReplyTo) -> Answer<Vec<Member>> {
@@ -429,6 +474,7 @@ impl Engine for RedisEngine {
             name: "redis",
             up: Some(self.inner.up.load(Ordering::Acquire)),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            notices_dropped: self.inner.notices_dropped.load(Ordering::Relaxed),
         }
     }
 
