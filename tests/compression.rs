@@ -1,8 +1,9 @@
-//! permessage-deflate with real clients: Python's `websockets`, Node's `ws` and headless Chromium each negotiate it, send compressed messages and receive compressed publications and echoes, as a tap between them and herald sees on the wire; a zip bomb is closed 1009.
+//! permessage-deflate with real clients: Python's `websockets`, Node's `ws` and headless Chromium each negotiate it, send compressed messages and receive compressed publications and echoes, as a tap between them and herald sees on the wire; over wss:// too; a zip bomb is closed 1009.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
+use common::certs::{CertFiles, TestCa};
 use common::*;
 use herald::testing::{compressed_client_frame, deflate};
 use serde_json::{Value, json};
@@ -204,23 +205,15 @@ fn notification() -> Value {
     json!({"type": "notifications", "items": items})
 }
 
-/// Drives one client through its script (see tests/python/deflate_client.py)
-/// and checks, from the client's side and on the wire, that compression
-/// was agreed and used both ways on `/echo` and on `/ws`.
-fn compressed_both_ways(server: &TestServer, tap: &Tap, client: &ClientProcess) -> Tapped {
-    // /echo: a compressed message comes back compressed.
+/// The client's side of its script (see tests/python/deflate_client.py):
+/// compression agreed on `/echo` and a message echoed, agreed on `/ws`,
+/// subscribed, a 1 KiB publication received. Answers the echoed message's
+/// length and the publication's.
+fn client_side(server: &TestServer, client: &ClientProcess) -> (usize, usize) {
     assert_eq!(client.next()["extensions"], AGREED, "the client's view of the answer");
     let echoed = client.next();
     assert_eq!(echoed["echoed"], true, "{echoed}");
     let length = usize::try_from(echoed["length"].as_u64().unwrap()).unwrap();
-    let echo = &tap.connections_to("GET /echo")[0];
-    assert_eq!(echo.extensions.as_deref(), Some(AGREED));
-    let sent = echo.from_client.iter().find(|f| f.opcode == 1).expect("the client's message");
-    assert!(sent.rsv1 && sent.len < length / 3, "the client compressed: {sent:?} of {length}");
-    let back = echo.from_server.iter().find(|f| f.opcode == 1).expect("the echo");
-    assert!(back.rsv1 && back.len < length / 3, "herald compressed: {back:?} of {length}");
-
-    // /ws: the subscribe command went compressed, the publication came so.
     assert_eq!(client.next()["extensions"], AGREED);
     assert_eq!(client.next()["op"], "welcome");
     let reply = client.next();
@@ -232,6 +225,23 @@ fn compressed_both_ways(server: &TestServer, tap: &Tap, client: &ClientProcess) 
     assert_eq!(message["data"], data);
     let plain = message.to_string().len();
     assert!(plain > 1000, "{plain}");
+    (length, plain)
+}
+
+/// Drives one client through its script and checks, from the client's
+/// side and on the wire, that compression was agreed and used both ways on
+/// `/echo` and on `/ws`. Answers what the tap saw of `/ws`.
+fn compressed_both_ways(server: &TestServer, tap: &Tap, client: &ClientProcess) -> Tapped {
+    let (length, plain) = client_side(server, client);
+    // /echo: a compressed message came back compressed.
+    let echo = &tap.connections_to("GET /echo")[0];
+    assert_eq!(echo.extensions.as_deref(), Some(AGREED));
+    let sent = echo.from_client.iter().find(|f| f.opcode == 1).expect("the client's message");
+    assert!(sent.rsv1 && sent.len < length / 3, "the client compressed: {sent:?} of {length}");
+    let back = echo.from_server.iter().find(|f| f.opcode == 1).expect("the echo");
+    assert!(back.rsv1 && back.len < length / 3, "herald compressed: {back:?} of {length}");
+
+    // /ws: the subscribe command went compressed, the publication came so.
     let ws = &tap.connections_to("GET /ws")[0];
     assert_eq!(ws.extensions.as_deref(), Some(AGREED));
     assert!(ws.from_client.iter().any(|f| f.opcode == 1 && f.rsv1), "{:?}", ws.from_client);
@@ -265,6 +275,32 @@ fn python_websockets_compresses_both_ways() {
             .arg("news"),
     );
     compressed_both_ways(&server, &tap, &client);
+}
+
+#[test]
+fn python_websockets_negotiates_compression_over_wss() {
+    let python = root().join("target/pyenv/bin/python");
+    assert!(python.exists(), "no Python environment with websockets (./.ci/run makes it)");
+    let ca = TestCa::new();
+    let files = CertFiles::new("deflate", &ca.issue());
+    std::fs::write(files.path("ca.pem"), ca.pem()).unwrap();
+    let tls = herald::tls::Tls::load(&files.cert, &files.key).unwrap();
+    let server = start_server(2, |config| {
+        config.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+        config.tls = Some(Arc::new(tls));
+    });
+    let port = server.handle.tls_addr().unwrap().port();
+    let client = ClientProcess::spawn(
+        Command::new(python)
+            .arg(root().join("tests/python/deflate_client.py"))
+            .arg(format!("wss://localhost:{port}/echo"))
+            .arg(format!("wss://localhost:{port}/ws"))
+            .arg("news")
+            .arg(files.path("ca.pem")),
+    );
+    // websockets compressed what it sent (it compresses every message), so
+    // herald inflated it behind TLS; its answers were inflated by the client.
+    client_side(&server, &client);
 }
 
 #[test]
