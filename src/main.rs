@@ -3,7 +3,7 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::config::{Config, KEYS, Override, Source};
-use herald::server::{Server, ServerHandle};
+use herald::server::{Server, ServerHandle, StartError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::Write;
@@ -142,6 +142,12 @@ struct ServeArgs {
     /// SO_SNDBUF of each connection's socket (0: the kernel's autotuning).
     #[arg(long, env = "HERALD_SEND_BUFFER_BYTES", value_name = "BYTES")]
     send_buffer_bytes: Option<String>,
+    /// Directory where the memory engine keeps history across restarts (off when unset).
+    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// With --data-dir: fsync (each group commit reaches the disk before its publishes are answered) or page_cache.
+    #[arg(long, env = "HERALD_DURABILITY", value_name = "MODE")]
+    durability: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -219,8 +225,12 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
     let dev_key = config.dev.then(|| config.api_key.expose().to_string());
     let handle = match Server::start(config) {
         Ok(handle) => handle,
-        Err(error) => {
+        Err(StartError::Listen(error)) => {
             eprintln!("herald: cannot listen on {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("herald: cannot start: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -4,6 +4,7 @@
 //! a relaxed load and store (no locked instruction, no shared cache line
 //! between shards); a scrape reads every shard's counters with relaxed loads.
 
+use crate::broker::StoreFigures;
 use crate::error::CloseReason;
 use crate::wire::router::ApiEndpoint as Endpoint;
 use std::fmt::Write as _;
@@ -225,6 +226,8 @@ pub struct NodeFigures {
     pub incomplete_bytes: usize,
     /// Calls the engine refused at once because its queue was full.
     pub engine_refusals: u64,
+    /// The store's figures (all 0 without `data_dir`).
+    pub store: StoreFigures,
 }
 
 /// Renders every shard's counters, summed, in Prometheus text format
@@ -402,9 +405,37 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         &mut out,
         "herald_engine_refusals_total",
         "counter",
-        "Calls answered unavailable at once because the engine's queue was full (Redis engine).",
+        "Calls answered unavailable at once because the engine's queue was full (the Redis \
+         engine's, or the store's writer with data_dir).",
     );
     let _ = writeln!(out, "herald_engine_refusals_total {}", node.engine_refusals);
+    let store: [(&str, &str, &str, u64); 4] = [
+        (
+            "herald_store_failures_total",
+            "counter",
+            "Publishes answered 503 because the store could not write them (disk full or \
+             failing); 0 without data_dir.",
+            node.store.failures,
+        ),
+        (
+            "herald_store_commits_total",
+            "counter",
+            "Batches the store committed (each one write, and one fdatasync with durability = \
+             fsync).",
+            node.store.commits,
+        ),
+        ("herald_store_channels", "gauge", "Channels the store holds.", node.store.channels),
+        (
+            "herald_store_publications",
+            "gauge",
+            "Publications the store holds.",
+            node.store.publications,
+        ),
+    ];
+    for (name, kind, help, value) in store {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     family(&mut out, "herald_uptime_seconds", "gauge", "Seconds since the server started.");
     let _ = writeln!(out, "herald_uptime_seconds {}", node.uptime_secs);
     family(&mut out, "herald_build_info", "gauge", "The running version.");
@@ -439,7 +470,13 @@ mod tests {
         shards[0].turn(Duration::from_secs(5));
         let text = render(
             &shards,
-            &NodeFigures { channels: 2, uptime_secs: 9, incomplete_bytes: 0, engine_refusals: 0 },
+            &NodeFigures {
+                channels: 2,
+                uptime_secs: 9,
+                incomplete_bytes: 0,
+                engine_refusals: 0,
+                store: StoreFigures { failures: 3, ..StoreFigures::default() },
+            },
         );
         for line in [
             "herald_publications_total 7",
@@ -454,6 +491,8 @@ mod tests {
             "herald_loop_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3",
             "herald_loop_turn_seconds_count{shard=\"0\"} 3",
             "herald_channels 2",
+            "herald_store_failures_total 3",
+            "herald_store_publications 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

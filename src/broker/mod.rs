@@ -8,11 +8,13 @@
 //! Publications reach the shards as neutral values ([`Delivery`]) whose
 //! encodings are built once per node, on first use.
 
+pub mod durable;
 pub mod memory;
 mod publication;
 pub mod redis;
 mod table;
 
+pub use durable::StoreFigures;
 pub use publication::{Delivery, Event, Position, PresenceChange, Publication, Recovery, Restart};
 
 use crate::channel::ChannelName;
@@ -98,6 +100,8 @@ pub struct Health {
     pub up: Option<bool>,
     /// Calls refused at once because the engine's queue was full.
     pub refused: u64,
+    /// With durable history (`data_dir`): the store's figures.
+    pub store: Option<StoreFigures>,
 }
 
 /// Channels, offsets, history, presence and delivery between nodes.
@@ -153,7 +157,7 @@ pub fn start(
     host: Arc<dyn Host>,
 ) -> Result<Box<dyn Engine>, String> {
     Ok(match config.engine {
-        EngineKind::Memory => Box::new(memory::MemoryEngine::new(config, node, host)),
+        EngineKind::Memory => Box::new(memory::MemoryEngine::start(config, node, host)?),
         EngineKind::Redis => Box::new(redis::RedisEngine::start(config, node, host)?),
     })
 }

@@ -78,11 +78,13 @@ impl Shared {
 
     /// `/metrics`: every shard's counters, summed, in Prometheus text format.
     pub fn render_metrics(&self) -> String {
+        let health = self.engine.health();
         let figures = NodeFigures {
             channels: self.engine.channel_count(),
             uptime_secs: self.started.elapsed().as_secs(),
             incomplete_bytes: self.incomplete_bytes.load(Ordering::Relaxed),
-            engine_refusals: self.engine.health().refused,
+            engine_refusals: health.refused,
+            store: health.store.unwrap_or_default(),
         };
         metrics::render(&self.metrics, &figures)
     }

@@ -389,6 +389,7 @@ impl Engine for RedisEngine {
             name: "redis",
             up: Some(self.inner.up.load(Ordering::Acquire)),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            store: None,
         }
     }
 
