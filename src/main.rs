@@ -4,7 +4,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::config::{Config, KEYS, Override, Source};
 use herald::server::{Server, ServerHandle, StartError};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::path::PathBuf;
@@ -221,6 +221,14 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A file-size limit (`ulimit -f`) must fail the store's write (EFBIG,
+    // answered 503), not kill the process: SIGXFSZ is caught and ignored.
+    if let Err(error) = signal_hook::flag::register(
+        SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        log::warn!("cannot catch SIGXFSZ: {error}");
+    }
     let listen = config.listen;
     let dev_key = config.dev.then(|| config.api_key.expose().to_string());
     let handle = match Server::start(config) {

@@ -188,8 +188,8 @@ impl Durable {
         }
     }
 
-    /// Whether the store writes (false from a failed write until it is
-    /// back).
+    /// Whether the store writes (false from a failed write until one
+    /// succeeds).
     pub(super) fn up(&self) -> bool {
         !self.counters.failing.load(Ordering::Acquire)
     }
@@ -545,9 +545,9 @@ impl Writer {
         }
         match Store::open(&self.dir, self.durability) {
             Ok(store) => {
+                // Still failing until a write succeeds.
                 log::info!("the store in {} is open again", self.dir.display());
                 self.store = Some(store);
-                self.counters.failing.store(false, Ordering::Release);
                 Ok(())
             }
             Err(error) => {
@@ -565,6 +565,7 @@ impl Writer {
         match store.commit(batch) {
             Ok(()) => {
                 self.ledger.apply(changes);
+                self.counters.failing.store(false, Ordering::Release);
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.count();
                 Ok(())
