@@ -377,7 +377,7 @@ impl Writer {
         for (publish, plan) in group.into_iter().zip(plans) {
             let result = match (plan, &written) {
                 (Err(error), _) => Err(error),
-                (Ok(slots), Ok(())) => Ok(self.apply(&publish, slots, now)),
+                (Ok(slots), Ok(())) => self.apply(&publish, slots, now),
                 (Ok(slots), Err(why)) => {
                     self.undo(&slots);
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -479,28 +479,35 @@ impl Writer {
     }
 
     /// Makes each reserved publication of `publish` visible (history,
-    /// deliveries) and publishes its other channels; where each landed.
+    /// deliveries) and publishes its other channels; where each landed. A
+    /// channel without history that cannot be made (`max_channels`) is the
+    /// answer, as without a store (the others are published).
     fn apply(
         &self,
         publish: &Publish,
         slots: Vec<Slot>,
         now: Millis,
-    ) -> Vec<(ChannelName, Published)> {
+    ) -> Result<Vec<(ChannelName, Published)>, BrokerError> {
         let mut results = Vec::with_capacity(slots.len());
+        let mut refused = None;
         for slot in slots {
             match slot {
                 Slot::Stored { channel, epoch, offset, .. } => {
                     let name = channel.shared();
                     let mut stripe = self.table.lock(name);
-                    if let Some(state) = stripe.get(name) {
-                        // Reservations are applied in the order they were
-                        // made: this one is the next offset.
-                        state.reserved = state.reserved.saturating_sub(1);
-                        let publication = Publication::new(name.clone(), offset, &publish.data);
-                        state.append(&*self.host, name, now, publication, publish.exclude);
-                        if state.subscribers == 0 {
-                            stripe.settle(name);
+                    match stripe.get(name) {
+                        Some(state) => {
+                            // Reservations are applied in the order they
+                            // were made: this one is the next offset.
+                            state.reserved = state.reserved.saturating_sub(1);
+                            let publication = Publication::new(name.clone(), offset, &publish.data);
+                            state.append(&*self.host, name, now, publication, publish.exclude);
+                            if state.subscribers == 0 {
+                                stripe.settle(name);
+                            }
                         }
+                        // Cannot be: a channel with reservations is not freed.
+                        None => log::error!("channel {name} vanished with a reservation"),
                     }
                     drop(stripe);
                     results.push((channel, Published { epoch, offset }));
@@ -509,14 +516,12 @@ impl Writer {
                     match self.table.publish(&*self.host, &channel, &publish.data, publish.exclude)
                     {
                         Ok(published) => results.push((channel, published)),
-                        Err(error) => {
-                            log::warn!("publish to {} failed: {error:?}", channel.as_str())
-                        }
+                        Err(error) => refused = refused.or(Some(error)),
                     }
                 }
             }
         }
-        results
+        refused.map_or(Ok(results), Err)
     }
 
     /// Once a second: removes expired channels from the disk, and tries a
