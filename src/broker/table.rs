@@ -94,7 +94,7 @@ impl Channel {
 
     /// The oldest offset history still holds (`top + 1` when it holds none).
     pub(super) fn oldest_kept(&self) -> u64 {
-        self.history.front().map_or(self.top + 1, |kept| kept.publication.offset())
+        self.history.front().map_or(self.top.saturating_add(1), |kept| kept.publication.offset())
     }
 
     /// Shards with subscribers.
@@ -354,7 +354,7 @@ impl Table {
         let name = channel.shared();
         let mut stripe = self.lock(name);
         let state = stripe.open(name, options)?;
-        let publication = Publication::new(name.clone(), state.top + 1, data);
+        let publication = Publication::new(name.clone(), state.top.saturating_add(1), data);
         state.append(host, name, now, publication, exclude);
         let published = Published { epoch: state.epoch, offset: state.top };
         if state.subscribers == 0 {

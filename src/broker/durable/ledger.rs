@@ -25,7 +25,7 @@ pub(super) struct Entry {
 
 impl Entry {
     fn count(&self) -> u64 {
-        self.newest + 1 - self.oldest
+        self.newest.saturating_sub(self.oldest).saturating_add(1)
     }
 
     /// Removes every publication of the entry.
@@ -125,10 +125,10 @@ impl Ledger {
             }
         }
         let base = prior.map_or(first, |prior| prior.oldest);
-        let within_size = (newest + 1).saturating_sub(appended.size.max(1));
+        let within_size = newest.saturating_add(1).saturating_sub(appended.size.max(1));
         let oldest = base.max(appended.keep_from).max(within_size).min(newest);
         if let Some(prior) = prior {
-            for offset in prior.oldest..oldest.min(prior.newest + 1) {
+            for offset in prior.oldest..oldest.min(prior.newest.saturating_add(1)) {
                 batch.remove_publication(name, appended.epoch, offset);
             }
         }

@@ -272,7 +272,7 @@ fn kept(channel: &StoredChannel, options: &NamespaceOptions, now: Millis) -> usi
     let mut run = usize::from(!publications.is_empty());
     for pair in publications.windows(2).rev() {
         match pair {
-            [older, newer] if older.offset + 1 == newer.offset => run += 1,
+            [older, newer] if older.offset.checked_add(1) == Some(newer.offset) => run += 1,
             _ => break,
         }
     }
@@ -404,7 +404,7 @@ impl Writer {
                 Ok(Slot::Stored {
                     channel: channel.clone(),
                     epoch: state.epoch,
-                    offset: state.top + state.reserved,
+                    offset: state.top.saturating_add(state.reserved),
                     keep_from: state.oldest_kept(),
                 })
             });
