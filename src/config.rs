@@ -178,6 +178,31 @@ pub enum Engine {
     Redis,
 }
 
+/// How far a stored publication has gone when its publish is answered
+/// (with `data_dir`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Each group commit is `fdatasync`ed before its publishes are
+    /// answered: an answered publish survives a power cut.
+    Fsync,
+    /// Each group commit is handed to the operating system (its page
+    /// cache) before its publishes are answered, never waited on: an
+    /// answered publish survives a crash of herald, not a power cut or a
+    /// crash of the machine, which lose the last seconds (until the kernel
+    /// writes them back, typically within 5 to 30 s).
+    PageCache,
+}
+
+impl Durability {
+    /// The setting's value for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::PageCache => "page_cache",
+        }
+    }
+}
+
 /// Which browser origins may open a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginPolicy {
@@ -439,6 +464,11 @@ pub struct Config {
     /// Messages shorter than this go uncompressed, also to clients that
     /// agreed to compression.
     pub compression_threshold_bytes: usize,
+    /// Where the memory engine keeps history across restarts (`None`:
+    /// history lives in RAM only).
+    pub data_dir: Option<PathBuf>,
+    /// What an answered publish survives, with `data_dir`.
+    pub durability: Durability,
     /// Options of channels without a namespace.
     pub channels: NamespaceOptions,
     /// Options per namespace (the part of a channel name before the first `:`).
@@ -565,6 +595,8 @@ pub const KEYS: &[&str] = &[
     "presence_ttl_secs",
     "webhook_secret",
     "webhook_queue_size",
+    "data_dir",
+    "durability",
 ];
 
 /// A raw value before it is typed: text from a flag or the environment, or a
@@ -1168,6 +1200,41 @@ impl Layers {
         let compression_threshold_bytes = self
             .check(self.bytes("compression_threshold_bytes", 0, 64 << 20))
             .unwrap_or(DEFAULT_COMPRESSION_THRESHOLD_BYTES);
+        let data_dir = match self.check(self.string("data_dir")) {
+            None => None,
+            Some((dir, source)) => {
+                if dir.trim().is_empty() {
+                    self.refuse(Err(ConfigError::setting(
+                        "data_dir",
+                        &source,
+                        "must be a directory path (leave it unset to keep history in RAM only)",
+                    )));
+                } else if engine == Engine::Redis {
+                    self.refuse(Err(ConfigError::setting(
+                        "data_dir",
+                        &source,
+                        "durable history is the memory engine's: with engine = redis, history \
+                         lives in Redis (unset data_dir, or use engine = memory)",
+                    )));
+                }
+                Some(PathBuf::from(dir))
+            }
+        };
+        let durability = match self.check(self.string("durability")) {
+            None => Durability::Fsync,
+            Some((name, source)) => match name.trim() {
+                "fsync" => Durability::Fsync,
+                "page_cache" => Durability::PageCache,
+                other => {
+                    self.refuse(Err(ConfigError::setting(
+                        "durability",
+                        &source,
+                        format_args!("expected fsync or page_cache, got {other:?}"),
+                    )));
+                    Durability::Fsync
+                }
+            },
+        };
         let pusher_path_prefix = match self.check(self.string("pusher_path_prefix")) {
             None => String::new(),
             Some((prefix, source)) => {
@@ -1305,6 +1372,8 @@ impl Layers {
             send_buffer_bytes,
             compression,
             compression_threshold_bytes,
+            data_dir,
+            durability,
             channels: channels.unwrap_or_default(),
             namespaces,
             webhooks: webhooks(&apps, namespace_webhooks, webhook_secret.as_ref()),
@@ -1765,6 +1834,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains(&format!("cannot read {}", path(&missing))), "{error}");
+    }
+
+    #[test]
+    fn durable_history_is_off_by_default_and_checked() {
+        let config = Config::dev();
+        assert_eq!((config.data_dir.as_deref(), config.durability), (None, Durability::Fsync));
+        let config = Config::load(
+            None,
+            vec![flag("data_dir", "/var/lib/herald"), env("durability", "page_cache")],
+            true,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir.as_deref(), Some(Path::new("/var/lib/herald")));
+        assert_eq!(config.durability, Durability::PageCache);
+        let error = Config::load(
+            None,
+            vec![flag("data_dir", "/tmp/h"), flag("engine", "redis"), flag("durability", "maybe")],
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`data_dir`") && error.contains("engine = redis"), "{error}");
+        assert!(error.contains("expected fsync or page_cache"), "{error}");
+        let error = Config::load(None, vec![flag("data_dir", " ")], true).unwrap_err();
+        assert!(error.to_string().contains("`data_dir`"), "{error}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::config::{Config, KEYS, Override, Source};
-use herald::server::{Server, ServerHandle};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use herald::server::{Server, ServerHandle, StartError};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::iterator::Signals;
 use std::io::Write;
 use std::path::PathBuf;
@@ -169,6 +169,12 @@ struct ServeArgs {
     /// Notices a scope's webhook queue holds before new ones are dropped.
     #[arg(long, env = "HERALD_WEBHOOK_QUEUE_SIZE", value_name = "N")]
     webhook_queue_size: Option<String>,
+    /// Directory where the memory engine keeps history across restarts (off when unset).
+    #[arg(long, env = "HERALD_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// With --data-dir: fsync (each group commit reaches the disk before its publishes are answered) or page_cache.
+    #[arg(long, env = "HERALD_DURABILITY", value_name = "MODE")]
+    durability: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -260,6 +266,14 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A file-size limit (`ulimit -f`) must fail the store's write (EFBIG,
+    // answered 503), not kill the process: SIGXFSZ is caught and ignored.
+    if let Err(error) = signal_hook::flag::register(
+        SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        log::warn!("cannot catch SIGXFSZ: {error}");
+    }
     let listen = match config.listen_tls {
         Some(tls) => format!("{} and {tls} (TLS)", config.listen),
         None => config.listen.to_string(),
@@ -267,8 +281,12 @@ fn serve(args: &ServeArgs, matches: &ArgMatches) -> ExitCode {
     let dev_key = config.dev.then(|| config.api_key.expose().to_string());
     let handle = match Server::start(config) {
         Ok(handle) => handle,
-        Err(error) => {
+        Err(StartError::Listen(error)) => {
             eprintln!("herald: cannot listen on {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("herald: cannot start: {error}");
             return ExitCode::FAILURE;
         }
     };

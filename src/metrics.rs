@@ -4,6 +4,7 @@
 //! a relaxed load and store (no locked instruction, no shared cache line
 //! between shards); a scrape reads every shard's counters with relaxed loads.
 
+use crate::broker::StoreFigures;
 use crate::error::CloseReason;
 use crate::wire::router::ApiEndpoint as Endpoint;
 use std::fmt::Write as _;
@@ -258,6 +259,8 @@ pub struct NodeFigures {
     /// With a TLS listener: the served certificate's expiry (Unix
     /// seconds), and the reloads done and refused.
     pub tls: Option<TlsFigures>,
+    /// The store's figures (all 0 without `data_dir`).
+    pub store: StoreFigures,
 }
 
 /// The TLS listener's certificate, for `/metrics`.
@@ -516,7 +519,8 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         &mut out,
         "herald_engine_refusals_total",
         "counter",
-        "Calls answered unavailable at once because the engine's queue was full (Redis engine).",
+        "Calls answered unavailable at once because the engine's queue was full (the Redis \
+         engine's, or the store's writer with data_dir).",
     );
     let _ = writeln!(out, "herald_engine_refusals_total {}", node.engine_refusals);
     if let Some(tls) = &node.tls {
@@ -536,6 +540,33 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], node: &NodeFigures) -> St
         let _ = writeln!(out, "herald_tls_reloads_total{{result=\"ok\"}} {}", tls.reloads);
         let _ =
             writeln!(out, "herald_tls_reloads_total{{result=\"refused\"}} {}", tls.failed_reloads);
+    }
+    let store: [(&str, &str, &str, u64); 4] = [
+        (
+            "herald_store_failures_total",
+            "counter",
+            "Publishes answered 503 because the store could not write them (disk full or \
+             failing); 0 without data_dir.",
+            node.store.failures,
+        ),
+        (
+            "herald_store_commits_total",
+            "counter",
+            "Batches the store committed (each one write, and one fdatasync with durability = \
+             fsync).",
+            node.store.commits,
+        ),
+        ("herald_store_channels", "gauge", "Channels the store holds.", node.store.channels),
+        (
+            "herald_store_publications",
+            "gauge",
+            "Publications the store holds.",
+            node.store.publications,
+        ),
+    ];
+    for (name, kind, help, value) in store {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
     }
     family(&mut out, "herald_uptime_seconds", "gauge", "Seconds since the server started.");
     let _ = writeln!(out, "herald_uptime_seconds {}", node.uptime_secs);
@@ -578,6 +609,7 @@ mod tests {
                 engine_refusals: 0,
                 notices_dropped: 0,
                 tls: Some(TlsFigures { not_after: 4_070_908_800, reloads: 1, failed_reloads: 2 }),
+                store: StoreFigures { failures: 3, ..StoreFigures::default() },
             },
         );
         for line in [
@@ -595,6 +627,8 @@ mod tests {
             "herald_channels 2",
             "herald_tls_certificate_expiry_seconds 4070908800",
             "herald_tls_reloads_total{result=\"refused\"} 2",
+            "herald_store_failures_total 3",
+            "herald_store_publications 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

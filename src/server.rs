@@ -23,37 +23,70 @@ const LISTEN_BACKLOG: i32 = 4096;
 #[derive(Debug)]
 pub struct Server;
 
+/// Why the server did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listening address could not be bound.
+    Listen(io::Error),
+    /// The engine could not start (its store refused to open, say); the
+    /// message says why and what to do.
+    Engine(String),
+    /// The system refused something else (a thread, an epoll instance).
+    System(io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Listen(error) | StartError::System(error) => write!(f, "{error}"),
+            StartError::Engine(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 impl Server {
     /// Binds the listeners and starts one thread per shard. Returns once the
     /// server accepts connections.
-    pub fn start(config: Config) -> io::Result<ServerHandle> {
+    pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         let soft = sys::raise_open_file_limit();
         if let Err(error) = sys::reserve_descriptor_table(soft) {
             log::debug!("could not pre-size the descriptor table: {error}");
         }
         let threads = config.threads.max(1);
-        let listeners = bind_listeners(config.listen, threads, config.send_buffer_bytes)?;
+        let listeners = bind_listeners(config.listen, threads, config.send_buffer_bytes)
+            .map_err(StartError::Listen)?;
         let local_addr = listeners
             .first()
             .map(TcpListener::local_addr)
-            .transpose()?
-            .ok_or_else(|| io::Error::other("no listener"))?;
+            .transpose()
+            .map_err(StartError::Listen)?
+            .ok_or_else(|| StartError::Listen(io::Error::other("no listener")))?;
         let mut tls_listeners: Vec<Option<TcpListener>> = match config.listen_tls {
             Some(addr) if config.tls.is_some() => {
                 let listeners =
                     bind_listeners(addr, threads, config.send_buffer_bytes).map_err(|error| {
-                        io::Error::new(error.kind(), format!("{addr} (TLS): {error}"))
+                        StartError::Listen(io::Error::new(
+                            error.kind(),
+                            format!("{addr} (TLS): {error}"),
+                        ))
                     })?;
                 listeners.into_iter().map(Some).collect()
             }
-            Some(_) => return Err(io::Error::other("listen_tls is set without a certificate")),
+            Some(_) => {
+                return Err(StartError::Listen(io::Error::other(
+                    "listen_tls is set without a certificate",
+                )));
+            }
             None => (0..threads).map(|_| None).collect(),
         };
         let tls_addr = tls_listeners
             .first()
             .and_then(Option::as_ref)
             .map(TcpListener::local_addr)
-            .transpose()?;
+            .transpose()
+            .map_err(StartError::Listen)?;
         let node: Arc<str> = Arc::from(node_id());
         let config = Arc::new(config);
         // Every shard's poll and inbox exist before the broker, which
@@ -61,26 +94,30 @@ impl Server {
         let mut polls = Vec::with_capacity(threads);
         let mut inboxes = Vec::with_capacity(threads);
         for _ in 0..threads {
-            let poll = Poll::new()?;
-            let waker = Waker::new(poll.registry(), WAKER)?;
+            let poll = Poll::new().map_err(StartError::System)?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(StartError::System)?;
             inboxes.push(Arc::new(Inbox::new(waker)));
             polls.push(poll);
         }
         let shared =
-            Arc::new(Shared::new(config, node, inboxes.clone()).map_err(io::Error::other)?);
+            Arc::new(Shared::new(config, node, inboxes.clone()).map_err(StartError::Engine)?);
         let webhooks = Some(Webhooks::start(&shared));
         let mut shards = Vec::with_capacity(threads);
         for (index, ((poll, listener), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
         {
             let tls_listener = tls_listeners.get_mut(index).and_then(Option::take);
-            shards.push(Shard::new(index, poll, listener, tls_listener, inbox, shared.clone())?);
+            shards.push(
+                Shard::new(index, poll, listener, tls_listener, inbox, shared.clone())
+                    .map_err(StartError::System)?,
+            );
         }
         let mut threads = Vec::with_capacity(shards.len());
         for (index, shard) in shards.into_iter().enumerate() {
             let thread = std::thread::Builder::new()
                 .name(format!("herald-shard-{index}"))
-                .spawn(move || shard.run())?;
+                .spawn(move || shard.run())
+                .map_err(StartError::System)?;
             threads.push(thread);
         }
         log::info!(

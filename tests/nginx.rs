@@ -33,11 +33,22 @@ fn start_herald(extra: &[(&'static str, &str)]) -> ServerHandle {
     let _ = env_logger::builder().is_test(true).try_init();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
     let text = std::fs::read_to_string(&path).unwrap();
+    // The shipped file keeps history in /var/lib/herald: each herald here
+    // gets a store of its own.
+    static STORES: AtomicUsize = AtomicUsize::new(0);
+    let store = std::env::temp_dir().join(format!(
+        "herald-nginx-{}-{}",
+        std::process::id(),
+        STORES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&store);
+    let store = store.to_str().unwrap().to_string();
     let settings = [
         ("listen", "127.0.0.1:0"),
         ("threads", "2"),
         ("api_key", API_KEY),
         ("token_secret", TOKEN_SECRET),
+        ("data_dir", store.as_str()),
     ];
     let overrides = settings
         .iter()
@@ -488,7 +499,11 @@ fn the_shipped_config_lets_only_allowed_addresses_reach_the_server_api_and_metri
     assert_eq!(request_from("127.0.0.2:0", nginx.addr, &info).status, 403);
     assert_eq!(request_from("127.0.0.2:0", nginx.addr, metrics).status, 403);
     let health = request_from("127.0.0.2:0", nginx.addr, health);
-    assert_eq!(health.json(), json!({"status": "ok"}));
+    assert_eq!(
+        health.json(),
+        json!({"status": "ok", "engine": {"name": "memory", "state": "up"}}),
+        "the shipped config keeps a store, whose state /health tells"
+    );
     let script =
         request_from("127.0.0.2:0", nginx.addr, "GET /herald.js HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(script.status, 200);

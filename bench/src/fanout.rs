@@ -43,6 +43,14 @@ pub struct FanoutArgs {
     /// request waits for the previous answer). `--rate` is then ignored.
     #[arg(long)]
     depth: Option<usize>,
+    /// Publishers, each on its own keep-alive connection (as a pool of PHP
+    /// workers publishes): closed loop with `--depth`, each with that many
+    /// requests in flight; open loop, the publications take the
+    /// connections in turn. Publications are numbered from one counter:
+    /// with more than one connection, two sent close together may reach
+    /// the server in either order, which subscribers count as a gap.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// Bytes of each publication's data: a JSON string (quotes included)
     /// carrying the sequence number and the intended send time.
     #[arg(long, default_value_t = 32)]
@@ -287,32 +295,41 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
 
 /// Publishes at `rate` from `window.load_ns` to `window.end_ns`, open loop:
 /// pipelined keep-alive POSTs, each sent at its intended time, answers
-/// counted by a reader thread. Returns (publications sent inside the window,
-/// all sent, all answered 200).
+/// counted by a reader thread per connection. With `--publishers N`, the
+/// publications take N connections in turn. Returns (publications sent
+/// inside the window, all sent, all answered 200).
 fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, u64, u64), String> {
-    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let answered = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let mut stream = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut streams = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..args.publishers.max(1) {
+        let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut reading = stream.try_clone().map_err(|e| e.to_string())?;
         let answered = answered.clone();
-        std::thread::spawn(move || read_answers(&mut stream, &answered))
-    };
-    let interval = (1e9 / args.rate) as u64;
+        readers.push(std::thread::spawn(move || read_answers(&mut reading, &answered)));
+        streams.push(stream);
+    }
+    let interval = ((1e9 / args.rate) as u64).max(1);
+    let connections = streams.len() as u64;
     let (mut seq, mut in_window) = (0u64, 0u64);
     let mut next = window.load_ns;
     while next < window.end_ns {
         sleep_until(next);
-        let last = next + interval >= window.end_ns;
+        // The last publication on each connection closes it.
+        let last = next + interval * connections >= window.end_ns;
         let request = publish_request(args, addr, seq, next, last);
+        let stream = &mut streams[(seq % connections) as usize];
         stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))?;
         if next >= window.start_ns {
             in_window += 1;
         }
         seq += 1;
-        next += interval.max(1);
+        next += interval;
     }
-    reader.join().map_err(|_| "the answer reader panicked")??;
+    for reader in readers {
+        reader.join().map_err(|_| "the answer reader panicked")??;
+    }
     Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
@@ -347,35 +364,76 @@ fn publish_request(
     )
 }
 
+/// What closed-loop publishers did: publications sent inside the window,
+/// all sent, all answered 200, and the time from each request inside the
+/// window to its answer.
+#[derive(Default)]
+struct Published {
+    in_window: u64,
+    sent: u64,
+    answered: u64,
+    latency: Latency,
+}
+
+/// Runs `publishers` closed-loop publishers (each [`publish_closed_loop`])
+/// and adds up what they did.
+fn publish_closed_loops(
+    args: &FanoutArgs,
+    addr: SocketAddr,
+    window: Window,
+    depth: usize,
+) -> Result<Published, String> {
+    let seq = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..args.publishers.max(1))
+        .map(|_| {
+            let (args, seq) = (args.clone(), seq.clone());
+            std::thread::spawn(move || publish_closed_loop(&args, addr, window, depth, &seq))
+        })
+        .collect();
+    let mut total = Published::default();
+    for thread in threads {
+        let one = thread.join().map_err(|_| "a publisher panicked")??;
+        total.in_window += one.in_window;
+        total.sent += one.sent;
+        total.answered += one.answered;
+        total.latency.merge(&one.latency);
+    }
+    Ok(total)
+}
+
 /// Publishes closed loop from `window.load_ns` to `window.end_ns`: `depth`
 /// requests in flight on one keep-alive connection, a new one sent for each
-/// answer. Returns (publications sent inside the window, all sent, all
-/// answered 200).
+/// answer (answers come in request order), numbered from `seq`.
 fn publish_closed_loop(
     args: &FanoutArgs,
     addr: SocketAddr,
     window: Window,
     depth: usize,
-) -> Result<(u64, u64, u64), String> {
+    seq: &AtomicU64,
+) -> Result<Published, String> {
     let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("API connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     sleep_until(window.load_ns);
-    let (mut seq, mut in_window, mut answered) = (0u64, 0u64, 0u64);
-    let send = |stream: &mut std::net::TcpStream, seq: &mut u64, in_window: &mut u64| {
+    let mut done = Published::default();
+    let mut sent_at = std::collections::VecDeque::new();
+    let send = |stream: &mut std::net::TcpStream,
+                done: &mut Published,
+                sent_at: &mut std::collections::VecDeque<u64>| {
         let now = now_ns();
-        let request = publish_request(args, addr, *seq, now, false);
-        *seq += 1;
+        let request = publish_request(args, addr, seq.fetch_add(1, Ordering::Relaxed), now, false);
+        done.sent += 1;
+        sent_at.push_back(now);
         if now >= window.start_ns && now < window.end_ns {
-            *in_window += 1;
+            done.in_window += 1;
         }
         stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))
     };
     for _ in 0..depth {
-        send(&mut stream, &mut seq, &mut in_window)?;
+        send(&mut stream, &mut done, &mut sent_at)?;
     }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
-    while answered < seq {
+    while done.answered < done.sent {
         let n = stream.read(&mut chunk).map_err(|e| format!("API read: {e}"))?;
         if n == 0 {
             return Err("the server closed the API connection".into());
@@ -383,13 +441,20 @@ fn publish_closed_loop(
         buf.extend_from_slice(&chunk[..n]);
         while let Some(length) = complete_answer(&buf)? {
             buf.drain(..length);
-            answered += 1;
-            if now_ns() < window.end_ns {
-                send(&mut stream, &mut seq, &mut in_window)?;
+            done.answered += 1;
+            let now = now_ns();
+            if let Some(sent) = sent_at.pop_front()
+                && sent >= window.start_ns
+                && sent < window.end_ns
+            {
+                done.latency.record(now.saturating_sub(sent));
+            }
+            if now < window.end_ns {
+                send(&mut stream, &mut done, &mut sent_at)?;
             }
         }
     }
-    Ok((in_window, seq, answered))
+    Ok(done)
 }
 
 /// The length of the first complete answer in `buf`, if it is complete;
@@ -459,12 +524,18 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
     let publisher = {
         let args = args.clone();
         std::thread::spawn(move || match args.depth {
-            Some(depth) => publish_closed_loop(&args, addr, window, depth.max(1)),
-            None => publish(&args, addr, window),
+            Some(depth) => publish_closed_loops(&args, addr, window, depth.max(1)),
+            None => publish(&args, addr, window).map(|(in_window, sent, answered)| Published {
+                in_window,
+                sent,
+                answered,
+                latency: Latency::default(),
+            }),
         })
     };
     let samples = window::sample(&window, args.common.pid)?;
-    let (published, sent, answered) = publisher.join().map_err(|_| "the publisher panicked")??;
+    let Published { in_window: published, sent, answered, latency: publish_latency } =
+        publisher.join().map_err(|_| "the publisher panicked")??;
     let expected = published * args.subscribers as u64;
     // Wait for the last deliveries: each barrier is one report from every part.
     let give_up = now_ns() + args.drain * 1_000_000_000;
@@ -500,6 +571,7 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "subscribers": subscribed["subscribed"],
         "rate": args.rate,
         "depth": args.depth,
+        "publishers": args.publishers,
         "payload_bytes": args.payload,
         "seconds": seconds,
         "published": published,
@@ -518,16 +590,21 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "generator_cpu_percent": round(samples["generator_cpu_s"].as_f64().unwrap_or(0.0) / seconds * 100.0, 1),
         "latency": Latency::from_json(&result["latency_hist"]).summary(),
         "last_subscriber_latency": last.summary(),
+        "publish_latency": publish_latency.summary(),
         "per_second": per_second_samples(&result["per_second"], &samples),
     });
     println!("{report}");
     if args.depth.is_some() {
         eprintln!(
-            "publish: {} subscribers, depth {:?}: {} publishes/s, {} us server CPU per publish",
+            "publish: {} subscribers, {} publishers, depth {:?}: {} publishes/s, {} us server CPU \
+             per publish, answered in p50 {} us, p99 {} us",
             report["subscribers"],
+            args.publishers,
             args.depth,
             report["publishes_per_s"],
-            report["server_cpu_us_per_publish"]
+            report["server_cpu_us_per_publish"],
+            report["publish_latency"]["p50_us"],
+            report["publish_latency"]["p99_us"]
         );
     }
     eprintln!(

@@ -1,13 +1,18 @@
-//! The memory engine, the embedded default: one node, history in RAM, every answer at once.
+//! The memory engine, the embedded default: one node, history in RAM, every answer at once (but publishes to channels with history when `data_dir` makes it durable).
 //!
 //! A publication takes its channel's stripe, gets the next offset, enters
 //! history, and is handed to every shard that has subscribers, all before
 //! the stripe is released: so every shard receives a channel's
 //! publications in offset order, whichever shards their publishers run on.
 //! Lock order is always stripe, then inbox.
+//!
+//! With `data_dir`, history also lives in a store on disk (`durable`): a
+//! publish to a namespace that keeps history goes to the store's writer
+//! thread, which makes it visible and answers it once it is written.
 
+use super::durable::Durable;
 use super::notice::{MemoryNotices, Notice, NoticeFeed, NoticeKind};
-use super::publication::{Kept, Position, PresenceChange, Publication, Relayed};
+use super::publication::{Position, PresenceChange, Relayed};
 use super::table::{Table, deliver_to, recover};
 use super::{Answer, Delivery, Engine, Event, Health, Host, ReplyTo, Subscription};
 use crate::channel::ChannelName;
@@ -17,25 +22,29 @@ use crate::types::{
 };
 use std::sync::Arc;
 
-/// Channels of one node, in RAM.
+/// Channels of one node, in RAM (and history on disk with `data_dir`).
 #[derive(Debug)]
 pub struct MemoryEngine {
-    table: Table,
+    table: Arc<Table>,
     node: Arc<str>,
     host: Arc<dyn Host>,
     notices: Arc<MemoryNotices>,
     dropped: std::sync::atomic::AtomicU64,
+    /// The store's writer, with `data_dir`.
+    durable: Option<Durable>,
 }
 
 impl MemoryEngine {
-    /// An engine for node `node`, delivering through `host`.
+    /// An engine for node `node`, delivering through `host`, history in
+    /// RAM only (whatever `data_dir` says).
     pub fn new(config: Arc<Config>, node: Arc<str>, host: Arc<dyn Host>) -> MemoryEngine {
         MemoryEngine {
             notices: Arc::new(MemoryNotices::new(config.webhook_queue_size, &node)),
-            table: Table::new(config),
+            table: Arc::new(Table::new(config)),
             node,
             host,
             dropped: std::sync::atomic::AtomicU64::new(0),
+            durable: None,
         }
     }
 
@@ -49,42 +58,29 @@ impl MemoryEngine {
         }
     }
 
+    /// An engine as the configuration asks: with `data_dir`, its store is
+    /// opened (or made) and read back before the engine answers anything.
+    pub fn start(
+        config: Arc<Config>,
+        node: Arc<str>,
+        host: Arc<dyn Host>,
+    ) -> Result<MemoryEngine, String> {
+        let mut engine = MemoryEngine::new(config.clone(), node, host);
+        if let Some(dir) = &config.data_dir {
+            engine.durable = Some(Durable::start(
+                engine.table.clone(),
+                engine.host.clone(),
+                dir,
+                config.durability,
+            )?);
+        }
+        Ok(engine)
+    }
+
     /// Moves the engine's clock forward (history TTLs, channel expiry).
     #[doc(hidden)]
     pub fn advance_clock(&self, by: std::time::Duration) {
         self.table.advance_clock(by);
-    }
-
-    fn publish_one(
-        &self,
-        channel: &ChannelName,
-        data: &[u8],
-        exclude: Option<ConnRef>,
-    ) -> Result<Published, BrokerError> {
-        let options = self.table.options(channel)?;
-        let now = self.table.now();
-        let name = channel.shared();
-        let mut stripe = self.table.lock(name);
-        let state = stripe.open(name, options)?;
-        state.top += 1;
-        let offset = state.top;
-        let publication = Publication::new(name.clone(), offset, data);
-        if state.options.history_size > 0 {
-            if state.history.len() >= state.options.history_size {
-                state.history.pop_front();
-            }
-            state.history.push_back(Kept { at: now, publication: publication.clone() });
-        }
-        deliver_to(
-            &*self.host,
-            state.interested_shards(),
-            &Delivery { channel: name.clone(), event: Event::Publication(publication), exclude },
-        );
-        let published = Published { epoch: state.epoch, offset };
-        if state.subscribers == 0 {
-            stripe.settle(name);
-        }
-        Ok(published)
     }
 }
 
@@ -94,13 +90,25 @@ impl Engine for MemoryEngine {
         channels: &[ChannelName],
         data: &[u8],
         exclude: Option<&str>,
-        _reply: ReplyTo,
+        reply: ReplyTo,
     ) -> Answer<Vec<(ChannelName, Published)>> {
         // A client of another node (or of an earlier run) is simply not here.
         let exclude = exclude.and_then(|id| parse_client_id(&self.node, id));
+        if let Some(durable) = &self.durable {
+            let mut keeps_history = false;
+            for channel in channels {
+                match self.table.options(channel) {
+                    Ok(options) => keeps_history |= options.history_size > 0,
+                    Err(error) => return Answer::Now(Err(error)),
+                }
+            }
+            if keeps_history {
+                return durable.publish(channels, data, exclude, reply);
+            }
+        }
         let mut results = Vec::with_capacity(channels.len());
         for channel in channels {
-            match self.publish_one(channel, data, exclude) {
+            match self.table.publish(&*self.host, channel, data, exclude) {
                 Ok(published) => results.push((channel.clone(), published)),
                 Err(error) => return Answer::Now(Err(error)),
             }
@@ -315,15 +323,24 @@ impl Engine for MemoryEngine {
     }
 
     fn health(&self) -> Health {
-        Health {
-            name: "memory",
-            up: None,
-            refused: 0,
-            notices_dropped: self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        let notices_dropped = self.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        match &self.durable {
+            None => Health { name: "memory", up: None, refused: 0, notices_dropped, store: None },
+            Some(durable) => Health {
+                name: "memory",
+                up: Some(durable.up()),
+                refused: durable.refused(),
+                notices_dropped,
+                store: Some(durable.figures()),
+            },
         }
     }
 
-    fn stop(&self) {}
+    fn stop(&self) {
+        if let Some(durable) = &self.durable {
+            durable.stop();
+        }
+    }
 }
 
 #[cfg(test)]

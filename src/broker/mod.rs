@@ -8,12 +8,14 @@
 //! Publications reach the shards as neutral values ([`Delivery`]) whose
 //! encodings are built once per node, on first use.
 
+pub mod durable;
 pub mod memory;
 pub mod notice;
 mod publication;
 pub mod redis;
 mod table;
 
+pub use durable::StoreFigures;
 pub use publication::{
     Delivery, Event, Position, PresenceChange, Publication, Recovery, Relayed, Restart,
 };
@@ -113,6 +115,8 @@ pub struct Health {
     pub refused: u64,
     /// Notices dropped because their scope's queue was full.
     pub notices_dropped: u64,
+    /// With durable history (`data_dir`): the store's figures.
+    pub store: Option<StoreFigures>,
 }
 
 /// Channels, offsets, history, presence and delivery between nodes.
@@ -183,7 +187,7 @@ pub fn start(
     host: Arc<dyn Host>,
 ) -> Result<Box<dyn Engine>, String> {
     Ok(match config.engine {
-        EngineKind::Memory => Box::new(memory::MemoryEngine::new(config, node, host)),
+        EngineKind::Memory => Box::new(memory::MemoryEngine::start(config, node, host)?),
         EngineKind::Redis => Box::new(redis::RedisEngine::start(config, node, host)?),
     })
 }

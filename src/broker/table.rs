@@ -1,11 +1,11 @@
 //! The channel table both engines keep on each node: per channel its epoch, newest offset, history, presence and subscribers per shard, striped by name behind short-held mutexes.
 
 use super::publication::{Kept, Publication, Recovery};
-use super::{Delivery, Host};
+use super::{Delivery, Event, Host};
 use crate::channel::ChannelName;
 use crate::clock::Millis;
 use crate::config::{Config, NamespaceOptions};
-use crate::types::{BrokerError, ConnRef, Epoch, Member, Since};
+use crate::types::{BrokerError, ConnRef, Epoch, Member, Published, Since};
 use std::cmp::Reverse;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -45,6 +45,10 @@ pub(super) struct Channel {
     /// With the Redis engine: publications were missed that history no
     /// longer holds; the next delivery tells subscribers they start over.
     pub(super) restart_pending: bool,
+    /// With durable history: offsets after `top` handed to the store's
+    /// writer and not yet committed (nor visible: `top` is the newest
+    /// committed offset). The channel is not freed while any are.
+    pub(super) reserved: u64,
 }
 
 impl Channel {
@@ -63,6 +67,37 @@ impl Channel {
     fn history_expires_at(&self) -> Option<Millis> {
         let ttl = self.options.history_ttl_secs.saturating_mul(1000);
         self.history.back().map(|newest| newest.at + ttl)
+    }
+
+    /// Makes `publication`, the channel's next offset, part of it: `top`,
+    /// history (the oldest leaves past `history_size`), and a delivery to
+    /// every shard with subscribers, which the caller's stripe lock keeps
+    /// in offset order.
+    pub(super) fn append(
+        &mut self,
+        host: &dyn Host,
+        name: &Arc<str>,
+        at: Millis,
+        publication: Arc<Publication>,
+        exclude: Option<ConnRef>,
+    ) {
+        self.top = publication.offset();
+        if self.options.history_size > 0 {
+            if self.history.len() >= self.options.history_size {
+                self.history.pop_front();
+            }
+            self.history.push_back(Kept { at, publication: publication.clone() });
+        }
+        deliver_to(
+            host,
+            self.interested_shards(),
+            &Delivery { channel: name.clone(), event: Event::Publication(publication), exclude },
+        );
+    }
+
+    /// The oldest offset history still holds (`top + 1` when it holds none).
+    pub(super) fn oldest_kept(&self) -> u64 {
+        self.history.front().map_or(self.top.saturating_add(1), |kept| kept.publication.offset())
     }
 
     /// Shards with subscribers.
@@ -191,7 +226,7 @@ impl Stripe {
     /// freed when its history expires.
     fn settle(&mut self, name: &Arc<str>, count: &ChannelCount) {
         let Some(channel) = self.channels.get_mut(name) else { return };
-        if channel.subscribers > 0 {
+        if channel.subscribers > 0 || channel.reserved > 0 {
             return;
         }
         match channel.history_expires_at() {
@@ -250,6 +285,10 @@ pub(super) struct Table {
     count: ChannelCount,
     hasher: RandomState,
     shards: usize,
+    /// Unix milliseconds when the table was made: the clock reads as Unix
+    /// time (so stored publications keep their age across restarts) but
+    /// moves with the monotonic clock.
+    base: u64,
     clock: Instant,
     /// Added to the clock: lets tests move time forward.
     skew: AtomicU64,
@@ -269,6 +308,7 @@ impl Table {
             config,
             stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
             hasher: RandomState::new(),
+            base: crate::clock::unix_millis(),
             clock: Instant::now(),
             skew: AtomicU64::new(0),
             epoch_seed: u64::from_le_bytes(seed_bytes),
@@ -305,13 +345,69 @@ impl Table {
             expiry_pending: false,
             remote_position: false,
             restart_pending: false,
+            reserved: 0,
         }
     }
 
-    /// Now on the table's clock.
+    /// Puts back a channel read from the store at start-up: its epoch, and
+    /// its history (`(offset, at, data)`, contiguous, oldest first, not
+    /// empty). It counts toward `max_channels` (past it, with a warning:
+    /// what was stored is kept).
+    pub(super) fn restore(
+        &self,
+        name: Arc<str>,
+        epoch: Epoch,
+        options: &NamespaceOptions,
+        history: impl Iterator<Item = (u64, Millis, bytes::Bytes)>,
+    ) {
+        let mut channel = self.new_channel(options);
+        channel.epoch = epoch;
+        for (offset, at, data) in history {
+            channel.top = offset;
+            channel
+                .history
+                .push_back(Kept { at, publication: Publication::new(name.clone(), offset, &data) });
+        }
+        let mut locked = self.lock(&name);
+        if locked.stripe.channels.insert(name.clone(), channel).is_none()
+            && self.count.open.fetch_add(1, Ordering::Relaxed) == self.count.max
+        {
+            log::warn!(
+                "the store holds more channels than max_channels ({}): all are kept, new ones are \
+                 refused until some expire",
+                self.count.max
+            );
+        }
+        locked.settle(&name);
+    }
+
+    /// Publishes `data` to `channel` now (no store involved): the next
+    /// offset, history, deliveries.
+    pub(super) fn publish(
+        &self,
+        host: &dyn Host,
+        channel: &ChannelName,
+        data: &[u8],
+        exclude: Option<ConnRef>,
+    ) -> Result<Published, BrokerError> {
+        let options = self.options(channel)?;
+        let now = self.now();
+        let name = channel.shared();
+        let mut stripe = self.lock(name);
+        let state = stripe.open(name, options)?;
+        let publication = Publication::new(name.clone(), state.top.saturating_add(1), data);
+        state.append(host, name, now, publication, exclude);
+        let published = Published { epoch: state.epoch, offset: state.top };
+        if state.subscribers == 0 {
+            stripe.settle(name);
+        }
+        Ok(published)
+    }
+
+    /// Now on the table's clock: Unix milliseconds, moving monotonically.
     pub(super) fn now(&self) -> Millis {
         let elapsed = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
-        elapsed.saturating_add(self.skew.load(Ordering::Relaxed))
+        self.base.saturating_add(elapsed).saturating_add(self.skew.load(Ordering::Relaxed))
     }
 
     /// Moves the table's clock forward (history TTLs, channel expiry).

@@ -97,6 +97,7 @@ impl Shared {
                 let (reloads, failed_reloads) = tls.reload_counts();
                 metrics::TlsFigures { not_after: tls.not_after(), reloads, failed_reloads }
             }),
+            store: health.store.unwrap_or_default(),
         };
         let mut text = metrics::render(&self.metrics, &figures);
         let webhooks: Vec<(&str, &metrics::WebhookCounters)> = self

@@ -1,7 +1,7 @@
 //! Memory engine tests without sockets: offsets, ordering across shards, recovery, presence, expiry.
 
 use super::*;
-use crate::broker::Recovery;
+use crate::broker::{Publication, Recovery};
 use crate::config::{Config, NamespaceOptions};
 use crate::types::client_id;
 use bytes::Bytes;

@@ -475,6 +475,7 @@ impl Engine for RedisEngine {
             up: Some(self.inner.up.load(Ordering::Acquire)),
             refused: self.inner.refused.load(Ordering::Relaxed),
             notices_dropped: self.inner.notices_dropped.load(Ordering::Relaxed),
+            store: None,
         }
     }
 
