@@ -1,7 +1,12 @@
 //! Where permessage-deflate starts to pay for JSON notifications: for message pushes of 64 B to 4 KiB, the frame's size plain and compressed, and what compressing and inflating one costs (docs/BENCHMARKS.md, "Where compression pays").
 //!
 //!     cargo run --release --example compression_pays
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 
 use herald::wire::deflate::{Deflater, Inflater};
 use herald::wire::frame::{Opcode, payload_of};
@@ -13,8 +18,22 @@ use std::time::Instant;
 /// by a fixed pseudo-random sequence so that they do not repeat.
 fn message(size: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "comment", "liked", "your", "photo", "replied", "to", "thread", "new", "follower",
-        "mentioned", "you", "in", "a", "post", "shared", "invoice",
+        "comment",
+        "liked",
+        "your",
+        "photo",
+        "replied",
+        "to",
+        "thread",
+        "new",
+        "follower",
+        "mentioned",
+        "you",
+        "in",
+        "a",
+        "post",
+        "shared",
+        "invoice",
     ];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -24,7 +43,11 @@ fn message(size: usize, seed: u64) -> Vec<u8> {
         x
     };
     let mut items = Vec::new();
-    let head = format!(r#"{{"op":"message","channel":"user:{}","offset":{},"data":{{"items":["#, next() % 100_000, next() % 1_000_000);
+    let head = format!(
+        r#"{{"op":"message","channel":"user:{}","offset":{},"data":{{"items":["#,
+        next() % 100_000,
+        next() % 1_000_000
+    );
     let mut len = head.len() + 3;
     while len < size {
         let text: Vec<&str> = (0..3 + next() % 5).map(|_| WORDS[(next() % 16) as usize]).collect();
@@ -68,7 +91,9 @@ fn time(mut f: impl FnMut()) -> f64 {
 fn main() {
     let mut deflater = Deflater::default();
     let mut inflater = Inflater::default();
-    println!("| push (bytes) | frame plain | frame compressed | saved | ratio | compress | inflate |");
+    println!(
+        "| push (bytes) | frame plain | frame compressed | saved | ratio | compress | inflate |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for size in [64, 128, 192, 256, 384, 512, 1024, 2048, 4096] {
         // The median over 21 different messages of this size.
@@ -89,7 +114,7 @@ fn main() {
                 (json.len(), plain, compressed, deflate_ns, inflate_ns)
             })
             .collect();
-        rows.sort_by(|a, b| (a.1 - a.2).cmp(&(b.1 - b.2)));
+        rows.sort_by_key(|row| row.1 - row.2);
         let (len, plain, compressed, deflate_ns, inflate_ns) = rows[rows.len() / 2];
         println!(
             "| {len} | {plain} | {compressed} | {} | {:.2}x | {:.1} µs | {:.1} µs |",
