@@ -35,7 +35,7 @@ struct Attempt {
 
 fn part(args: &ConnectArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let (target, path) = parse_url(&args.url)?;
-    let request = upgrade_request(target.addr, &path);
+    let request = upgrade_request(target.addr, &path, false);
     let (first, count) = part.share(args.inflight);
     let window = Window::from_command(&ctl.ready(json!({"ready": 1}))?)?;
     let mut per_second = vec![0u64; window.seconds()];

@@ -68,7 +68,7 @@ impl Client {
 fn part(args: &EchoArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let (target, path) = parse_url(&args.url)?;
     let (first, count) = part.share(args.connections);
-    let request = upgrade_request(target.addr, &path);
+    let request = upgrade_request(target.addr, &path, false);
     let opened = open_many(target, &request, first, count, 256, |_| None)?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut clients = Vec::with_capacity(count);

@@ -55,6 +55,16 @@ pub struct FanoutArgs {
     /// carrying the sequence number and the intended send time.
     #[arg(long, default_value_t = 32)]
     payload: usize,
+    /// The data as a JSON object of that size instead: a list of
+    /// notifications (ids, names, kinds, times, short texts, different in
+    /// every publication), as compressible as an application's.
+    #[arg(long)]
+    json: bool,
+    /// Offer permessage-deflate as browsers do, and inflate what comes
+    /// compressed (once per distinct compressed payload: a server that
+    /// compresses a publication once sends every subscriber the same bytes).
+    #[arg(long)]
+    deflate: bool,
     /// Seconds to wait after the window for the last deliveries.
     #[arg(long, default_value_t = 10)]
     drain: u64,
@@ -73,10 +83,66 @@ fn payload(seq: u64, send_ns: u64, size: usize) -> String {
     format!("\"{core}{}\"", "x".repeat(size.saturating_sub(core.len() + 2)))
 }
 
+/// `{"seq":"SEQ:SENDNS:","items":[...]}` of about `size` bytes: notifications
+/// made from a pseudo-random sequence seeded by `seq`, so that no two
+/// publications are alike.
+fn json_payload(seq: u64, send_ns: u64, size: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "comment",
+        "liked",
+        "your",
+        "photo",
+        "replied",
+        "to",
+        "thread",
+        "new",
+        "follower",
+        "mentioned",
+        "you",
+        "in",
+        "a",
+        "post",
+        "shared",
+        "invoice",
+    ];
+    let mut x = seq.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let word = |n: u64| WORDS[(n % 16) as usize];
+    let mut out = format!(r#"{{"seq":"{seq}:{send_ns}:","items":["#);
+    let mut first = true;
+    while out.len() + 2 < size {
+        let text: Vec<&str> = (0..5).map(|_| word(next())).collect();
+        let item = format!(
+            r#"{{"id":{},"from":"user-{}","kind":"{}","at":{},"text":"{}","read":{}}}"#,
+            next() % 10_000_000,
+            next() % 100_000,
+            word(next()),
+            1_764_500_000 + next() % 100_000,
+            text.join(" "),
+            next() % 2 == 0
+        );
+        if out.len() + item.len() + 3 > size && !first {
+            break;
+        }
+        if !first {
+            out.push(',');
+        }
+        out.push_str(&item);
+        first = false;
+    }
+    out.push_str("]}");
+    out
+}
+
 /// The `(seq, send_ns)` inside a message push.
 fn parse_push(payload: &[u8]) -> Option<(u64, u64)> {
-    let key = br#""data":""#;
-    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let find = |key: &[u8]| Some(payload.windows(key.len()).position(|w| w == key)? + key.len());
+    let at = find(br#""data":""#).or_else(|| find(br#""data":{"seq":""#))?;
     let rest = payload.get(at..)?;
     let mut fields = rest.split(|b| *b == b':');
     let number = |field: Option<&[u8]>| std::str::from_utf8(field?).ok()?.parse::<u64>().ok();
@@ -160,6 +226,59 @@ struct Subscriber {
     last_seq: Option<u64>,
 }
 
+/// permessage-deflate on the generator's side: an inflater, and what each
+/// compressed payload inflated to (a server that compresses a publication
+/// once sends the same bytes to every subscriber; one that compresses per
+/// connection is inflated per delivery).
+struct Inflating {
+    decompress: flate2::Decompress,
+    seen: HashMap<Vec<u8>, Option<(u64, u64)>>,
+}
+
+impl Inflating {
+    fn new() -> Inflating {
+        Inflating { decompress: flate2::Decompress::new(false), seen: HashMap::new() }
+    }
+
+    /// The `(seq, send_ns)` of a compressed message push that starts with
+    /// `message`.
+    fn push(&mut self, payload: &[u8], message: &[u8]) -> Result<Option<(u64, u64)>, String> {
+        if let Some(known) = self.seen.get(payload) {
+            return Ok(*known);
+        }
+        self.decompress.reset(false);
+        let mut input = payload.to_vec();
+        input.extend_from_slice(&[0x00, 0x00, 0xFF, 0xFF]);
+        let mut out = Vec::with_capacity(payload.len() * 8 + 64);
+        loop {
+            let before = self.decompress.total_in();
+            let offset = usize::try_from(before).unwrap_or(usize::MAX);
+            let rest = input.get(offset..).unwrap_or_default();
+            self.decompress
+                .decompress_vec(rest, &mut out, flate2::FlushDecompress::Sync)
+                .map_err(|e| format!("inflate: {e}"))?;
+            let used = self.decompress.total_in() - before;
+            if self.decompress.total_in() as usize >= input.len() && out.len() < out.capacity() {
+                break;
+            }
+            if used == 0 && out.len() < out.capacity() {
+                return Err("inflate: no progress".into());
+            }
+            out.reserve(out.capacity());
+        }
+        let push = if out.starts_with(message) {
+            Some(parse_push(&out).ok_or("a message without sequence and send time")?)
+        } else {
+            None
+        };
+        if self.seen.len() >= 4096 {
+            self.seen.clear();
+        }
+        self.seen.insert(payload.to_vec(), push);
+        Ok(push)
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     /// Deliveries of publications sent inside the window.
@@ -172,6 +291,11 @@ struct Tally {
     /// Per publication sent in the window: when its last delivery came.
     last: HashMap<u64, u64>,
     send_time: HashMap<u64, u64>,
+    /// Bytes of the frames of the deliveries counted in `in_window`
+    /// (headers included).
+    wire_bytes: u64,
+    /// Of those deliveries, the ones that came compressed.
+    compressed: u64,
 }
 
 fn read_subscriber(
@@ -180,6 +304,7 @@ fn read_subscriber(
     window: &Window,
     tally: &mut Tally,
     message: &[u8],
+    inflating: &mut Inflating,
 ) -> Result<(), String> {
     loop {
         match sub.stream.read(scratch) {
@@ -192,6 +317,7 @@ fn read_subscriber(
     let now = now_ns();
     let mut used = 0;
     while let Some((opcode, payload, len)) = parse_frame(&sub.buf[used..]) {
+        let compressed = sub.buf[used] & 0x40 != 0;
         let payload = &sub.buf[used + payload.start..used + payload.end];
         used += len;
         if opcode == 8 {
@@ -205,11 +331,19 @@ fn read_subscriber(
             let _ = sub.stream.write_all(&pong);
             continue;
         }
-        if opcode != 1 || !payload.starts_with(message) {
+        if opcode != 1 {
             continue;
         }
-        let (seq, send_ns) =
-            parse_push(payload).ok_or("a message without sequence and send time")?;
+        let (seq, send_ns) = if compressed {
+            match inflating.push(payload, message)? {
+                Some(push) => push,
+                None => continue,
+            }
+        } else if payload.starts_with(message) {
+            parse_push(payload).ok_or("a message without sequence and send time")?
+        } else {
+            continue;
+        };
         match sub.last_seq {
             Some(last) if seq <= last => tally.duplicates += 1,
             Some(last) if seq > last + 1 => tally.gaps += 1,
@@ -221,6 +355,8 @@ fn read_subscriber(
         }
         if send_ns >= window.start_ns && send_ns < window.end_ns {
             tally.in_window += 1;
+            tally.wire_bytes += len as u64;
+            tally.compressed += u64::from(compressed);
             tally.latency.record(now.saturating_sub(send_ns));
             let last = tally.last.entry(seq).or_insert(now);
             *last = (*last).max(now);
@@ -235,12 +371,13 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let (target, path) = parse_url(&args.url)?;
     let (first, count) = part.share(args.subscribers);
     let dialect = dialect(args);
-    let request = upgrade_request(target.addr, &path);
+    let request = upgrade_request(target.addr, &path, args.deflate);
     let opened = open_many(target, &request, first, count, 256, |_| {
         Some(Then { send: dialect.subscribe.clone(), expect: dialect.subscribed })
     })?;
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let mut subs = Vec::with_capacity(count);
+    let deflate_agreed = opened.iter().filter(|open| open.deflate).count();
     for (i, open) in opened.into_iter().enumerate() {
         let mut stream = open.stream;
         poll.registry()
@@ -252,6 +389,7 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let mut tally = Tally { per_second: vec![0; window.seconds()], ..Default::default() };
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; 64 * 1024];
+    let mut inflating = Inflating::new();
     let mut pending_command = None;
     // Until the window closes, then until the coordinator says everything
     // arrived (or gives up): each report is a barrier.
@@ -273,7 +411,14 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
         poll.poll(&mut events, Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
         for event in &events {
             if let Some(sub) = subs.get_mut(event.token().0) {
-                read_subscriber(sub, &mut scratch, &window, &mut tally, dialect.message)?;
+                read_subscriber(
+                    sub,
+                    &mut scratch,
+                    &window,
+                    &mut tally,
+                    dialect.message,
+                    &mut inflating,
+                )?;
             }
         }
     }
@@ -287,6 +432,9 @@ fn part(args: &FanoutArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
         "per_second": tally.per_second,
         "gaps": tally.gaps,
         "duplicates": tally.duplicates,
+        "wire_bytes": tally.wire_bytes,
+        "compressed": tally.compressed,
+        "deflate_agreed": deflate_agreed,
         "latency_hist": tally.latency.to_json(),
         "last_max": last,
         "sent_max": sent,
@@ -342,7 +490,11 @@ fn publish_request(
     send_ns: u64,
     last: bool,
 ) -> String {
-    let data = payload(seq, send_ns, args.payload);
+    let data = if args.json {
+        json_payload(seq, send_ns, args.payload)
+    } else {
+        payload(seq, send_ns, args.payload)
+    };
     if let Some(app) = args.pusher.as_deref().and_then(|text| PusherApp::parse(text).ok()) {
         let body = format!(r#"{{"name":"bench","channel":"{}","data":{data}}}"#, args.channel);
         let path = format!("/apps/{}/events", app.id);
@@ -573,6 +725,9 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "depth": args.depth,
         "publishers": args.publishers,
         "payload_bytes": args.payload,
+        "json": args.json,
+        "deflate_offered": args.deflate,
+        "deflate_agreed": result["deflate_agreed"],
         "seconds": seconds,
         "published": published,
         "published_total": sent,
@@ -583,6 +738,14 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "gaps": result["gaps"],
         "duplicates": result["duplicates"],
         "deliveries_per_s": round(received / seconds, 0),
+        "wire_bytes_per_delivery": round(
+            result["wire_bytes"].as_u64().unwrap_or(0) as f64 / (in_window as f64).max(1.0),
+            1
+        ),
+        "compressed_share": round(
+            result["compressed"].as_u64().unwrap_or(0) as f64 / (in_window as f64).max(1.0),
+            3
+        ),
         "publishes_per_s": round(published as f64 / seconds, 0),
         "server_cpu_us_per_publish": round(server_cpu * 1e6 / (published as f64).max(1.0), 3),
         "server_cpu_s": round(server_cpu, 3),
@@ -633,6 +796,31 @@ mod tests {
         let pusher =
             format!(r#"{{"channel":"c","event":"bench","data":{data},"herald_offset":1}}"#);
         assert_eq!(parse_push(pusher.as_bytes()), Some((42, 1_234_567_890_123)));
+    }
+
+    #[test]
+    fn json_payloads_carry_sequence_and_time_and_inflate_back() {
+        let data = json_payload(42, 1_234_567_890_123, 1024);
+        assert!((900..=1024).contains(&data.len()), "{}", data.len());
+        assert!(serde_json::from_str::<Value>(&data).is_ok(), "{data}");
+        assert_ne!(data, json_payload(43, 1_234_567_890_123, 1024)[..].replace("43:", "42:"));
+        let push = format!(r#"{{"op":"message","channel":"c","offset":1,"data":{data}}}"#);
+        assert_eq!(parse_push(push.as_bytes()), Some((42, 1_234_567_890_123)));
+        // As a server sends it: a raw deflate stream, its sync trailer cut.
+        let mut compress = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut compressed = Vec::with_capacity(2048);
+        compress
+            .compress_vec(push.as_bytes(), &mut compressed, flate2::FlushCompress::Sync)
+            .unwrap();
+        compressed.truncate(compressed.len() - 4);
+        assert!(compressed.len() * 2 < push.len(), "{} of {}", compressed.len(), push.len());
+        let mut inflating = Inflating::new();
+        let message = br#"{"op":"message""#;
+        for _ in 0..2 {
+            let got = inflating.push(&compressed, message).unwrap();
+            assert_eq!(got, Some((42, 1_234_567_890_123)));
+        }
+        assert_eq!(inflating.seen.len(), 1);
     }
 
     #[test]

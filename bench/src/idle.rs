@@ -34,6 +34,10 @@ pub struct IdleArgs {
     /// Subscribe each connection after upgrading.
     #[arg(long, value_enum, default_value = "none")]
     subscribe: Subscribe,
+    /// Offer permessage-deflate in each upgrade (the result counts the
+    /// connections where the server agreed).
+    #[arg(long)]
+    deflate: bool,
     /// Handshakes in flight per thread while opening.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -53,7 +57,7 @@ pub struct IdleArgs {
 
 fn part(args: &IdleArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
     let (target, path) = parse_url(&args.url)?;
-    let request = upgrade_request(target.addr, &path);
+    let request = upgrade_request(target.addr, &path, args.deflate);
     let most = args.steps.iter().copied().max().unwrap_or(0);
     // Part p owns load indexes [p * span, (p + 1) * span): distinct source
     // ports and addresses whatever the step.
@@ -79,7 +83,8 @@ fn part(args: &IdleArgs, part: Part, ctl: PartCtl) -> Result<Value, String> {
             })
         })?;
         held.extend(opened);
-        ctl.ready(json!({"open": held.len()}))?;
+        let deflate = held.iter().filter(|open| open.deflate).count();
+        ctl.ready(json!({"open": held.len(), "deflate": deflate}))?;
     }
     Ok(json!({"open": held.len()}))
 }
@@ -112,10 +117,13 @@ pub fn run(args: &IdleArgs) -> Result<(), String> {
     };
     let pid = args.pid.to_string();
     let mut samples = Vec::new();
+    let mut deflate = 0;
     let path = parse_url(&args.url)?.1;
     for (i, &step) in args.steps.iter().enumerate() {
         let started = Instant::now();
-        let open = coordinator.gather()?.ready()?["open"].as_u64().unwrap_or(0);
+        let opened = coordinator.gather()?.ready()?;
+        let open = opened["open"].as_u64().unwrap_or(0);
+        deflate = opened["deflate"].as_u64().unwrap_or(0);
         let opened_in = started.elapsed();
         std::thread::sleep(Duration::from_millis(args.settle_ms));
         let (rss, anon) =
@@ -148,6 +156,7 @@ pub fn run(args: &IdleArgs) -> Result<(), String> {
         "path": path,
         "subscribe": format!("{:?}", args.subscribe).to_lowercase(),
         "connections": most,
+        "deflate_agreed": deflate,
         "rss_bytes_per_connection": round(slope(&points), 0),
         "rss_anon_bytes_per_connection": round(slope(&anon), 0),
         "rss_bytes_per_connection_delta": round((last.1 - first.1) / (last.0 - first.0), 0),

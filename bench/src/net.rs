@@ -39,14 +39,20 @@ pub fn parse_url(url: &str) -> Result<(Target, String), String> {
     Ok((Target { addr, tls }, path))
 }
 
-/// The upgrade request for `path`.
-pub fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
+/// The upgrade request for `path`; with `deflate`, offering
+/// permessage-deflate as browsers do.
+pub fn upgrade_request(addr: SocketAddr, path: &str, deflate: bool) -> Vec<u8> {
+    let offer = if deflate { DEFLATE_OFFER } else { "" };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }
+
+/// permessage-deflate as Chromium offers it.
+const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
 /// A non-blocking connect for connection number `index` of the load:
 /// 20,000 connections per 127.0.0.x source address. Closing one resets it
@@ -121,6 +127,8 @@ pub struct Open {
     pub stream: Stream,
     /// Bytes already read and not yet parsed as frames.
     pub buf: Vec<u8>,
+    /// The server agreed to permessage-deflate.
+    pub deflate: bool,
 }
 
 /// What to do after the 101: send a command and wait for a text frame that
@@ -136,6 +144,7 @@ struct Opening {
     stream: Stream,
     sent: bool,
     upgraded: bool,
+    deflate: bool,
     buf: Vec<u8>,
 }
 
@@ -168,8 +177,10 @@ pub fn open_many<'a>(
             poll.registry()
                 .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| format!("register: {e}"))?;
-            slots[slot] =
-                Some((index, Opening { stream, sent: false, upgraded: false, buf: Vec::new() }));
+            slots[slot] = Some((
+                index,
+                Opening { stream, sent: false, upgraded: false, deflate: false, buf: Vec::new() },
+            ));
             started += 1;
             in_flight += 1;
         }
@@ -226,6 +237,8 @@ pub fn open_many<'a>(
                         String::from_utf8_lossy(&opening.buf[..end])
                     ));
                 }
+                let head = String::from_utf8_lossy(&opening.buf[..end]).to_ascii_lowercase();
+                opening.deflate = head.contains("\r\nsec-websocket-extensions: permessage-deflate");
                 opening.buf.drain(..end + 4);
                 opening.upgraded = true;
                 if let Some(then) = &then {
@@ -253,7 +266,7 @@ pub fn open_many<'a>(
             };
             if done && let Some((_, mut done)) = slots[slot].take() {
                 poll.registry().deregister(&mut done.stream).map_err(|e| e.to_string())?;
-                opened.push(Open { stream: done.stream, buf: done.buf });
+                opened.push(Open { stream: done.stream, buf: done.buf, deflate: done.deflate });
                 free.push(slot);
                 in_flight -= 1;
             }

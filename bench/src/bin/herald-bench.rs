@@ -32,7 +32,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Workloads (comma-separated): echo, fanout-10k-20, fanout-10k-40,
-    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed.
+    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed; and
+    /// with 1 KiB JSON notifications, fanout-10k-80-json, fanout-1k-100-json.
     #[arg(
         long,
         value_delimiter = ',',
@@ -41,8 +42,10 @@ struct Args {
     workloads: Vec<String>,
     /// Servers (comma-separated): herald, herald-baseline (with
     /// --baseline-bin), herald-pusher (herald's Pusher endpoint and HTTP
-    /// API: fan-out workloads only), reference-tuned, reference-default;
-    /// and over TLS: herald-wss, reference-tuned-wss, reference-default-wss.
+    /// API: fan-out workloads only), herald-deflate (herald, loaded by
+    /// clients that offer permessage-deflate: fan-out and idle workloads),
+    /// reference-tuned, reference-default; and over TLS: herald-wss,
+    /// reference-tuned-wss, reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
     /// The directory holding an earlier herald's release binary, run as the
@@ -115,10 +118,19 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             "10",
         ])
     };
+    let json_fanout = |subscribers: &str, rate: &str| {
+        let mut load = fanout(subscribers, rate);
+        if let Some(at) = load.iter().position(|a| a == "--payload") {
+            load[at + 1] = "1024".into();
+        }
+        load.push("--json".into());
+        load
+    };
     let fanout_metrics = || {
         vec![
             metric("deliveries_per_s", "deliveries/s", false),
             metric("server_cpu_us_per_delivery", "server CPU µs/delivery", true),
+            metric("wire_bytes_per_delivery", "bytes on the wire per delivery", true),
             metric("latency.p50_us", "p50 latency µs", true),
             metric("latency.p99_us", "p99 latency µs", true),
             metric("latency.p999_us", "p99.9 latency µs", true),
@@ -168,6 +180,18 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             name: "fanout-10k-80",
             title: "fan-out, 10,000 subscribers, 80 publications/s (four times what saturates the reference)",
             load: fanout("10000", "80"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-10k-80-json" => Workload {
+            name: "fanout-10k-80-json",
+            title: "fan-out, 10,000 subscribers, 80 publications/s of 1 KiB JSON notifications",
+            load: json_fanout("10000", "80"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-1k-100-json" => Workload {
+            name: "fanout-1k-100-json",
+            title: "fan-out, 1,000 subscribers, 100 publications/s of 1 KiB JSON notifications",
+            load: json_fanout("1000", "100"),
             metrics: fanout_metrics(),
         },
         "fanout-1k-100" => Workload {
@@ -250,6 +274,7 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             (program, all)
         }
         "herald-baseline" => (options.baseline_bin.as_ref()?.join("herald"), herald_args),
+        "herald-deflate" => server_command("herald", options)?,
         "herald-pusher" => {
             let (id, key, secret) = PUSHER_APP;
             let config = options.out.join("herald-pusher.toml");
@@ -314,6 +339,8 @@ struct Server {
     pusher: bool,
     /// The TLS listener, for a `-wss` server.
     tls_addr: Option<String>,
+    /// Loaded by clients that offer permessage-deflate.
+    deflate: bool,
 }
 
 fn start_server(name: &str, options: &Args) -> Result<Server, String> {
@@ -335,8 +362,13 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
             }
         }
     });
-    let mut server =
-        Server { child, addr: String::new(), tls_addr: None, pusher: name == "herald-pusher" };
+    let mut server = Server {
+        child,
+        addr: String::new(),
+        tls_addr: None,
+        pusher: name == "herald-pusher",
+        deflate: name == "herald-deflate",
+    };
     let wanted = if name.ends_with("-wss") { 2 } else { 1 };
     for _ in 0..wanted {
         match rx.recv_timeout(Duration::from_secs(10)) {
@@ -381,6 +413,15 @@ fn run_load(workload: &Workload, server: &Server, options: &Args) -> Result<Valu
         }
         args.push("--pusher".into());
         args.push(format!("{id}:{key}:{secret}"));
+    }
+    if server.deflate {
+        if !matches!(args.first().map(String::as_str), Some("fanout" | "idle")) {
+            return Err(format!(
+                "herald-deflate runs fan-out and idle workloads only, not {}",
+                workload.name
+            ));
+        }
+        args.push("--deflate".into());
     }
     args.push("--pid".into());
     args.push(server.child.id().to_string());
@@ -688,6 +729,9 @@ fn report(
         .collect();
     if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-wss") {
         references.push(("herald-wss", "herald"));
+    }
+    if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-deflate") {
+        references.push(("herald-deflate", "herald"));
     }
     for (ours, reference) in &references {
         table.push_str(&format!(" {ours} / {reference} |"));
