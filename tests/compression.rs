@@ -1,4 +1,4 @@
-//! permessage-deflate with real clients: Python's `websockets`, Node's `ws` and headless Chromium each negotiate it, send compressed messages and receive compressed publications and echoes, as a tap between them and herald sees on the wire; over wss:// too; a zip bomb is closed 1009.
+//! permessage-deflate with real clients: Python's `websockets`, Node's `ws` and headless Chromium each negotiate it, send compressed messages and receive compressed publications and echoes, as a tap between them and herald sees on the wire; over wss:// too; a zip bomb is closed 1009; Safari 15.0-15.3 and `compression = false` get no extension.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -369,4 +369,20 @@ fn without_the_setting_no_offer_is_accepted() {
     );
     assert_eq!(client.response.status, 101);
     assert_eq!(client.response.header("sec-websocket-extensions"), None);
+}
+
+#[test]
+fn safari_15_0_to_15_3_is_served_uncompressed() {
+    let server = start();
+    let safari = |version: &str| {
+        format!(
+            "User-Agent: Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 \
+             (KHTML, like Gecko) Version/{version} Safari/605.1.15\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        )
+    };
+    let broken = WsClient::open_with(server.local_addr(), "/ws", &safari("15.2"));
+    assert_eq!(broken.response.header("sec-websocket-extensions"), None);
+    let fixed = WsClient::open_with(server.local_addr(), "/ws", &safari("15.4"));
+    assert_eq!(fixed.response.header("sec-websocket-extensions"), Some(AGREED));
 }
