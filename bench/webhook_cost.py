@@ -60,6 +60,9 @@ class Receiver(asyncio.Protocol):
 
     count = 0
 
+    def connection_made(self, transport):
+        self.transport = transport
+
     def data_received(self, data):
         Receiver.count += data.count(b"POST ")
         self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n" * data.count(b"POST "))
