@@ -1508,15 +1508,33 @@ pub fn default_max_connections() -> usize {
 }
 
 /// A random URL-safe string of `bytes` random bytes, for generated dev secrets.
+/// A generated secret: `bytes` random bytes in URL-safe base64, never
+/// starting with `-` (a shell command such as `herald token --secret $S`
+/// would read such a secret as an option).
 fn random_token(bytes: usize) -> String {
     use base64::Engine as _;
-    let random = crate::sys::random_bytes(bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    loop {
+        let random = crate::sys::random_bytes(bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+        if !token.starts_with('-') {
+            return token;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_secrets_never_look_like_an_option() {
+        // One in 64 would start with '-' if nothing prevented it.
+        for _ in 0..5_000 {
+            let token = random_token(24);
+            assert_eq!(token.len(), 32);
+            assert!(!token.starts_with('-'), "{token}");
+        }
+    }
 
     fn flag(key: &'static str, value: &str) -> Override {
         Override { key, value: value.into(), source: Source::Flag(format!("--{key}")) }
