@@ -31,9 +31,12 @@ def case_order(case_id):
 
 def selector(patterns):
     """Whether a case id matches one of the patterns, as the fuzzingclient
-    matches them ("12.1.*", "9.*.1")."""
-    regexes = [re.compile("^" + p.replace(".", r"\.").replace("*", ".*") + "$") for p in patterns]
-    return lambda case_id: any(r.match(case_id) for r in regexes)
+    matches them: a pattern with `*` is a regular expression matched at the
+    start of the id only ("12.*.1" also selects 12.1.10 to 12.1.18), one
+    without is the id itself."""
+    exact = {p for p in patterns if "*" not in p}
+    regexes = [re.compile(p.replace(".", r"\.").replace("*", ".*")) for p in patterns if "*" in p]
+    return lambda case_id: case_id in exact or any(r.match(case_id) for r in regexes)
 
 
 def main():
