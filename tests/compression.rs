@@ -4,14 +4,14 @@
 mod common;
 
 use common::certs::{CertFiles, TestCa};
+use common::client_process::ClientProcess;
 use common::*;
 use herald::testing::{compressed_client_frame, deflate};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 /// What herald answers every offer it accepts.
@@ -157,46 +157,6 @@ fn parse_frame(buf: &[u8]) -> Option<(Seen, usize)> {
     (buf.len() >= end).then_some((Seen { rsv1: first & 0x40 != 0, opcode: first & 0x0F, len }, end))
 }
 
-/// A client process that prints one JSON line per event.
-struct ClientProcess {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl ClientProcess {
-    fn spawn(command: &mut Command) -> ClientProcess {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ClientProcess { child, lines }
-    }
-
-    fn next(&self) -> Value {
-        let line = self.lines.recv_timeout(DEADLINE * 3).expect("a line from the client");
-        let value: Value = serde_json::from_str(&line).unwrap();
-        assert!(value.get("error").is_none(), "client: {value}");
-        value
-    }
-}
-
-impl Drop for ClientProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A 1 KiB JSON notification, as compressible as real ones.
 fn notification() -> Value {
     let items: Vec<Value> = (0..18)
@@ -273,6 +233,7 @@ fn python_websockets_compresses_both_ways() {
             .arg(format!("ws://{}/echo", tap.addr))
             .arg(format!("ws://{}/ws", tap.addr))
             .arg("news"),
+        DEADLINE * 3,
     );
     compressed_both_ways(&server, &tap, &client);
 }
@@ -297,6 +258,7 @@ fn python_websockets_negotiates_compression_over_wss() {
             .arg(format!("wss://localhost:{port}/ws"))
             .arg("news")
             .arg(files.path("ca.pem")),
+        DEADLINE * 3,
     );
     // websockets compressed what it sent (it compresses every message), so
     // herald inflated it behind TLS; its answers were inflated by the client.
@@ -317,6 +279,7 @@ fn node_ws_compresses_both_ways() {
             .arg(format!("ws://{}/echo", tap.addr))
             .arg(format!("ws://{}/ws", tap.addr))
             .arg("news"),
+        DEADLINE * 3,
     );
     compressed_both_ways(&server, &tap, &client);
 }
@@ -338,6 +301,7 @@ fn chromium_compresses_both_ways() {
             .arg(format!("ws://{}/echo", tap.addr))
             .arg(format!("ws://{}/ws", tap.addr))
             .arg("news"),
+        DEADLINE * 3,
     );
     let ws = compressed_both_ways(&server, &tap, &client);
     assert_eq!(ws.offer.as_deref(), Some("permessage-deflate; client_max_window_bits"));

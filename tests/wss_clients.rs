@@ -4,53 +4,12 @@
 mod common;
 
 use common::certs::{CertFiles, TestCa};
+use common::client_process::ClientProcess;
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, channel};
-
-/// A client process that prints one JSON line per message.
-struct ClientProcess {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl ClientProcess {
-    fn spawn(command: &mut Command) -> ClientProcess {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ClientProcess { child, lines }
-    }
-
-    fn next(&self) -> Value {
-        let line = self.lines.recv_timeout(DEADLINE * 2).expect("a line from the client");
-        let value: Value = serde_json::from_str(&line).unwrap();
-        assert!(value.get("error").is_none(), "client: {value}");
-        value
-    }
-}
-
-impl Drop for ClientProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A server with a TLS listener, the CA's certificate in a file, and the
 /// wss:// URL of `/ws` (by name: the certificate is for localhost).
@@ -97,6 +56,7 @@ fn python_websockets_over_wss() {
             .arg(&url)
             .arg(files.path("ca.pem"))
             .arg("news"),
+        DEADLINE * 2,
     );
     let open = subscribes_and_receives(&server, &client, "news");
     assert_eq!(open["protocol"], "TLSv1.3");
@@ -116,6 +76,7 @@ fn node_ws_over_wss() {
             .arg(&url)
             .arg(files.path("ca.pem"))
             .arg("news"),
+        DEADLINE * 2,
     );
     let open = subscribes_and_receives(&server, &client, "news");
     assert_eq!(open["protocol"], "TLSv1.3");

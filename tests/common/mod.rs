@@ -8,6 +8,7 @@
 )]
 
 pub mod certs;
+pub mod client_process;
 pub mod pusher;
 pub mod receiver;
 pub mod redis;
