@@ -3,8 +3,7 @@
 # per second and publish latency (closed loop, no subscribers) at depth 1,
 # depth 16 on one connection, and 16 publishers at depth 1 each; then the
 # fan-out of 1,000 subscribers at 100 publications/s, open loop over 16
-# publishing connections (one connection waits for each answer before it
-# reads the next request, and with a store an answer waits for its write).
+# publishing connections.
 # Each through bench/fanout.sh, with DURABILITY unset (RAM only), fsync and
 # page_cache.
 #   bench/durable.sh [ROUNDS] [SECONDS]

@@ -94,6 +94,8 @@ pub struct Call<'a> {
     pub body: &'a [u8],
     /// The connection the request came on: where a later answer goes.
     pub reply_to: ConnRef,
+    /// The connection's tag for this request, carried by a later answer.
+    pub id: u64,
 }
 
 /// How a call is answered.
@@ -112,7 +114,7 @@ pub fn handle(
     shared: &Shared,
     metrics: &ShardMetrics,
 ) -> Result<Reply, HttpError> {
-    let reply = ReplyTo { conn: call.reply_to, id: None };
+    let reply = ReplyTo { conn: call.reply_to, id: Some(call.id) };
     let engine = &shared.engine;
     match call.endpoint {
         Endpoint::Publish | Endpoint::Broadcast => {

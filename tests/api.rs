@@ -323,6 +323,44 @@ fn pipelined_requests_are_answered_in_order_even_across_shards() {
 }
 
 #[test]
+fn pipelined_publishes_that_wait_for_the_store_are_carried_out_together_and_answered_in_order() {
+    // With a data_dir every publish waits for its group's commit. Pipelined
+    // on one connection, each used to wait for the one before: one commit
+    // per publish. Now they are carried out together, and the answers
+    // (with a refusal and a synchronous answer among them) keep their order.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pipelined-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start_server(1, |config| config.data_dir = Some(dir.join("data")));
+    let key = &server.api_key;
+    let publishes = 200;
+    let between =
+        [api_request(key, "POST", "/api/publish", "{}"), api_request(key, "GET", "/api/info", "")];
+    let batch = publish_batch(key, "news", publishes, 100, &between);
+    let mut stream = connect(server.addr);
+    stream.write_all(batch.as_bytes()).unwrap();
+    let mut rest = Vec::new();
+    for n in 1..=publishes {
+        let answer = read_response(&mut stream, &mut rest);
+        assert_eq!(answer.status, 200, "publish {n}: {}", answer.body);
+        assert_eq!(answer.json()["offset"], n, "publish {n}");
+        if n == 100 {
+            assert_eq!(read_response(&mut stream, &mut rest).status, 400);
+            assert!(read_response(&mut stream, &mut rest).json()["version"].is_string());
+        }
+    }
+    let metrics = request(server.addr, "GET /metrics HTTP/1.1\r\n\r\n").body;
+    let commits: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("herald_store_commits_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("herald_store_commits_total");
+    assert!(commits <= publishes / 4, "{commits} commits for {publishes} pipelined publishes");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn expect_100_continue_is_answered_before_the_body() {
     let server = start_server(1, |_| {});
     let body = r#"{"channel":"news","data":"late"}"#;

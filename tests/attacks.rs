@@ -331,6 +331,43 @@ fn http_answers_a_client_does_not_read_stop_its_requests_being_read() {
 }
 
 #[test]
+fn answers_ready_behind_a_waiting_publish_count_toward_the_bound() {
+    // With a data_dir a publish waits for its commit, and the server API
+    // requests pipelined behind it are carried out meanwhile; their ready
+    // answers wait behind it. A client that pipelines publishes and large
+    // history reads and never reads the answers must still stop being read
+    // at the bound, not when 64 answers of 10 MB are queued.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ready-answers-bound-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start_server(1, |config| {
+        config.max_outbound_bytes = 64 * 1024;
+        config.data_dir = Some(dir.join("data"));
+    });
+    let mut canary = Canary::open(server.addr);
+    let mut api = ApiClient::new(server.addr, &server.api_key);
+    for _ in 0..100 {
+        assert_eq!(api.publish("news", json!("h".repeat(100_000))).status, 200);
+    }
+    let key = format!("Authorization: apikey {}\r\n", server.api_key);
+    let pair = format!(
+        "POST /api/publish HTTP/1.1\r\n{key}Content-Length: 30\r\n\r\n\
+         {{\"channel\":\"live\",\"data\":1234}}\
+         GET /api/history?channel=news&limit=100 HTTP/1.1\r\n{key}\r\n"
+    );
+    let before = rss();
+    let (sent, stream) = pipeline_without_reading(server.addr, pair.as_bytes());
+    let growth = rss().saturating_sub(before);
+    assert!(sent < 24 << 20, "the server took {sent} bytes of requests");
+    assert!(growth < 64 << 20, "RSS grew {growth} bytes");
+    canary.check();
+    reset(stream);
+    canary.assert_fast();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn pipelined_requests_whose_answers_are_read_are_all_answered_in_order() {
     let server = start_server(1, |config| config.max_outbound_bytes = 64 * 1024);
     // Answers far beyond the bound, read as they come: every request is

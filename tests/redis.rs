@@ -98,6 +98,44 @@ fn concurrent_publishers_on_both_nodes_get_consecutive_offsets() {
 }
 
 #[test]
+fn pipelined_publishes_on_one_connection_are_answered_in_order_with_consecutive_offsets() {
+    // Each publish waits for Redis; those pipelined behind it are carried
+    // out meanwhile, and every answer still finds its place.
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t9"), node(&redis, "t9"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    let (mut client, _) = WsClient::open_client(b.addr);
+    assert_eq!(client.subscribe("news")["op"], "subscribed");
+    let key = &a.api_key;
+    let between = [
+        api_request(key, "POST", "/api/publish", "{}"),
+        api_request(key, "GET", "/api/history?channel=news&limit=1", ""),
+    ];
+    let batch = publish_batch(key, "news", 300, 150, &between);
+    let mut stream = connect(a.addr);
+    stream.write_all(batch.as_bytes()).unwrap();
+    let mut rest = Vec::new();
+    for n in 1..=300 {
+        let answer = read_response(&mut stream, &mut rest);
+        assert_eq!(answer.status, 200, "publish {n}: {}", answer.body);
+        assert_eq!(answer.json()["offset"], n, "publish {n}");
+        if n == 150 {
+            assert_eq!(read_response(&mut stream, &mut rest).status, 400);
+            let page = read_response(&mut stream, &mut rest).json();
+            assert_eq!(page["offset"], 150, "history read after publish 150: {page}");
+        }
+    }
+    let received: Vec<(u64, u64)> = (0..300)
+        .map(|_| {
+            let push = client.next_push();
+            (push["offset"].as_u64().unwrap(), push["data"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(received, (1..=300).map(|n| (n, n)).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_client_recovers_on_the_other_node() {
     let redis = Redis::start();
     let (a, b) = (node(&redis, "t3"), node(&redis, "t3"));

@@ -68,6 +68,15 @@ pub struct FanoutArgs {
     /// Seconds to wait after the window for the last deliveries.
     #[arg(long, default_value_t = 10)]
     drain: u64,
+    /// Publish as a client does, with `publish` commands on one `/ws`
+    /// connection (`skip_self`), instead of `POST /api/publish`: the
+    /// channel's namespace must allow `client_publish`. Open loop only.
+    #[arg(long, conflicts_with_all = ["pusher", "depth"])]
+    ws_publish: bool,
+    /// The server's `redis-server` (Redis engine): its CPU through the
+    /// window is reported per publication.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// Speak the Pusher protocol instead, as app `ID:KEY:SECRET`: the URL
     /// is `ws://HOST:PORT/app/KEY`, subscribers send `pusher:subscribe`, and
     /// publications go through the signed `POST /apps/ID/events`.
@@ -481,6 +490,110 @@ fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, 
     Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
+/// Publishes at `rate` as [`publish`] does, as `publish` commands on one
+/// `/ws` connection; a reader thread counts the `published` replies. After
+/// the last one the writer waits (up to `--drain` seconds) for the
+/// outstanding replies, then closes. Returns (publications sent inside the
+/// window, all sent, all answered `published`).
+fn publish_over_ws(
+    args: &FanoutArgs,
+    target: crate::net::Target,
+    window: Window,
+) -> Result<(u64, u64, u64), String> {
+    if target.tls {
+        return Err("--ws-publish speaks plain ws:// only".into());
+    }
+    let mut stream =
+        std::net::TcpStream::connect(target.addr).map_err(|e| format!("publisher connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.write_all(&upgrade_request(target.addr, "/ws", false)).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut chunk).map_err(|e| format!("publisher upgrade: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the publisher during its upgrade".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return Err(format!(
+            "publisher upgrade refused: {}",
+            String::from_utf8_lossy(&buf[..head_end])
+        ));
+    }
+    buf.drain(..head_end);
+    let answered = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let mut reading = stream.try_clone().map_err(|e| e.to_string())?;
+        let answered = answered.clone();
+        std::thread::spawn(move || read_published(&mut reading, buf, &answered))
+    };
+    let interval = ((1e9 / args.rate) as u64).max(1);
+    let (mut seq, mut in_window) = (0u64, 0u64);
+    let mut next = window.load_ns;
+    while next < window.end_ns {
+        sleep_until(next);
+        let data = if args.json {
+            json_payload(seq, next, args.payload)
+        } else {
+            payload(seq, next, args.payload)
+        };
+        let command = format!(
+            r#"{{"op":"publish","id":{seq},"channel":"{}","data":{data},"skip_self":true}}"#,
+            args.channel
+        );
+        stream
+            .write_all(&client_frame(1, command.as_bytes()))
+            .map_err(|e| format!("publisher write: {e}"))?;
+        if next >= window.start_ns {
+            in_window += 1;
+        }
+        seq += 1;
+        next += interval;
+    }
+    let give_up = now_ns() + args.drain * 1_000_000_000;
+    while answered.load(Ordering::Acquire) < seq && now_ns() < give_up && !reader.is_finished() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = stream.write_all(&client_frame(8, &1000u16.to_be_bytes()));
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    reader.join().map_err(|_| "the reply reader panicked")??;
+    Ok((in_window, seq, answered.load(Ordering::Acquire)))
+}
+
+/// Reads the publisher's frames until the server closes: counts
+/// `published` replies; an `error` reply fails the run.
+fn read_published(
+    stream: &mut std::net::TcpStream,
+    mut buf: Vec<u8>,
+    answered: &AtomicU64,
+) -> Result<(), String> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        while let Some((opcode, payload, length)) = parse_frame(&buf) {
+            let frame = &buf[payload];
+            if opcode == 8 {
+                return Ok(());
+            }
+            if frame.starts_with(br#"{"op":"published""#) {
+                answered.fetch_add(1, Ordering::Release);
+            } else if frame.starts_with(br#"{"op":"error""#) {
+                return Err(format!("publish failed: {}", String::from_utf8_lossy(frame)));
+            }
+            buf.drain(..length);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(error) => return Err(format!("publisher read: {error}")),
+        }
+    }
+}
+
 /// A `POST /api/publish` request (with `--pusher`, a signed
 /// `POST /apps/ID/events`) for publication `seq` sent at `send_ns`.
 fn publish_request(
@@ -677,6 +790,11 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         let args = args.clone();
         std::thread::spawn(move || match args.depth {
             Some(depth) => publish_closed_loops(&args, addr, window, depth.max(1)),
+            None if args.ws_publish => {
+                publish_over_ws(&args, target, window).map(|(in_window, sent, answered)| {
+                    Published { in_window, sent, answered, latency: Latency::default() }
+                })
+            }
             None => publish(&args, addr, window).map(|(in_window, sent, answered)| Published {
                 in_window,
                 sent,
@@ -685,7 +803,16 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
             }),
         })
     };
+    let redis_cpu = |pid: u32| crate::procfs::cpu_seconds(&pid.to_string()).ok();
+    let redis_start = args.redis_pid.and_then(|pid| {
+        sleep_until(window.start_ns);
+        redis_cpu(pid)
+    });
     let samples = window::sample(&window, args.common.pid)?;
+    let redis_seconds = match (redis_start, args.redis_pid.and_then(redis_cpu)) {
+        (Some(start), Some(end)) => Some(end - start),
+        _ => None,
+    };
     let Published { in_window: published, sent, answered, latency: publish_latency } =
         publisher.join().map_err(|_| "the publisher panicked")??;
     let expected = published * args.subscribers as u64;
@@ -723,6 +850,7 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "subscribers": subscribed["subscribed"],
         "rate": args.rate,
         "depth": args.depth,
+        "publish_path": if args.ws_publish { "ws" } else { "api" },
         "publishers": args.publishers,
         "payload_bytes": args.payload,
         "json": args.json,
@@ -750,6 +878,8 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
         "server_cpu_us_per_publish": round(server_cpu * 1e6 / (published as f64).max(1.0), 3),
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_delivery": round(server_cpu * 1e6 / received.max(1.0), 3),
+        "redis_cpu_s": redis_seconds.map(|s| round(s, 3)),
+        "redis_cpu_us_per_publish": redis_seconds.map(|s| round(s * 1e6 / (published as f64).max(1.0), 1)),
         "generator_cpu_percent": round(samples["generator_cpu_s"].as_f64().unwrap_or(0.0) / seconds * 100.0, 1),
         "latency": Latency::from_json(&result["latency_hist"]).summary(),
         "last_subscriber_latency": last.summary(),

@@ -885,10 +885,10 @@ impl<S: Transport> Conn<S> {
     ) -> Next {
         match &mut self.phase {
             Phase::Http(http) if http.is_waiting() => {
-                let Some((status, body)) = http.answer_waiting(id, answer, &ctx.shared) else {
+                if !http.answer_waiting(id, answer, ctx) {
                     return Next::Keep;
-                };
-                return self.on_api_answer(status, &body, ctx);
+                }
+                return self.send_ready_answers(ctx);
             }
             Phase::WebSocket(ws) => {
                 let compress =

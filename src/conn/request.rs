@@ -44,10 +44,14 @@ pub(super) struct HttpPhase {
     /// A keep-alive connection between requests: the deadline shortens to
     /// `handshake_timeout` once the next request starts.
     idle: bool,
-    /// A server API request waits for its answer from other shards. Input
-    /// that follows (pipelined requests) waits in `buf`, unread, so answers
-    /// go out in request order.
-    waiting: Option<Waiting>,
+    /// Requests whose answers come later (from the engine or other
+    /// shards), oldest first, and the answers of requests pipelined behind
+    /// them that were ready at once: answers go out in request order. Only
+    /// complete server API requests are taken up behind a waiting one (at
+    /// most [`MAX_CALLS_IN_FLIGHT`]); other input waits in `buf`, unparsed.
+    waiting: std::collections::VecDeque<Waiting>,
+    /// The tag of the next server API request, for matching its answer.
+    next_call: u64,
     /// No request has been answered on this connection yet.
     first: bool,
     /// `buf` holds pipelined requests read but not parsed yet, because the
@@ -56,21 +60,33 @@ pub(super) struct HttpPhase {
     held: bool,
 }
 
-/// A server API request whose answer comes later.
+/// A request whose answer is not sent yet: it comes later, or it is ready
+/// and waits for the answers before it.
 #[derive(Debug)]
 struct Waiting {
     call: WaitingCall,
     keep_alive: bool,
+    /// When a later answer is given up on (503).
+    deadline: Millis,
 }
 
 /// What a waiting request waits for.
 #[derive(Debug)]
 enum WaitingCall {
-    /// The engine's answer to a server API request.
-    Api(ApiEndpoint),
-    /// The engine's answers to a Pusher HTTP API request.
+    /// The engine's answer to server API request `id`.
+    Api(ApiEndpoint, u64),
+    /// The engine's answers to a Pusher HTTP API request (never pipelined
+    /// with others: its answers are tagged by its own calls).
     Pusher(Box<pusher::api::Pending>),
+    /// An answer ready now, behind the answers that come later.
+    Ready(Bytes),
 }
+
+/// Server API requests on one connection that may wait for the engine at
+/// once: a backend that pipelines publishes has them carried out together
+/// (one Redis round trip or disk commit does not hold up the next), and
+/// their answers still go out in order.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// Which HTTP API a request with a body is for.
 #[derive(Debug)]
@@ -89,7 +105,8 @@ impl HttpPhase {
             deadline,
             body: None,
             idle: false,
-            waiting: None,
+            waiting: std::collections::VecDeque::new(),
+            next_call: 0,
             first: true,
             held: false,
         }
@@ -98,7 +115,7 @@ impl HttpPhase {
     /// Whether the connection has yet to complete its first request (a
     /// pending handshake, as far as the slowloris cap is concerned).
     pub(super) fn is_first(&self) -> bool {
-        self.first && self.waiting.is_none()
+        self.first && self.waiting.is_empty()
     }
 
     /// How much the next read may take: never past the head limit, never
@@ -114,7 +131,7 @@ impl HttpPhase {
     /// their answers to drain, nor while an answer is awaited and a head's
     /// worth of what follows is already buffered.
     pub(super) fn accepts_input(&self) -> bool {
-        !self.held && (self.waiting.is_none() || self.buf.len() < MAX_HEAD_BYTES)
+        !self.held && (self.waiting.is_empty() || self.buf.len() < MAX_HEAD_BYTES)
     }
 
     /// Whether pipelined requests wait for the answers before them to drain.
@@ -124,27 +141,85 @@ impl HttpPhase {
 
     /// Whether the connection waits for a server API answer.
     pub(super) fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
+        !self.waiting.is_empty()
     }
 
-    /// An engine answer for the request waiting for it: the HTTP answer
-    /// (status and body) once it is complete.
+    /// An engine answer for the request it belongs to: made its HTTP
+    /// answer (kept in order) once complete. Returns whether the oldest
+    /// request is now answered, so that answers can go out.
     pub(super) fn answer_waiting(
         &mut self,
         id: Option<u64>,
         answer: crate::broker::EngineAnswer,
-        shared: &crate::node::Shared,
-    ) -> Option<(u16, Vec<u8>)> {
-        match &mut self.waiting.as_mut()?.call {
-            WaitingCall::Api(endpoint) => Some(api::answer(*endpoint, answer)),
-            WaitingCall::Pusher(pending) => pending.on_answer(id, answer, shared),
-        }
+        ctx: &Ctx,
+    ) -> bool {
+        let Some(at) = self.waiting.iter().position(|waiting| match &waiting.call {
+            WaitingCall::Api(_, call) => id == Some(*call),
+            WaitingCall::Pusher(_) => true,
+            WaitingCall::Ready(_) => false,
+        }) else {
+            return false;
+        };
+        let Some(waiting) = self.waiting.get_mut(at) else { return false };
+        let keep_alive = waiting.keep_alive;
+        let (status, body) = match &mut waiting.call {
+            WaitingCall::Api(endpoint, _) => {
+                let (status, body) = api::answer(*endpoint, answer);
+                ctx.metrics.api_request(Some(*endpoint), status);
+                (status, body)
+            }
+            WaitingCall::Pusher(pending) => {
+                let Some((status, body)) = pending.on_answer(id, answer, &ctx.shared) else {
+                    return false;
+                };
+                ctx.metrics.pusher_api_request(status);
+                (status, body)
+            }
+            WaitingCall::Ready(_) => return false,
+        };
+        waiting.call = WaitingCall::Ready(json_response(status, "", &body, keep_alive));
+        at == 0
     }
 
     /// Whether a request is under way (not an idle keep-alive connection,
     /// not one waiting for its answer): a deadline then refuses it.
     pub(super) fn mid_request(&self) -> bool {
-        !self.idle && self.waiting.is_none()
+        !self.idle && self.waiting.is_empty()
+    }
+
+    /// Whether the complete request at the start of `data` may be taken up
+    /// behind those waiting: room in flight, answers ready behind them
+    /// under `room` bytes (what may still queue before reading pauses),
+    /// nothing but server API calls waiting (a Pusher call's answers are
+    /// tagged by its own calls), a complete head for a server API endpoint,
+    /// and its body all there.
+    fn may_pipeline(&self, data: &[u8], room: usize, config: &Config) -> bool {
+        let ready: usize = self
+            .waiting
+            .iter()
+            .map(|w| match &w.call {
+                WaitingCall::Ready(answer) => answer.len(),
+                _ => 0,
+            })
+            .sum();
+        if self.waiting.len() >= MAX_CALLS_IN_FLIGHT
+            || ready >= room
+            || self.waiting.iter().any(|w| matches!(w.call, WaitingCall::Pusher(_)))
+            || self.waiting.back().is_some_and(|w| !w.keep_alive)
+        {
+            return false;
+        }
+        let Some((head, body)) =
+            http::find_head_end(data, 0).and_then(|end| Some((data.get(..end)?, data.get(end..)?)))
+        else {
+            return false;
+        };
+        let complete = http::parse(head, |request| {
+            let path = pusher_path_of(request.path(), &config.pusher_path_prefix);
+            matches!(router::route(request.method, path), Ok(Route::Api(_)))
+                && body_length(request).is_ok_and(|length| body.len() >= length)
+        });
+        complete.unwrap_or(false)
     }
 }
 
@@ -236,8 +311,12 @@ impl<S: SocketTransport> Conn<S> {
             http.idle = false;
             http.deadline = http.deadline.min(ctx.now + millis(ctx.config.handshake_timeout));
         }
-        if http.waiting.is_some() || http.held {
+        if http.held || (http.is_waiting() && !http.buf.is_empty()) {
             http.buf.extend_from_slice(input);
+            if http.is_waiting() && !http.held {
+                let buffered = std::mem::take(&mut http.buf);
+                self.process_http(&buffered, 0, ctx);
+            }
         } else if http.buf.is_empty() && http.body.is_none() {
             self.process_http(input, 0, ctx);
         } else {
@@ -257,8 +336,9 @@ impl<S: SocketTransport> Conn<S> {
     fn process_http(&mut self, mut data: &[u8], mut scan_from: usize, ctx: &mut Ctx) {
         while !data.is_empty() {
             let answers_pile_up = self.out.len() >= ctx.read_pause_bytes();
+            let room = ctx.read_pause_bytes().saturating_sub(self.out.len());
             let Phase::Http(http) = &mut self.phase else { return };
-            if http.waiting.is_some() {
+            if http.is_waiting() && !http.may_pipeline(data, room, &ctx.config) {
                 http.buf.extend_from_slice(data);
                 return;
             }
@@ -315,37 +395,60 @@ impl<S: SocketTransport> Conn<S> {
         true
     }
 
-    /// The answer to a server API request that waited for other shards:
-    /// sent, and the requests pipelined behind it taken up.
-    pub fn on_api_answer(&mut self, status: u16, body: &[u8], ctx: &mut Ctx) -> Next {
-        let Phase::Http(http) = &mut self.phase else { return Next::Keep };
-        let Some(waiting) = http.waiting.take() else { return Next::Keep };
-        let buffered = std::mem::take(&mut http.buf);
-        match waiting.call {
-            WaitingCall::Api(endpoint) => ctx.metrics.api_request(Some(endpoint), status),
-            WaitingCall::Pusher(_) => ctx.metrics.pusher_api_request(status),
-        }
-        let response = json_response(status, "", body, waiting.keep_alive);
-        self.answer(response, waiting.keep_alive, ctx);
-        if waiting.keep_alive && !buffered.is_empty() {
-            self.process_http(&buffered, 0, ctx);
+    /// Sends the answers that are ready at the front of those waiting, in
+    /// request order; once none waits, takes up the requests pipelined
+    /// behind them.
+    pub(super) fn send_ready_answers(&mut self, ctx: &mut Ctx) -> Next {
+        loop {
+            let Phase::Http(http) = &mut self.phase else { return Next::Keep };
+            if !matches!(http.waiting.front(), Some(w) if matches!(w.call, WaitingCall::Ready(_))) {
+                break;
+            }
+            let Some(Waiting { call: WaitingCall::Ready(response), keep_alive, .. }) =
+                http.waiting.pop_front()
+            else {
+                break;
+            };
+            if let Some(next) = http.waiting.front() {
+                http.deadline = next.deadline;
+            }
+            if !keep_alive {
+                self.respond(response, ctx);
+                return self.drive(ctx);
+            }
+            if http.waiting.is_empty() {
+                let buffered = std::mem::take(&mut http.buf);
+                self.answer(response, true, ctx);
+                if !buffered.is_empty() {
+                    self.process_http(&buffered, 0, ctx);
+                }
+                break;
+            }
+            self.out.push(response);
         }
         self.drive(ctx)
     }
 
-    /// The answer did not come within [`API_ANSWER_TIMEOUT`].
+    /// The oldest waiting answer did not come within
+    /// [`API_ANSWER_TIMEOUT`]: the answers ready before it go out, then a
+    /// 503, and the connection closes (the answers of later requests would
+    /// be out of order).
     pub(super) fn api_answer_timed_out(&mut self, ctx: &mut Ctx) {
         let Phase::Http(http) = &mut self.phase else { return };
-        let Some(waiting) = http.waiting.take() else { return };
         let error = HttpError::Unavailable("the request was not carried out in time".into());
-        match waiting.call {
-            WaitingCall::Api(endpoint) => {
-                log::warn!("server API {} request: {error}", endpoint.label());
-                ctx.metrics.api_request(Some(endpoint), error.status());
-            }
-            WaitingCall::Pusher(_) => {
-                log::warn!("Pusher API request: {error}");
-                ctx.metrics.pusher_api_request(error.status());
+        while let Some(waiting) = http.waiting.pop_front() {
+            match waiting.call {
+                WaitingCall::Ready(response) => self.out.push(response),
+                WaitingCall::Api(endpoint, _) => {
+                    log::warn!("server API {} request: {error}", endpoint.label());
+                    ctx.metrics.api_request(Some(endpoint), error.status());
+                    break;
+                }
+                WaitingCall::Pusher(_) => {
+                    log::warn!("Pusher API request: {error}");
+                    ctx.metrics.pusher_api_request(error.status());
+                    break;
+                }
             }
         }
         self.respond(error.to_response(), ctx);
@@ -633,14 +736,21 @@ impl<S: SocketTransport> Conn<S> {
                 return;
             }
         };
-        let call = api::Call { endpoint, query, body, reply_to: self.conn_ref(ctx) };
+        let id = match &mut self.phase {
+            Phase::Http(http) => {
+                http.next_call += 1;
+                http.next_call
+            }
+            _ => 0,
+        };
+        let call = api::Call { endpoint, query, body, reply_to: self.conn_ref(ctx), id };
         let (response, keep_alive) = match api::handle(&call, &ctx.shared, &ctx.metrics) {
             Ok(Reply::Now(status, body)) => {
                 ctx.metrics.api_request(Some(endpoint), status);
                 (json_response(status, "", &body, keep_alive), keep_alive)
             }
             Ok(Reply::Later) => {
-                self.wait_for_answer(WaitingCall::Api(endpoint), keep_alive, ctx);
+                self.wait_for_answer(WaitingCall::Api(endpoint, id), keep_alive, ctx);
                 return;
             }
             Err(error) => {
@@ -691,17 +801,34 @@ impl<S: SocketTransport> Conn<S> {
         self.answer(response, keep_alive, ctx);
     }
 
-    /// The request waits for the engine: later input is buffered, and a
-    /// timer answers 503 if the answer does not come.
+    /// The request waits for the engine: later input is buffered (or, for
+    /// complete server API requests, taken up), and a timer answers 503 if
+    /// the answer does not come.
     fn wait_for_answer(&mut self, call: WaitingCall, keep_alive: bool, ctx: &Ctx) {
         if let Phase::Http(http) = &mut self.phase {
-            http.waiting = Some(Waiting { call, keep_alive });
-            http.deadline = ctx.now + millis(API_ANSWER_TIMEOUT);
+            let deadline = ctx.now + millis(API_ANSWER_TIMEOUT);
+            if http.waiting.is_empty() {
+                http.deadline = deadline;
+            }
+            http.idle = false;
+            http.waiting.push_back(Waiting { call, keep_alive, deadline });
         }
     }
 
-    /// Queues an answer; then either waits for the next request or closes.
+    /// Queues an answer (behind those still waiting, if any); then either
+    /// waits for the next request or closes.
     fn answer(&mut self, response: Bytes, keep_alive: bool, ctx: &Ctx) {
+        if let Phase::Http(http) = &mut self.phase
+            && http.is_waiting()
+        {
+            let deadline = http.deadline;
+            http.waiting.push_back(Waiting {
+                call: WaitingCall::Ready(response),
+                keep_alive,
+                deadline,
+            });
+            return;
+        }
         if keep_alive {
             self.out.push(response);
             let mut next = HttpPhase::new(ctx.now + millis(KEEP_ALIVE_IDLE));

@@ -120,12 +120,7 @@ impl ApiClient {
 
     /// Sends one request with this client's key and reads the answer.
     pub fn send(&mut self, method: &str, path: &str, body: &str) -> Response {
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: apikey {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.key,
-            body.len()
-        );
+        let request = api_request(&self.key, method, path, body);
         self.stream.write_all(request.as_bytes()).unwrap();
         read_response(&mut self.stream, &mut self.rest)
     }
@@ -133,6 +128,30 @@ impl ApiClient {
     pub fn publish(&mut self, channel: &str, data: Value) -> Response {
         self.send("POST", "/api/publish", &json!({"channel": channel, "data": data}).to_string())
     }
+}
+
+/// A server API request with API key `key`, as bytes to write (or to
+/// pipeline).
+pub fn api_request(key: &str, method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: herald\r\nAuthorization: apikey {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Publishes of the numbers 1 to `count` to `channel`, as one pipelined
+/// batch, with the requests `between` after publish number `at`.
+pub fn publish_batch(key: &str, channel: &str, count: u64, at: u64, between: &[String]) -> String {
+    let mut batch = String::new();
+    for n in 1..=count {
+        let body = json!({"channel": channel, "data": n}).to_string();
+        batch.push_str(&api_request(key, "POST", "/api/publish", &body));
+        if n == at {
+            batch.extend(between.iter().map(String::as_str));
+        }
+    }
+    batch
 }
 
 /// The `error.code` of an error answer's JSON body.

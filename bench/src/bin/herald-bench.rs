@@ -32,8 +32,10 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Workloads (comma-separated): echo, fanout-10k-20, fanout-10k-40,
-    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed; and
-    /// with 1 KiB JSON notifications, fanout-10k-80-json, fanout-1k-100-json.
+    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed; with
+    /// 1 KiB JSON notifications, fanout-10k-80-json, fanout-1k-100-json;
+    /// and published by a client over `/ws` instead of the server API,
+    /// fanout-10k-80-ws, fanout-1k-100-ws (herald servers only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -44,8 +46,10 @@ struct Args {
     /// --baseline-bin), herald-pusher (herald's Pusher endpoint and HTTP
     /// API: fan-out workloads only), herald-deflate (herald, loaded by
     /// clients that offer permessage-deflate: fan-out and idle workloads),
-    /// reference-tuned, reference-default; and over TLS: herald-wss,
-    /// reference-tuned-wss, reference-default-wss.
+    /// herald-redis (herald on the Redis engine, with a `redis-server` of
+    /// its own on the load generator's CPUs), reference-tuned,
+    /// reference-default; and over TLS: herald-wss, reference-tuned-wss,
+    /// reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
     /// The directory holding an earlier herald's release binary, run as the
@@ -118,6 +122,13 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             "10",
         ])
     };
+    // Published by a client (`publish` on `/ws`) into the `bench`
+    // namespace, which herald servers here let clients publish to.
+    let ws_fanout = |subscribers: &str, rate: &str| {
+        let mut load = fanout(subscribers, rate);
+        load.extend(["--ws-publish".into(), "--channel".into(), "bench:fanout".into()]);
+        load
+    };
     let json_fanout = |subscribers: &str, rate: &str| {
         let mut load = fanout(subscribers, rate);
         if let Some(at) = load.iter().position(|a| a == "--payload") {
@@ -137,6 +148,7 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             metric("latency.max_us", "max latency µs", true),
             metric("last_subscriber_latency.p99_us", "last subscriber p99 µs", true),
             metric("lost", "lost deliveries", true),
+            metric("redis_cpu_us_per_publish", "redis-server CPU µs/publication", true),
         ]
     };
     Some(match name {
@@ -194,6 +206,18 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
             load: json_fanout("1000", "100"),
             metrics: fanout_metrics(),
         },
+        "fanout-10k-80-ws" => Workload {
+            name: "fanout-10k-80-ws",
+            title: "fan-out, 10,000 subscribers, 80 publications/s published by a client over /ws",
+            load: ws_fanout("10000", "80"),
+            metrics: fanout_metrics(),
+        },
+        "fanout-1k-100-ws" => Workload {
+            name: "fanout-1k-100-ws",
+            title: "fan-out, 1,000 subscribers, 100 publications/s published by a client over /ws",
+            load: ws_fanout("1000", "100"),
+            metrics: fanout_metrics(),
+        },
         "fanout-1k-100" => Workload {
             name: "fanout-1k-100",
             title: "fan-out, 1,000 subscribers, 100 publications/s",
@@ -244,6 +268,18 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
     let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
     let herald_tls = args(&["--listen-tls", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key]);
     let reference_tls = args(&["--tls-cert", &cert, "--tls-key", &key]);
+    // Every herald here reads one config: the `bench` namespace, where
+    // clients may publish (the `-ws` workloads), keeps what the default
+    // namespace of --dev keeps; herald-pusher adds its app.
+    let config = |name: &str, extra: &str| -> Option<String> {
+        let path = options.out.join(format!("{name}.toml"));
+        let text = format!(
+            "[namespaces.bench]\nhistory_size = 100\nhistory_ttl_secs = 600\nclient_publish = true\n{extra}"
+        );
+        std::fs::create_dir_all(&options.out).ok()?;
+        std::fs::write(&path, text).ok()?;
+        Some(path.display().to_string())
+    };
     let herald_args = args(&[
         "serve",
         "--dev",
@@ -259,7 +295,13 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
     Some(match name {
         "herald" => {
             let mut all = herald_args;
+            all.extend(["--config".to_string(), config("herald", "")?]);
             all.extend(options.herald_args.iter().cloned());
+            (bin.join("herald"), all)
+        }
+        "herald-redis" => {
+            let mut all = server_command("herald", options)?.1;
+            all.extend(["--engine".to_string(), "redis".to_string()]);
             (bin.join("herald"), all)
         }
         "herald-wss" => {
@@ -273,16 +315,17 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             all.extend(reference_tls);
             (program, all)
         }
-        "herald-baseline" => (options.baseline_bin.as_ref()?.join("herald"), herald_args),
+        "herald-baseline" => {
+            let mut all = herald_args;
+            all.extend(["--config".to_string(), config("herald", "")?]);
+            (options.baseline_bin.as_ref()?.join("herald"), all)
+        }
         "herald-deflate" => server_command("herald", options)?,
         "herald-pusher" => {
             let (id, key, secret) = PUSHER_APP;
-            let config = options.out.join("herald-pusher.toml");
             let app = format!("[[apps]]\nid = \"{id}\"\nkey = \"{key}\"\nsecret = \"{secret}\"\n");
-            std::fs::create_dir_all(&options.out).ok()?;
-            std::fs::write(&config, app).ok()?;
             let mut all = herald_args;
-            all.extend(["--config".to_string(), config.display().to_string()]);
+            all.extend(["--config".to_string(), config("herald-pusher", &app)?]);
             all.extend(options.herald_args.iter().cloned());
             (bin.join("herald"), all)
         }
@@ -341,11 +384,70 @@ struct Server {
     tls_addr: Option<String>,
     /// Loaded by clients that offer permessage-deflate.
     deflate: bool,
+    /// The `redis-server` of a `herald-redis`.
+    redis: Option<Child>,
+}
+
+impl Server {
+    /// Stops the server (and its `redis-server`).
+    fn stop(&mut self) {
+        for child in std::iter::once(&mut self.child).chain(self.redis.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The CPUs the load generator (and a `redis-server`) runs on.
+fn load_cpus() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores > 2 { format!("1-{}", cores - 1) } else { "1".into() }
+}
+
+/// A `redis-server` of its own on a free loopback port, pinned beside the
+/// load generator, that keeps nothing on disk; its port once it answers.
+fn start_redis() -> Result<(Child, u16), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let args: Vec<String> =
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    let mut child = pinned(&load_cpus(), Path::new("redis-server"), &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting redis-server (is it installed?): {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let mut answer = [0u8; 7];
+            if stream.write_all(b"PING\r\n").is_ok()
+                && std::io::Read::read_exact(&mut stream, &mut answer).is_ok()
+                && &answer == b"+PONG\r\n"
+            {
+                return Ok((child, port));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("redis-server did not answer within 10 s".into())
 }
 
 fn start_server(name: &str, options: &Args) -> Result<Server, String> {
-    let (program, args) = server_command(name, options)
+    let (program, mut args) = server_command(name, options)
         .ok_or(format!("unknown server {name} (herald-baseline needs --baseline-bin)"))?;
+    let mut redis = None;
+    if name == "herald-redis" {
+        let (child, port) = start_redis()?;
+        redis = Some(child);
+        args.extend(["--redis-url".to_string(), format!("redis://127.0.0.1:{port}")]);
+    }
     let mut child = pinned("0", &program, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -368,6 +470,7 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
         tls_addr: None,
         pusher: name == "herald-pusher",
         deflate: name == "herald-deflate",
+        redis,
     };
     let wanted = if name.ends_with("-wss") { 2 } else { 1 };
     for _ in 0..wanted {
@@ -375,8 +478,7 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
             Ok((false, addr)) => server.addr = addr,
             Ok((true, addr)) => server.tls_addr = Some(addr),
             Err(_) => {
-                let _ = server.child.kill();
-                let _ = server.child.wait();
+                server.stop();
                 return Err(format!("{name} did not start"));
             }
         }
@@ -429,8 +531,11 @@ fn run_load(workload: &Workload, server: &Server, options: &Args) -> Result<Valu
         args.push("--threads".into());
         args.push((cores - 1).max(1).to_string());
     }
-    let cpus = if cores > 2 { format!("1-{}", cores - 1) } else { "1".into() };
-    let output = pinned(&cpus, &bin.join("herald-load"), &args)
+    if let Some(redis) = &server.redis {
+        args.push("--redis-pid".into());
+        args.push(redis.id().to_string());
+    }
+    let output = pinned(&load_cpus(), &bin.join("herald-load"), &args)
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("herald-load: {e}"))?;
@@ -649,8 +754,7 @@ fn run(args: &Args) -> Result<(), String> {
                 let _ = std::io::stderr().flush();
                 let mut server = start_server(server_name, args)?;
                 let outcome = run_load(workload, &server, args);
-                let _ = server.child.kill();
-                let _ = server.child.wait();
+                server.stop();
                 let mut result = outcome?;
                 filter_noise(&mut result);
                 let line = json!({"workload": workload.name, "server": server_name, "run": run, "result": result});
@@ -730,8 +834,10 @@ fn report(
     if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-wss") {
         references.push(("herald-wss", "herald"));
     }
-    if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-deflate") {
-        references.push(("herald-deflate", "herald"));
+    for variant in ["herald-deflate", "herald-redis"] {
+        if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == variant) {
+            references.push((variant, "herald"));
+        }
     }
     for (ours, reference) in &references {
         table.push_str(&format!(" {ours} / {reference} |"));
