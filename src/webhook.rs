@@ -46,11 +46,16 @@ impl Webhooks {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (index, webhook) in shared.config.webhooks.iter().enumerate() {
+            // The reader is made here, before any shard runs: a memory
+            // queue's reader starts after what is queued when it is made,
+            // so one made by the thread, later, could miss the first
+            // notices.
+            let feed = shared.engine.notice_feed(&webhook.scope, &webhook.name);
             let (shared, stop) = (shared.clone(), stop.clone());
             let name = format!("herald-webhook-{}", webhook.name);
             match std::thread::Builder::new()
                 .name(name)
-                .spawn(move || deliver(&shared, index, &stop))
+                .spawn(move || deliver(&shared, index, feed, &stop))
             {
                 Ok(thread) => threads.push(thread),
                 Err(error) => log::error!("webhook {}: cannot start: {error}", webhook.name),
@@ -83,10 +88,9 @@ struct Slot {
 }
 
 /// One webhook's loop: lead, read, decide, send, mark done.
-fn deliver(shared: &Shared, index: usize, stop: &AtomicBool) {
+fn deliver(shared: &Shared, index: usize, mut feed: Box<dyn NoticeFeed>, stop: &AtomicBool) {
     let Some(webhook) = shared.config.webhooks.get(index) else { return };
     let counters = shared.webhooks.get(index);
-    let mut feed = shared.engine.notice_feed(&webhook.scope, &webhook.name);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
         .http_status_as_error(false)

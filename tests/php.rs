@@ -234,24 +234,48 @@ impl Drop for PhpReceiver {
 
 impl PhpReceiver {
     fn start(secret: &str) -> PhpReceiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        static RECEIVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RECEIVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("herald-php-webhook-{}-{port}", std::process::id()));
+            std::env::temp_dir().join(format!("herald-php-webhook-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("events.log");
-        let child = Command::new("php")
-            .args(["-S", &format!("127.0.0.1:{port}"), "examples/php/webhook.php"])
+        // Port 0: php picks a free port and says which (a port probed here
+        // and handed over could be taken meanwhile by another test's
+        // server, which would then receive the webhooks).
+        let mut child = Command::new("php")
+            .args(["-S", "127.0.0.1:0", "examples/php/webhook.php"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("HERALD_WEBHOOK_SECRET", secret)
             .env("HERALD_WEBHOOK_LOG", &log)
             .env("HERALD_WEBHOOK_SEEN", dir.join("seen"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("php runs (install php-cli; ./.ci/run does)");
-        let receiver = PhpReceiver { child, url: format!("http://127.0.0.1:{port}/"), log };
-        wait_until("php -S listens", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        receiver
+        let (tx, rx) = mpsc::channel();
+        // php says where it listens on one stream or the other; both are
+        // read to the end, so that its request log never fills a pipe.
+        let streams: [Box<dyn std::io::Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for stream in streams {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(url) = line
+                        .split_once("(http://")
+                        .and_then(|(_, rest)| rest.split_once(')'))
+                        .map(|(addr, _)| format!("http://{addr}/"))
+                    {
+                        let _ = tx.send(url);
+                    }
+                }
+            });
+        }
+        let url = rx.recv_timeout(DEADLINE).expect("php -S says where it listens");
+        PhpReceiver { child, url, log }
     }
 
     /// The events the example handled, in order.
