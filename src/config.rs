@@ -1507,8 +1507,7 @@ pub fn default_max_connections() -> usize {
     usize::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
 }
 
-/// A random URL-safe string of `bytes` random bytes, for generated dev secrets.
-/// A generated secret: `bytes` random bytes in URL-safe base64, never
+/// A generated dev secret: `bytes` random bytes in URL-safe base64, never
 /// starting with `-` (a shell command such as `herald token --secret $S`
 /// would read such a secret as an option).
 fn random_token(bytes: usize) -> String {

@@ -286,20 +286,15 @@ fn request_smuggling_shapes_are_refused_and_closed() {
 fn pipelined_requests_are_answered_in_order_even_across_shards() {
     let server = start_server(2, |_| {});
     let (mut victim, _) = user_client(&server, "42");
-    let key = format!("Authorization: apikey {}\r\n", server.api_key);
+    let key = &server.api_key;
     let publish = |n: u32| {
         let body = json!({"channel": "news", "data": n}).to_string();
-        format!("POST /api/publish HTTP/1.1\r\n{key}Content-Length: {}\r\n\r\n{body}", body.len())
+        api_request(key, "POST", "/api/publish", &body)
     };
-    let disconnect = {
-        let body = r#"{"user":"42"}"#;
-        format!(
-            "POST /api/disconnect HTTP/1.1\r\n{key}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let info = format!("GET /api/info HTTP/1.1\r\n{key}\r\n");
-    // The disconnect waits for both shards; what follows it waits its turn.
+    let disconnect = api_request(key, "POST", "/api/disconnect", r#"{"user":"42"}"#);
+    let info = api_request(key, "GET", "/api/info", "");
+    // The disconnect waits for both shards; the answers of what follows it
+    // wait their turn.
     let batch = [publish(1), disconnect, publish(2), info, publish(3)].concat();
     let mut stream = connect(server.addr);
     stream.write_all(batch.as_bytes()).unwrap();

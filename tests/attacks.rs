@@ -349,12 +349,9 @@ fn answers_ready_behind_a_waiting_publish_count_toward_the_bound() {
     for _ in 0..100 {
         assert_eq!(api.publish("news", json!("h".repeat(100_000))).status, 200);
     }
-    let key = format!("Authorization: apikey {}\r\n", server.api_key);
-    let pair = format!(
-        "POST /api/publish HTTP/1.1\r\n{key}Content-Length: 30\r\n\r\n\
-         {{\"channel\":\"live\",\"data\":1234}}\
-         GET /api/history?channel=news&limit=100 HTTP/1.1\r\n{key}\r\n"
-    );
+    let key = &server.api_key;
+    let pair = api_request(key, "POST", "/api/publish", r#"{"channel":"live","data":1234}"#)
+        + &api_request(key, "GET", "/api/history?channel=news&limit=100", "");
     let before = rss();
     let (sent, stream) = pipeline_without_reading(server.addr, pair.as_bytes());
     let growth = rss().saturating_sub(before);

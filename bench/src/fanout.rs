@@ -467,27 +467,52 @@ fn publish(args: &FanoutArgs, addr: SocketAddr, window: Window) -> Result<(u64, 
         readers.push(std::thread::spawn(move || read_answers(&mut reading, &answered)));
         streams.push(stream);
     }
-    let interval = ((1e9 / args.rate) as u64).max(1);
     let connections = streams.len() as u64;
+    let (in_window, sent) = open_loop(args.rate, window, |seq, send_ns, interval| {
+        // The last publication on each connection closes it.
+        let last = send_ns + interval * connections >= window.end_ns;
+        let request = publish_request(args, addr, seq, send_ns, last);
+        let stream = &mut streams[(seq % connections) as usize];
+        stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))
+    })?;
+    for reader in readers {
+        reader.join().map_err(|_| "the answer reader panicked")??;
+    }
+    Ok((in_window, sent, answered.load(Ordering::Acquire)))
+}
+
+/// Calls `send(seq, send_ns, interval)` for publications at `rate` from
+/// `window.load_ns` to `window.end_ns`, open loop: each at its intended
+/// time, whether or not the ones before were answered. Returns
+/// (publications sent inside the window, all sent).
+fn open_loop(
+    rate: f64,
+    window: Window,
+    mut send: impl FnMut(u64, u64, u64) -> Result<(), String>,
+) -> Result<(u64, u64), String> {
+    let interval = ((1e9 / rate) as u64).max(1);
     let (mut seq, mut in_window) = (0u64, 0u64);
     let mut next = window.load_ns;
     while next < window.end_ns {
         sleep_until(next);
-        // The last publication on each connection closes it.
-        let last = next + interval * connections >= window.end_ns;
-        let request = publish_request(args, addr, seq, next, last);
-        let stream = &mut streams[(seq % connections) as usize];
-        stream.write_all(request.as_bytes()).map_err(|e| format!("API write: {e}"))?;
+        send(seq, next, interval)?;
         if next >= window.start_ns {
             in_window += 1;
         }
         seq += 1;
         next += interval;
     }
-    for reader in readers {
-        reader.join().map_err(|_| "the answer reader panicked")??;
+    Ok((in_window, seq))
+}
+
+/// A publication's data (`--payload`, or `--json`): its sequence number
+/// and intended send time inside.
+fn data_of(args: &FanoutArgs, seq: u64, send_ns: u64) -> String {
+    if args.json {
+        json_payload(seq, send_ns, args.payload)
+    } else {
+        payload(seq, send_ns, args.payload)
     }
-    Ok((in_window, seq, answered.load(Ordering::Acquire)))
 }
 
 /// Publishes at `rate` as [`publish`] does, as `publish` commands on one
@@ -532,29 +557,16 @@ fn publish_over_ws(
         let answered = answered.clone();
         std::thread::spawn(move || read_published(&mut reading, buf, &answered))
     };
-    let interval = ((1e9 / args.rate) as u64).max(1);
-    let (mut seq, mut in_window) = (0u64, 0u64);
-    let mut next = window.load_ns;
-    while next < window.end_ns {
-        sleep_until(next);
-        let data = if args.json {
-            json_payload(seq, next, args.payload)
-        } else {
-            payload(seq, next, args.payload)
-        };
+    let (in_window, seq) = open_loop(args.rate, window, |seq, send_ns, _| {
         let command = format!(
-            r#"{{"op":"publish","id":{seq},"channel":"{}","data":{data},"skip_self":true}}"#,
-            args.channel
+            r#"{{"op":"publish","id":{seq},"channel":"{}","data":{},"skip_self":true}}"#,
+            args.channel,
+            data_of(args, seq, send_ns)
         );
         stream
             .write_all(&client_frame(1, command.as_bytes()))
-            .map_err(|e| format!("publisher write: {e}"))?;
-        if next >= window.start_ns {
-            in_window += 1;
-        }
-        seq += 1;
-        next += interval;
-    }
+            .map_err(|e| format!("publisher write: {e}"))
+    })?;
     let give_up = now_ns() + args.drain * 1_000_000_000;
     while answered.load(Ordering::Acquire) < seq && now_ns() < give_up && !reader.is_finished() {
         std::thread::sleep(Duration::from_millis(5));
@@ -603,11 +615,7 @@ fn publish_request(
     send_ns: u64,
     last: bool,
 ) -> String {
-    let data = if args.json {
-        json_payload(seq, send_ns, args.payload)
-    } else {
-        payload(seq, send_ns, args.payload)
-    };
+    let data = data_of(args, seq, send_ns);
     if let Some(app) = args.pusher.as_deref().and_then(|text| PusherApp::parse(text).ok()) {
         let body = format!(r#"{{"name":"bench","channel":"{}","data":{data}}}"#, args.channel);
         let path = format!("/apps/{}/events", app.id);
