@@ -1448,7 +1448,13 @@ fn validate_token_secret(secret: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_redis_url(url: &str) -> Result<(), String> {
+/// `redis_url`: one URL, or several separated by commas (seed nodes of a
+/// cluster).
+fn validate_redis_url(urls: &str) -> Result<(), String> {
+    urls.split(',').map(str::trim).try_for_each(validate_one_redis_url)
+}
+
+fn validate_one_redis_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
@@ -1887,5 +1893,11 @@ mod tests {
         let error =
             Config::load(None, vec![flag("redis_url", "localhost:6379")], true).unwrap_err();
         assert!(error.to_string().contains("redis://HOST:PORT"), "{error}");
+        let seeds = "redis://10.0.0.1:7000, redis://10.0.0.2:7000";
+        let config = Config::load(None, vec![flag("redis_url", seeds)], true).unwrap();
+        assert_eq!(config.redis_url, seeds);
+        let error =
+            Config::load(None, vec![flag("redis_url", "redis://a:1,b:2")], true).unwrap_err();
+        assert!(error.to_string().contains("\"b:2\""), "{error}");
     }
 }

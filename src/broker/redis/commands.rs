@@ -58,7 +58,7 @@ impl JobError {
 
 /// The command connection and when to try for one.
 struct Link {
-    connection: Option<redis::Connection>,
+    connection: Option<super::Commands>,
     backoff: Duration,
     next_attempt: Instant,
     last_used: Instant,
@@ -91,7 +91,7 @@ impl Link {
     /// The connection for a job: one idle for a while, or in doubt since
     /// the pub/sub connection was lost, is checked first, and replaced at
     /// once if Redis went away meanwhile (a restart).
-    fn fresh(&mut self, inner: &Inner) -> Option<&mut redis::Connection> {
+    fn fresh(&mut self, inner: &Inner) -> Option<&mut super::Commands> {
         let in_doubt = inner.suspect.swap(false, Ordering::AcqRel);
         if (in_doubt || self.last_used.elapsed() >= IDLE_CHECK)
             && let Some(con) = &mut self.connection
@@ -111,7 +111,7 @@ impl Link {
     fn run<T>(
         &mut self,
         inner: &Inner,
-        work: impl FnOnce(&mut redis::Connection) -> Result<T, JobError>,
+        work: impl FnOnce(&mut super::Commands) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
         let outcome = match self.fresh(inner) {
             Some(con) => work(con),
@@ -201,6 +201,11 @@ pub(super) fn run(inner: &Inner, jobs: &Receiver<Job>) {
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh;
             if let Some(con) = link.fresh(inner) {
+                // Replicas attach and masters move: the next publications
+                // wait for the replicas there are now.
+                if let Err(error) = con.read_topology() {
+                    log::warn!("redis engine: reading the cluster's slots failed: {error}");
+                }
                 match presence::refresh(inner, &scripts.presence, con) {
                     Ok(dropped) => inner.dropped(dropped),
                     Err(error) => log::warn!("redis engine: presence refresh failed: {error}"),
@@ -276,7 +281,7 @@ fn subscribe(inner: &Inner, link: &mut Link, scripts: &Scripts, waiting: Parked)
 
 fn position(
     inner: &Inner,
-    con: &mut redis::Connection,
+    con: &mut super::Commands,
     scripts: &Scripts,
     waiting: &Parked,
 ) -> Result<Position, JobError> {
@@ -329,7 +334,7 @@ fn position(
 
 fn run_job(
     inner: &Inner,
-    con: &mut redis::Connection,
+    con: &mut super::Commands,
     scripts: &Scripts,
     job: &Job,
 ) -> Result<(), JobError> {
@@ -343,7 +348,7 @@ fn run_job(
                 let ttl_ms = options.history_ttl_secs.saturating_mul(1000).max(1);
                 let (epoch, offset): (String, u64) = scripts
                     .publish
-                    .key(meta)
+                    .key(&meta)
                     .key(history)
                     .arg(data.as_ref())
                     .arg(options.history_size)
@@ -352,7 +357,13 @@ fn run_job(
                     .arg(inner.pubsub_channel(channel.as_str()))
                     .arg(exclude)
                     .arg(IDLE_CHANNEL_TTL_MS)
+                    .arg(inner.publish_command())
                     .invoke(con)?;
+                if !con.replicate(&meta)? {
+                    log::warn!(
+                        "redis engine: no replica confirmed a publication of {channel} in time"
+                    );
+                }
                 results.push((channel.clone(), Published { epoch: epoch_of(&epoch), offset }));
             }
             answer(inner, *reply, EngineAnswer::Published(Ok(results)));
@@ -399,7 +410,7 @@ fn run_job(
         Job::Relay { channel, text, exclude } => {
             let mut payload = format!("T:{}:", exclude.as_deref().unwrap_or_default()).into_bytes();
             payload.extend_from_slice(text);
-            redis::cmd("PUBLISH")
+            redis::cmd(inner.publish_command())
                 .arg(inner.pubsub_channel(channel.as_str()))
                 .arg(payload)
                 .query::<()>(con)?;
@@ -430,7 +441,7 @@ fn run_job(
 
 fn history(
     inner: &Inner,
-    con: &mut redis::Connection,
+    con: &mut super::Commands,
     channel: &ChannelName,
     since: Option<&Since>,
     limit: usize,

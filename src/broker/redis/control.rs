@@ -35,7 +35,7 @@ struct PendingCall {
 /// `reply` once every node that received it reported, or at the timeout.
 pub(super) fn call(
     inner: &Inner,
-    con: &mut redis::Connection,
+    con: &mut super::Commands,
     user: &str,
     action: &UserAction,
     reply: ReplyTo,
@@ -60,7 +60,7 @@ pub(super) fn call(
             deadline: Instant::now() + CONTROL_TIMEOUT,
         },
     );
-    let receivers: u64 = match redis::cmd("PUBLISH")
+    let receivers: u64 = match redis::cmd(inner.publish_command())
         .arg(inner.control_channel())
         .arg(message.to_string())
         .query(con)
@@ -118,13 +118,13 @@ pub(super) fn on_call(inner: &Inner, payload: &[u8]) {
 /// Sends this node's count for another node's call.
 pub(super) fn report(
     inner: &Inner,
-    con: &mut redis::Connection,
+    con: &mut super::Commands,
     origin: &str,
     id: u64,
     count: usize,
 ) -> redis::RedisResult<()> {
     let message = serde_json::json!({"id": id, "count": count});
-    redis::cmd("PUBLISH")
+    redis::cmd(inner.publish_command())
         .arg(inner.reply_channel(origin))
         .arg(message.to_string())
         .query::<u64>(con)?;

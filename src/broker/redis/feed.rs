@@ -11,7 +11,7 @@ const LEASE: Duration = Duration::from_secs(10);
 /// A reader of `scope`'s stream for the webhook `reader`.
 pub(super) struct RedisFeed {
     inner: Arc<Inner>,
-    connection: Option<redis::Connection>,
+    connection: Option<super::Commands>,
     stream: String,
     cursor_key: String,
     lease_key: String,
@@ -29,12 +29,12 @@ impl RedisFeed {
             .webhooks
             .iter()
             .filter(|webhook| webhook.scope == scope)
-            .map(|webhook| inner.key(&format!("whc:{scope}:{}", webhook.name)))
+            .map(|webhook| format!("{}:c:{}", inner.notice_stream(scope), webhook.name))
             .collect();
         RedisFeed {
             stream: inner.notice_stream(scope),
-            cursor_key: inner.key(&format!("whc:{scope}:{reader}")),
-            lease_key: inner.key(&format!("whl:{scope}:{reader}")),
+            cursor_key: format!("{}:c:{reader}", inner.notice_stream(scope)),
+            lease_key: format!("{}:l:{reader}", inner.notice_stream(scope)),
             siblings,
             connection: None,
             cursor: None,
@@ -45,7 +45,7 @@ impl RedisFeed {
     /// The connection, made if there is none; dropped on an error.
     fn run<T>(
         &mut self,
-        work: impl FnOnce(&mut redis::Connection, &mut Self) -> redis::RedisResult<T>,
+        work: impl FnOnce(&mut super::Commands, &mut Self) -> redis::RedisResult<T>,
     ) -> Result<T, FeedError> {
         let mut connection = match self.connection.take() {
             Some(connection) => connection,

@@ -10,6 +10,7 @@
 //! channel (`control.rs`). A shard never does Redis I/O and never waits: it
 //! queues a job, or is refused at once when the queue is full.
 
+mod cluster;
 mod commands;
 mod control;
 mod feed;
@@ -29,7 +30,7 @@ use crate::types::{BrokerError, ConnRef, HistoryPage, Member, Published, Since, 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// Jobs the shards may have waiting for the command thread at once. Past
@@ -41,6 +42,119 @@ use std::time::Duration;
 pub const QUEUE_BOUND: usize = 16_384;
 /// How long one Redis call may take before the connection counts as lost.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a call to a cluster is retried after a `MOVED`, a `TRYAGAIN`
+/// or a lost node (a failover takes the cluster's node timeout and more).
+const CLUSTER_RETRIES: u32 = 4;
+/// How long a publication waits for a replica to confirm it (`WAIT`) in a
+/// cluster whose masters have replicas.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
+/// A connection for commands: to one instance, or to a cluster (routed by
+/// key, following `MOVED` and `ASK`).
+enum Commands {
+    Single(redis::Connection),
+    Cluster {
+        connection: Box<redis::cluster::ClusterConnection>,
+        /// Which master owns each slot and how many replicas it has, as
+        /// the cluster said when connected (read again when a replica does
+        /// not answer in time).
+        topology: cluster::Topology,
+    },
+}
+
+impl Commands {
+    fn as_dyn(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Commands::Single(connection) => connection,
+            Commands::Cluster { connection, .. } => &mut **connection,
+        }
+    }
+
+    fn as_ref(&self) -> &dyn redis::ConnectionLike {
+        match self {
+            Commands::Single(connection) => connection,
+            Commands::Cluster { connection, .. } => connection,
+        }
+    }
+
+    /// In a cluster, reads again which master owns each slot and how many
+    /// replicas each has.
+    fn read_topology(&mut self) -> redis::RedisResult<()> {
+        if let Commands::Cluster { connection, topology } = self {
+            *topology = cluster::Topology::read(connection)?;
+        }
+        Ok(())
+    }
+
+    /// In a cluster, waits until a replica of the master that holds `key`
+    /// has what this connection wrote there (`WAIT`), for at most
+    /// [`REPLICA_WAIT`]: a publication answered is then on two machines,
+    /// and a failover that promotes the replica keeps it. A master without
+    /// replicas (and a single instance) is not waited for. Returns false
+    /// when no replica confirmed in time.
+    fn replicate(&mut self, key: &str) -> redis::RedisResult<bool> {
+        let Commands::Cluster { connection, topology } = self else { return Ok(true) };
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let slot = cluster::key_slot(key.as_bytes());
+        if topology.replicas_of(slot) == 0 {
+            return Ok(true);
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX));
+        let route = Route::new(slot, SlotAddr::Master);
+        let value = connection.route_command(
+            &wait,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+        )?;
+        let confirmed: usize = redis::from_redis_value(value)?;
+        if confirmed == 0 {
+            // The replica is gone, or the slot moved: ask again who is where.
+            *topology = cluster::Topology::read(connection)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+impl redis::ConnectionLike for Commands {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.as_dyn().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.as_dyn().req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        self.as_dyn().req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.as_ref().get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.as_dyn().check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.as_ref().is_open()
+    }
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Commands::Single(_) => "Commands::Single",
+            Commands::Cluster { .. } => "Commands::Cluster",
+        })
+    }
+}
 
 /// Work for the command thread.
 #[derive(Debug)]
@@ -120,7 +234,10 @@ struct Wants {
 #[derive(Debug)]
 struct Inner {
     config: Arc<Config>,
-    client: redis::Client,
+    /// The seeds of `redis_url`: one instance, or nodes of a cluster.
+    seeds: Vec<redis::Client>,
+    /// Whether the seeds are a Redis Cluster, once one of them answered.
+    cluster: OnceLock<bool>,
     prefix: String,
     node: Arc<str>,
     host: Arc<dyn Host>,
@@ -163,22 +280,36 @@ impl Inner {
         let _ = self.jobs.send(job);
     }
 
+    /// A channel's pub/sub channel. Every key of a channel carries the
+    /// channel's name as its hash tag (`PREFIX:{NAME}:...`): in a cluster
+    /// they share a slot, so one script changes them together and the
+    /// channel's publications go to the shard that owns them.
     fn pubsub_channel(&self, channel: &str) -> String {
-        format!("{}:pub:{channel}", self.prefix)
+        format!("{}:{{{channel}}}:pub", self.prefix)
+    }
+
+    /// The engine channel of a pub/sub channel named by [`Self::pubsub_channel`].
+    fn channel_of<'n>(&self, pubsub: &'n str) -> Option<&'n str> {
+        pubsub.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?.strip_suffix("}:pub")
     }
 
     fn control_channel(&self) -> String {
-        format!("{}:ctl", self.prefix)
+        format!("{}:{{ctl}}", self.prefix)
     }
 
     fn reply_channel(&self, node: &str) -> String {
-        format!("{}:ctl:{node}", self.prefix)
+        format!("{}:{{ctl}}:{node}", self.prefix)
     }
 
     /// A channel's members (client to user and info), and the connections
     /// each user has there.
     fn presence_keys(&self, channel: &str) -> (String, String) {
-        (format!("{}:pr:{channel}", self.prefix), format!("{}:pru:{channel}", self.prefix))
+        (self.channel_key(channel, "pr"), self.channel_key(channel, "pru"))
+    }
+
+    /// A key of one channel: `PREFIX:{NAME}:WHAT`.
+    fn channel_key(&self, channel: &str, what: &str) -> String {
+        format!("{}:{{{channel}}}:{what}", self.prefix)
     }
 
     /// A key of the deployment: `PREFIX:NAME`.
@@ -189,17 +320,18 @@ impl Inner {
     /// The nodes that have subscribers of a channel (where webhooks want
     /// its occupancy).
     fn occupancy_key(&self, channel: &str) -> String {
-        format!("{}:oc:{channel}", self.prefix)
+        self.channel_key(channel, "oc")
     }
 
     /// What the scripts need of a channel's options (`presence::channel_flags`).
     fn channel_flags_key(&self, channel: &str) -> String {
-        format!("{}:chf:{channel}", self.prefix)
+        self.channel_key(channel, "chf")
     }
 
-    /// The stream a scope's notices wait in for its webhooks.
+    /// The stream a scope's notices wait in for its webhooks; its readers'
+    /// keys share its hash tag.
     fn notice_stream(&self, scope: &str) -> String {
-        format!("{}:wh:{scope}", self.prefix)
+        format!("{}:{{wh:{scope}}}", self.prefix)
     }
 
     /// Counts notices dropped because a stream was full.
@@ -211,15 +343,60 @@ impl Inner {
     }
 
     fn keys(&self, channel: &str) -> (String, String) {
-        (format!("{}:ch:{channel}:m", self.prefix), format!("{}:ch:{channel}:h", self.prefix))
+        (self.channel_key(channel, "m"), self.channel_key(channel, "h"))
     }
 
-    /// A connection for commands, with every call bounded in time.
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let connection = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
-        connection.set_read_timeout(Some(CALL_TIMEOUT))?;
-        connection.set_write_timeout(Some(CALL_TIMEOUT))?;
-        Ok(connection)
+    /// Whether the seeds are a Redis Cluster (asked once, of the first seed
+    /// that answers).
+    fn is_cluster(&self) -> redis::RedisResult<bool> {
+        if let Some(cluster) = self.cluster.get() {
+            return Ok(*cluster);
+        }
+        let mut failure = None;
+        for seed in &self.seeds {
+            match cluster::is_cluster(seed, CALL_TIMEOUT) {
+                Ok(cluster) => return Ok(*self.cluster.get_or_init(|| cluster)),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| (redis::ErrorKind::Io, "no redis_url").into()))
+    }
+
+    /// The command that publishes on a pub/sub channel: `SPUBLISH` (to the
+    /// shard that owns it) in a cluster.
+    fn publish_command(&self) -> &'static str {
+        if self.cluster.get() == Some(&true) { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    /// A connection for commands, with every call bounded in time: to the
+    /// first seed that answers, or to the whole cluster.
+    fn connect(&self) -> redis::RedisResult<Commands> {
+        if self.is_cluster()? {
+            let client = redis::cluster::ClusterClientBuilder::new(
+                self.seeds.iter().map(|seed| seed.get_connection_info().clone()),
+            )
+            .connection_timeout(CALL_TIMEOUT)
+            .response_timeout(CALL_TIMEOUT)
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(100)
+            .max_retry_wait(1_000)
+            .build()?;
+            let mut connection = client.get_connection()?;
+            let topology = cluster::Topology::read(&mut connection)?;
+            return Ok(Commands::Cluster { connection: Box::new(connection), topology });
+        }
+        let mut failure = None;
+        for seed in &self.seeds {
+            match seed.get_connection_with_timeout(CALL_TIMEOUT) {
+                Ok(connection) => {
+                    connection.set_read_timeout(Some(CALL_TIMEOUT))?;
+                    connection.set_write_timeout(Some(CALL_TIMEOUT))?;
+                    return Ok(Commands::Single(connection));
+                }
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| (redis::ErrorKind::Io, "no redis_url").into()))
     }
 
     /// Hands a publication or presence change from Redis to this node's
@@ -255,11 +432,17 @@ impl RedisEngine {
         node: Arc<str>,
         host: Arc<dyn Host>,
     ) -> Result<RedisEngine, String> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|error| format!("redis_url: {error}"))?;
+        let seeds = config
+            .redis_url
+            .split(',')
+            .map(|url| {
+                redis::Client::open(url.trim()).map_err(|error| format!("redis_url: {error}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (send, receive) = mpsc::channel();
         let inner = Arc::new(Inner {
-            client,
+            seeds,
+            cluster: OnceLock::new(),
             prefix: config.redis_prefix.clone(),
             table: Table::new(config.clone()),
             config,

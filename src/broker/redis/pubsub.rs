@@ -1,6 +1,7 @@
-//! The pub/sub thread: the node's subscriber connection to Redis, which channels it wants and Redis confirmed, and every publication from it handed to the shards in offset order.
+//! The pub/sub thread: the node's subscriber connections to Redis (one, or one per cluster master), which channels it wants and Redis confirmed, and every publication from them handed to the shards in offset order.
 
-use super::{Inner, Job, deliver_presence, lock};
+use super::cluster::{Topology, key_slot};
+use super::{Commands, Inner, Job, deliver_presence, lock};
 use crate::broker::publication::{Publication, Relayed, Restart};
 use crate::broker::table::deliver_to;
 use crate::broker::{Delivery, Event};
@@ -18,13 +19,34 @@ pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The Redis channels this node wants, those Redis confirmed, and the
-/// connection `SUBSCRIBE`s are written on. Shards only change the sets
+/// connections `SUBSCRIBE`s are written on. Shards only change the sets
 /// (no I/O under these locks on a shard); engine threads write.
 #[derive(Debug, Default)]
 pub(super) struct Subscriptions {
     state: Mutex<State>,
     /// Held while writing, so that commands from two threads never mix.
-    writer: Mutex<Option<TcpStream>>,
+    writer: Mutex<Writers>,
+}
+
+/// Where subscriptions are written.
+#[derive(Debug, Default)]
+struct Writers {
+    /// One connection to a single instance; in a cluster, one per master,
+    /// in the order of `topology.masters`.
+    streams: Vec<Option<TcpStream>>,
+    /// In a cluster, which master owns each slot: a channel is subscribed
+    /// (`SSUBSCRIBE`) on the master that owns its slot.
+    topology: Option<Topology>,
+}
+
+impl Writers {
+    /// Shuts every connection: their readers end.
+    fn shut_all(&mut self) {
+        for stream in self.streams.drain(..).flatten() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.topology = None;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -62,48 +84,53 @@ impl Subscriptions {
         state.wanted.contains(name) && state.confirmed.insert(name.to_string())
     }
 
-    /// Writes `SUBSCRIBE name` (or `UNSUBSCRIBE`) if the connection is up and
-    /// the node still wants it (or no longer does). A failed write closes
-    /// the connection: the reader notices and reconnects, subscribing to
-    /// everything wanted then.
+    /// Writes `SUBSCRIBE name` (or `UNSUBSCRIBE`; `SSUBSCRIBE` to the
+    /// slot's master in a cluster) if the connection is up and the node
+    /// still wants it (or no longer does). A failed write closes the
+    /// connection: its reader notices and the thread reconnects,
+    /// subscribing to everything wanted then.
     pub(super) fn write(&self, name: &str, subscribe: bool) {
-        let mut writer = lock(&self.writer);
-        let Some(stream) = writer.as_mut() else { return };
+        let mut writers = lock(&self.writer);
         if self.is_wanted(name) != subscribe {
             return;
         }
-        let command = redis::cmd(if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" })
-            .arg(name)
-            .get_packed_command();
-        if let Err(error) = stream.write_all(&command) {
+        let (index, verb) = match &writers.topology {
+            Some(topology) => (
+                topology.owner(key_slot(name.as_bytes())),
+                if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" },
+            ),
+            None => (Some(0), if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" }),
+        };
+        let Some(slot) = index.and_then(|index| writers.streams.get_mut(index)) else { return };
+        let Some(stream) = slot.as_mut() else { return };
+        if let Err(error) = stream.write_all(&redis::cmd(verb).arg(name).get_packed_command()) {
             log::warn!("redis engine: writing to the pub/sub connection failed: {error}");
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            *writer = None;
+            *slot = None;
         }
     }
 
-    /// Closes the connection (at shutdown): the reader's blocking read ends.
+    /// Closes the connections (at shutdown): the readers' blocking reads end.
     pub(super) fn close(&self) {
-        if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.shutdown(std::net::Shutdown::Both);
-        }
+        lock(&self.writer).shut_all();
     }
 }
 
-/// The pub/sub thread: connects, reads until the connection fails, and
-/// again, with backoff, until the engine stops.
+/// The pub/sub thread: connects, reads until a connection fails (or, in a
+/// cluster, a slot moved), and again, with backoff, until the engine stops.
 pub(super) fn run(inner: &Inner) {
     let mut backoff = MIN_BACKOFF;
     while !inner.stop.load(Ordering::Acquire) {
-        match open(inner) {
-            Ok(reader) => {
-                log::debug!("redis engine: pub/sub connected");
-                backoff = MIN_BACKOFF;
-                read(inner, reader);
-            }
+        let session = match inner.is_cluster() {
+            Ok(false) => single(inner),
+            Ok(true) => sharded(inner),
+            Err(error) => Err(error.to_string()),
+        };
+        match session {
+            Ok(()) => backoff = MIN_BACKOFF,
             Err(error) => log::debug!("redis engine: pub/sub connection failed: {error}"),
         }
-        *lock(&inner.subscriptions.writer) = None;
+        lock(&inner.subscriptions.writer).shut_all();
         lock(&inner.subscriptions.state).confirmed.clear();
         inner.suspect.store(true, Ordering::Release);
         let until = Instant::now() + backoff;
@@ -114,36 +141,117 @@ pub(super) fn run(inner: &Inner) {
     }
 }
 
-/// Opens the subscriber connection, authenticates, and subscribes to every
-/// channel the node wants; the writer is set under its lock, so a channel
-/// wanted meanwhile is written on this connection by the command thread.
-fn open(inner: &Inner) -> std::io::Result<TcpStream> {
-    let info = inner.client.get_connection_info();
-    let addr = match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        other => return Err(std::io::Error::other(format!("unsupported Redis address {other}"))),
+/// One instance: the first seed that answers, one connection, read until
+/// it fails.
+fn single(inner: &Inner) -> Result<(), String> {
+    let mut failure = String::from("no redis_url");
+    for seed in &inner.seeds {
+        let info = seed.get_connection_info();
+        let address = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            other => return Err(format!("unsupported Redis address {other}")),
+        };
+        match open(inner, &address) {
+            Ok(stream) => {
+                subscribe_all(inner, vec![stream.try_clone().map_err(|e| e.to_string())?], None)?;
+                log::debug!("redis engine: pub/sub connected");
+                read(inner, stream);
+                return Ok(());
+            }
+            Err(error) => failure = format!("{address}: {error}"),
+        }
+    }
+    Err(failure)
+}
+
+/// A cluster: one connection per master, each read by its own thread;
+/// when one fails, or a slot moved away from a master, all are closed and
+/// the thread starts again from the cluster's new slot map.
+fn sharded(inner: &Inner) -> Result<(), String> {
+    let topology = match inner.connect().map_err(|error| error.to_string())? {
+        Commands::Cluster { topology, .. } => topology,
+        Commands::Single(_) => return Err("the cluster answered as a single instance".into()),
     };
-    let mut stream = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+    if !topology.is_complete() {
+        return Err("the cluster's slots are not all served".into());
+    }
+    let mut streams = Vec::with_capacity(topology.masters.len());
+    for master in &topology.masters {
+        streams.push(open(inner, master).map_err(|error| format!("{master}: {error}"))?);
+    }
+    let clones = streams
+        .iter()
+        .map(TcpStream::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|error| error.to_string())?;
+    subscribe_all(inner, clones, Some(topology.clone()))?;
+    log::debug!("redis engine: pub/sub connected to the masters {:?}", topology.masters);
+    std::thread::scope(|scope| {
+        for (stream, master) in streams.into_iter().zip(&topology.masters) {
+            let reader = std::thread::Builder::new()
+                .name("herald-redis-shard".into())
+                .spawn_scoped(scope, move || {
+                    read(inner, stream);
+                    log::debug!("redis engine: pub/sub connection to {master} ended");
+                    // The others end too: the thread starts over.
+                    lock(&inner.subscriptions.writer).shut_all();
+                });
+            if let Err(error) = reader {
+                log::warn!("redis engine: cannot start a pub/sub reader: {error}");
+                lock(&inner.subscriptions.writer).shut_all();
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Opens a subscriber connection to `address` and authenticates.
+fn open(inner: &Inner, address: &str) -> std::io::Result<TcpStream> {
+    let mut stream = std::net::ToSocketAddrs::to_socket_addrs(address)?
         .next()
         .map(|addr| TcpStream::connect_timeout(&addr, super::CALL_TIMEOUT))
         .ok_or_else(|| std::io::Error::other("Redis address resolves to nothing"))??;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(super::CALL_TIMEOUT))?;
-    let settings = info.redis_settings();
-    if let Some(password) = settings.password() {
+    let settings = inner.seeds.first().map(|seed| seed.get_connection_info().redis_settings());
+    if let Some(settings) = settings
+        && let Some(password) = settings.password()
+    {
         let mut auth = redis::cmd("AUTH");
         if let Some(user) = settings.username() {
             auth.arg(user);
         }
         stream.write_all(&auth.arg(password).get_packed_command())?;
     }
-    let mut writer = lock(&inner.subscriptions.writer);
+    Ok(stream)
+}
+
+/// Subscribes to every channel the node wants, each on its master's
+/// connection in a cluster, and keeps the connections for later
+/// subscriptions; under the writer's lock, so a channel wanted meanwhile
+/// is written on them by the command thread.
+fn subscribe_all(
+    inner: &Inner,
+    mut streams: Vec<TcpStream>,
+    topology: Option<Topology>,
+) -> Result<(), String> {
+    let mut writers = lock(&inner.subscriptions.writer);
     let wanted: Vec<String> = lock(&inner.subscriptions.state).wanted.iter().cloned().collect();
     for name in &wanted {
-        stream.write_all(&redis::cmd("SUBSCRIBE").arg(name).get_packed_command())?;
+        let (index, verb) = match &topology {
+            Some(topology) => (topology.owner(key_slot(name.as_bytes())), "SSUBSCRIBE"),
+            None => (Some(0), "SUBSCRIBE"),
+        };
+        let Some(stream) = index.and_then(|index| streams.get_mut(index)) else { continue };
+        stream.write_all(&redis::cmd(verb).arg(name).get_packed_command()).map_err(|error| {
+            for stream in &streams {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            error.to_string()
+        })?;
     }
-    *writer = Some(stream.try_clone()?);
-    Ok(stream)
+    *writers = Writers { streams: streams.into_iter().map(Some).collect(), topology };
+    Ok(())
 }
 
 /// Reads until the connection fails: subscription confirmations, calls
@@ -153,8 +261,7 @@ fn read(inner: &Inner, stream: TcpStream) {
     let mut parser = redis::Parser::new();
     // A command connection for reading history when publications were
     // missed (the pub/sub connection itself can only listen).
-    let mut catch_up: Option<redis::Connection> = None;
-    let prefix = format!("{}:pub:", inner.prefix);
+    let mut catch_up: Option<Commands> = None;
     let control = inner.control_channel();
     let replies = inner.reply_channel(&inner.node);
     loop {
@@ -167,11 +274,25 @@ fn read(inner: &Inner, stream: TcpStream) {
                 return;
             }
         };
-        let redis::Value::Array(items) = value else { continue };
+        let items = match value {
+            redis::Value::Array(items) => items,
+            redis::Value::ServerError(error) => {
+                // A `MOVED` for a subscription sent to a master that no
+                // longer owns the slot, or worse: start over.
+                log::warn!("redis engine: the pub/sub connection was refused: {error:?}");
+                return;
+            }
+            _ => continue,
+        };
         let kind = items.first().and_then(text).unwrap_or_default();
         let name = items.get(1).and_then(text).unwrap_or_default();
         match kind.as_str() {
-            "subscribe" => {
+            "sunsubscribe" if inner.subscriptions.is_wanted(&name) => {
+                // The slot moved to another master: subscribe there.
+                log::info!("redis engine: {name} moved to another cluster master");
+                return;
+            }
+            "subscribe" | "ssubscribe" => {
                 log::debug!("redis engine: subscribed to {name}");
                 if inner.subscriptions.confirm(&name) {
                     inner.submit_internal(Job::Confirmed(name.clone()));
@@ -179,14 +300,14 @@ fn read(inner: &Inner, stream: TcpStream) {
                 // Subscribed again after a lost connection: what was
                 // published meanwhile comes from history, before anything
                 // newer is read from this connection.
-                if let Some(channel) = name.strip_prefix(&prefix)
+                if let Some(channel) = inner.channel_of(&name)
                     && remote_top(inner, channel).is_some()
                     && !catch_up_to_redis(inner, &mut catch_up, channel)
                 {
                     mark_restart(inner, channel);
                 }
             }
-            "message" if name == control || name == replies => {
+            "message" | "smessage" if name == control || name == replies => {
                 let Some(payload) = items.get(2).and_then(bytes_of) else { continue };
                 if name == control {
                     super::control::on_call(inner, payload);
@@ -194,9 +315,9 @@ fn read(inner: &Inner, stream: TcpStream) {
                     super::control::on_count(inner, payload);
                 }
             }
-            "message" => {
+            "message" | "smessage" => {
                 let (Some(channel), Some(payload)) =
-                    (name.strip_prefix(&prefix), items.get(2).and_then(bytes_of))
+                    (inner.channel_of(&name), items.get(2).and_then(bytes_of))
                 else {
                     continue;
                 };
@@ -329,7 +450,7 @@ pub(super) fn note_epoch(inner: &Inner, channel: &str, epoch: Epoch) {
 /// are then told they start over.
 fn fill_gap(
     inner: &Inner,
-    catch_up: &mut Option<redis::Connection>,
+    catch_up: &mut Option<Commands>,
     channel: &str,
     epoch: &str,
     offset: u64,
@@ -344,7 +465,7 @@ fn fill_gap(
         offset - 1
     );
     if catch_up.is_none() {
-        *catch_up = inner.connect().ok();
+        *catch_up = connect_for_catch_up(inner);
     }
     let Some(con) = catch_up else { return false };
     let history = inner.keys(channel).1;
@@ -380,26 +501,91 @@ fn fill_gap(
 
 /// After a re-subscription: delivers whatever the node missed of `channel`
 /// up to its newest offset in Redis. False when history no longer holds it.
-fn catch_up_to_redis(
-    inner: &Inner,
-    catch_up: &mut Option<redis::Connection>,
-    channel: &str,
-) -> bool {
+fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &str) -> bool {
     if catch_up.is_none() {
-        *catch_up = inner.connect().ok();
+        *catch_up = connect_for_catch_up(inner);
     }
     let Some(con) = catch_up else { return false };
     let meta = inner.keys(channel).0;
     let position: redis::RedisResult<(Option<String>, Option<u64>)> =
         redis::cmd("HMGET").arg(&meta).arg("epoch").arg("top").query(con);
     match position {
-        Ok((Some(epoch), Some(top))) => fill_gap(inner, catch_up, channel, &epoch, top + 1),
+        Ok((Some(epoch), Some(top))) => {
+            let known = remote_top(inner, channel);
+            if known.is_some_and(|(known, _)| known.as_str() != epoch) {
+                // A new epoch began while the node was away (the channel
+                // was lost in Redis): subscribers start over, with what
+                // history holds of the new epoch.
+                return replay_new_epoch(inner, con, channel, &epoch);
+            }
+            if let Some((_, delivered)) = known
+                && top < delivered
+            {
+                // Redis lost publications this node delivered (a master
+                // failed over to a replica that did not have them yet).
+                rewind(inner, con, channel, &epoch, delivered);
+                return false;
+            }
+            fill_gap(inner, catch_up, channel, &epoch, top + 1)
+        }
         // The channel is gone from Redis: its next publication has a new epoch.
         Ok(_) => true,
         Err(_) => {
             *catch_up = None;
             false
         }
+    }
+}
+
+/// Delivers a new epoch of `channel` from history, the first publication
+/// with the notice that subscribers start over. False if it cannot be read.
+fn replay_new_epoch(inner: &Inner, con: &mut Commands, channel: &str, epoch: &str) -> bool {
+    let history = inner.keys(channel).1;
+    let entries: Vec<redis::Value> =
+        match redis::cmd("XRANGE").arg(&history).arg("-").arg("+").query(con) {
+            Ok(entries) => entries,
+            Err(_) => return false,
+        };
+    let mut first = true;
+    for (offset, data, exclude) in entries.iter().filter_map(stream_entry) {
+        let exclude = std::str::from_utf8(exclude).unwrap_or_default();
+        deliver(inner, channel, epoch, offset, exclude, data, first);
+        first = false;
+    }
+    if first {
+        // Nothing kept: the next publication says so.
+        mark_restart(inner, channel);
+    }
+    true
+}
+
+/// A command connection for reading history from the pub/sub thread.
+fn connect_for_catch_up(inner: &Inner) -> Option<Commands> {
+    inner
+        .connect()
+        .map_err(|error| log::warn!("redis engine: cannot read missed publications: {error}"))
+        .ok()
+}
+
+/// Redis is behind what this node delivered of `channel`: the channel
+/// starts a new epoch there (unless another node did it first), so that
+/// its next offsets are not taken for repeats, and every node tells its
+/// subscribers they start over.
+fn rewind(inner: &Inner, con: &mut Commands, channel: &str, epoch: &str, delivered: u64) {
+    log::warn!(
+        "channel {channel}: Redis holds fewer publications than this node delivered \
+         (a failover lost some); it starts a new epoch"
+    );
+    let (meta, history) = inner.keys(channel);
+    let rewound = redis::Script::new(super::scripts::REWIND_SCRIPT)
+        .key(meta)
+        .key(history)
+        .arg(epoch)
+        .arg(delivered)
+        .arg(inner.table.next_epoch().as_str())
+        .invoke::<u64>(con);
+    if let Err(error) = rewound {
+        log::warn!("channel {channel}: starting a new epoch failed: {error}");
     }
 }
 

@@ -2,7 +2,8 @@
 
 /// A publication: next offset, history, and `PUBLISH` to the nodes.
 /// KEYS: meta hash, history stream. ARGV: data, history size, history TTL
-/// in ms, epoch for a new channel, pub/sub channel, exclude, idle TTL in ms.
+/// in ms, epoch for a new channel, pub/sub channel, exclude, idle TTL in ms,
+/// the publish command (`PUBLISH`, or `SPUBLISH` in a cluster).
 pub(super) const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -23,7 +24,7 @@ if size > 0 then
 else
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[7]))
 end
-redis.call('PUBLISH', ARGV[5], epoch .. ':' .. offset .. ':' .. ARGV[6] .. ':' .. ARGV[1])
+redis.call(ARGV[8], ARGV[5], epoch .. ':' .. offset .. ':' .. ARGV[6] .. ':' .. ARGV[1])
 return {epoch, offset}
 ";
 
@@ -72,4 +73,18 @@ if first then
   return {epoch, top, 0}
 end
 return out
+";
+
+/// The channel lost publications in Redis that a node had delivered (a
+/// master failed over to a replica that had not received them): a new
+/// epoch, so that every node tells its subscribers they start over rather
+/// than take the next publications for repeats of the lost ones.
+/// KEYS: meta hash, history stream. ARGV: the epoch the node knows, the
+/// offset it delivered, the new epoch. Returns 1 if the epoch changed.
+pub(super) const REWIND_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'top')) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'top', 0)
+redis.call('DEL', KEYS[2])
+return 1
 ";
