@@ -271,6 +271,37 @@ fn publications_missed_by_a_dropped_subscriber_connection_come_from_history() {
 }
 
 #[test]
+fn subscribers_hear_at_once_that_history_cannot_fill_what_their_node_missed() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "t10"), node(&redis, "t10"));
+    wait_engine_up(&a);
+    wait_engine_up(&b);
+    // `live` keeps no history: what node A misses cannot be read back.
+    let (mut client, _) = WsClient::open_client(a.addr);
+    let subscribed = client.subscribe("live:x");
+    b.publish("live:x", json!(0));
+    assert_eq!(client.next_push()["offset"], 1);
+    // Node A's pub/sub connection is dropped and may not subscribe again
+    // until three publications went by.
+    assert!(redis_command(&redis, &["ACL", "SETUSER", "default", "-subscribe"]).starts_with("+OK"));
+    assert!(redis_command(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).starts_with(':'));
+    for n in 1..=3 {
+        assert_eq!(b.publish("live:x", json!(n))["offset"], n + 1);
+    }
+    assert!(redis_command(&redis, &["ACL", "SETUSER", "default", "+subscribe"]).starts_with("+OK"));
+    // Told once A is subscribed again, with no publication after.
+    let push = client.next_push();
+    assert_eq!(
+        (push["op"].as_str(), push["recovered"].as_bool(), push["offset"].as_u64()),
+        (Some("subscribed"), Some(false), Some(4)),
+        "{push}"
+    );
+    assert_eq!(push["epoch"], subscribed["epoch"]);
+    b.publish("live:x", json!(5));
+    assert_eq!(client.next_push()["offset"], 5, "live again from there");
+}
+
+#[test]
 fn after_kill_9_of_a_node_its_clients_recover_everything_acknowledged_on_the_other() {
     let redis = Redis::start();
     let a = node(&redis, "t6");

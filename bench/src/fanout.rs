@@ -73,10 +73,11 @@ pub struct FanoutArgs {
     /// channel's namespace must allow `client_publish`. Open loop only.
     #[arg(long, conflicts_with_all = ["pusher", "depth"])]
     ws_publish: bool,
-    /// The server's `redis-server` (Redis engine): its CPU through the
-    /// window is reported per publication.
-    #[arg(long)]
-    redis_pid: Option<u32>,
+    /// The server's `redis-server`s (Redis engine; comma-separated: a
+    /// cluster's masters): their CPU through the window, together, is
+    /// reported per publication.
+    #[arg(long, value_delimiter = ',')]
+    redis_pid: Vec<u32>,
     /// Speak the Pusher protocol instead, as app `ID:KEY:SECRET`: the URL
     /// is `ws://HOST:PORT/app/KEY`, subscribers send `pusher:subscribe`, and
     /// publications go through the signed `POST /apps/ID/events`.
@@ -811,13 +812,18 @@ pub fn run(args: &FanoutArgs) -> Result<(), String> {
             }),
         })
     };
-    let redis_cpu = |pid: u32| crate::procfs::cpu_seconds(&pid.to_string()).ok();
-    let redis_start = args.redis_pid.and_then(|pid| {
+    let redis_cpu = |pids: &[u32]| -> Option<f64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|pid| crate::procfs::cpu_seconds(&pid.to_string()).ok()).sum()
+    };
+    let redis_start = (!args.redis_pid.is_empty()).then(|| {
         sleep_until(window.start_ns);
-        redis_cpu(pid)
+        redis_cpu(&args.redis_pid)
     });
     let samples = window::sample(&window, args.common.pid)?;
-    let redis_seconds = match (redis_start, args.redis_pid.and_then(redis_cpu)) {
+    let redis_seconds = match (redis_start.flatten(), redis_cpu(&args.redis_pid)) {
         (Some(start), Some(end)) => Some(end - start),
         _ => None,
     };

@@ -47,7 +47,8 @@ struct Args {
     /// API: fan-out workloads only), herald-deflate (herald, loaded by
     /// clients that offer permessage-deflate: fan-out and idle workloads),
     /// herald-redis (herald on the Redis engine, with a `redis-server` of
-    /// its own on the load generator's CPUs), reference-tuned,
+    /// its own on the load generator's CPUs), herald-redis-cluster (the
+    /// same on a Redis Cluster of three masters), reference-tuned,
     /// reference-default; and over TLS: herald-wss, reference-tuned-wss,
     /// reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
@@ -299,7 +300,7 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             all.extend(options.herald_args.iter().cloned());
             (bin.join("herald"), all)
         }
-        "herald-redis" => {
+        "herald-redis" | "herald-redis-cluster" => {
             let mut all = server_command("herald", options)?.1;
             all.extend(["--engine".to_string(), "redis".to_string()]);
             (bin.join("herald"), all)
@@ -384,14 +385,15 @@ struct Server {
     tls_addr: Option<String>,
     /// Loaded by clients that offer permessage-deflate.
     deflate: bool,
-    /// The `redis-server` of a `herald-redis`.
-    redis: Option<Child>,
+    /// The `redis-server`s of a `herald-redis` (one) or a
+    /// `herald-redis-cluster` (three).
+    redis: Vec<Child>,
 }
 
 impl Server {
     /// Stops the server (and its `redis-server`).
     fn stop(&mut self) {
-        for child in std::iter::once(&mut self.child).chain(self.redis.as_mut()) {
+        for child in std::iter::once(&mut self.child).chain(self.redis.iter_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -404,18 +406,25 @@ fn load_cpus() -> String {
     if cores > 2 { format!("1-{}", cores - 1) } else { "1".into() }
 }
 
-/// A `redis-server` of its own on a free loopback port, pinned beside the
-/// load generator, that keeps nothing on disk; its port once it answers.
-fn start_redis() -> Result<(Child, u16), String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free loopback port.
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let args: Vec<String> =
+        .map(|addr| addr.port())
+        .map_err(|e| e.to_string())
+}
+
+/// A `redis-server` of its own on a free loopback port, pinned beside the
+/// load generator, that keeps nothing on disk (`extra`: more settings);
+/// its port once it answers.
+fn start_redis(extra: &[String]) -> Result<(Child, u16), String> {
+    let port = free_port()?;
+    let mut args: Vec<String> =
         ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             .iter()
             .map(|a| a.to_string())
             .collect();
+    args.extend(extra.iter().cloned());
     let mut child = pinned(&load_cpus(), Path::new("redis-server"), &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -439,14 +448,92 @@ fn start_redis() -> Result<(Child, u16), String> {
     Err("redis-server did not answer within 10 s".into())
 }
 
+/// Three `redis-server`s in cluster mode made one cluster (no replicas,
+/// every slot served); the servers and `redis_url` (every node a seed).
+fn start_redis_cluster(out: &Path) -> Result<(Vec<Child>, String), String> {
+    let dir = out.join("redis-cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    let stop = |children: &mut Vec<Child>| {
+        for child in children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    };
+    for _ in 0..3 {
+        let bus = free_port()?;
+        let extra: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-config-file",
+            &format!("nodes-{bus}.conf"),
+            "--dir",
+            &dir.to_string_lossy(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        match start_redis(&extra) {
+            Ok((child, port)) => {
+                children.push(child);
+                ports.push(port);
+            }
+            Err(error) => {
+                stop(&mut children);
+                return Err(error);
+            }
+        }
+    }
+    let nodes: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&nodes)
+        .arg("--cluster-yes")
+        .stdout(Stdio::null())
+        .status();
+    let settled = created.is_ok_and(|status| status.success()) && {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = ports.iter().all(|port| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .is_ok_and(|out| {
+                        String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+                    })
+            });
+            if ok || Instant::now() >= deadline {
+                break ok;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    if !settled {
+        stop(&mut children);
+        return Err("the Redis cluster did not form (is redis-cli installed?)".into());
+    }
+    let url = ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>();
+    Ok((children, url.join(",")))
+}
+
 fn start_server(name: &str, options: &Args) -> Result<Server, String> {
     let (program, mut args) = server_command(name, options)
         .ok_or(format!("unknown server {name} (herald-baseline needs --baseline-bin)"))?;
-    let mut redis = None;
+    let mut redis = Vec::new();
     if name == "herald-redis" {
-        let (child, port) = start_redis()?;
-        redis = Some(child);
+        let (child, port) = start_redis(&[])?;
+        redis.push(child);
         args.extend(["--redis-url".to_string(), format!("redis://127.0.0.1:{port}")]);
+    }
+    if name == "herald-redis-cluster" {
+        let (children, url) = start_redis_cluster(&options.out)?;
+        redis = children;
+        args.extend(["--redis-url".to_string(), url]);
     }
     let mut child = pinned("0", &program, &args)
         .stdout(Stdio::piped())
@@ -531,9 +618,10 @@ fn run_load(workload: &Workload, server: &Server, options: &Args) -> Result<Valu
         args.push("--threads".into());
         args.push((cores - 1).max(1).to_string());
     }
-    if let Some(redis) = &server.redis {
+    if !server.redis.is_empty() {
         args.push("--redis-pid".into());
-        args.push(redis.id().to_string());
+        let pids: Vec<String> = server.redis.iter().map(|redis| redis.id().to_string()).collect();
+        args.push(pids.join(","));
     }
     let output = pinned(&load_cpus(), &bin.join("herald-load"), &args)
         .stderr(Stdio::piped())
@@ -834,7 +922,7 @@ fn report(
     if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-wss") {
         references.push(("herald-wss", "herald"));
     }
-    for variant in ["herald-deflate", "herald-redis"] {
+    for variant in ["herald-deflate", "herald-redis", "herald-redis-cluster"] {
         if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == variant) {
             references.push((variant, "herald"));
         }

@@ -358,6 +358,8 @@ fn run_job(
                     .arg(exclude)
                     .arg(IDLE_CHANNEL_TTL_MS)
                     .arg(inner.publish_command())
+                    .arg(inner.node.as_ref())
+                    .arg(inner.publications.fetch_add(1, Ordering::Relaxed))
                     .invoke(con)?;
                 if !con.replicate(&meta)? {
                     log::warn!(

@@ -260,6 +260,9 @@ struct Inner {
     stop: AtomicBool,
     /// Notices dropped because their stream was full.
     notices_dropped: AtomicU64,
+    /// Publish scripts run by this node: each one's number, so that a
+    /// retried run is recognised (`scripts::PUBLISH_SCRIPT`).
+    publications: AtomicU64,
 }
 
 impl Inner {
@@ -457,6 +460,7 @@ impl RedisEngine {
             calls: control::Calls::default(),
             stop: AtomicBool::new(false),
             notices_dropped: AtomicU64::new(0),
+            publications: AtomicU64::new(0),
         });
         // Every node listens for calls on users' connections, and for the
         // counts answering its own.

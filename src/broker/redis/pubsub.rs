@@ -500,7 +500,9 @@ fn fill_gap(
 }
 
 /// After a re-subscription: delivers whatever the node missed of `channel`
-/// up to its newest offset in Redis. False when history no longer holds it.
+/// up to its newest offset in Redis, or tells its subscribers they start
+/// over where history no longer holds it. False when Redis could not be
+/// read (the next publication then says they start over).
 fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &str) -> bool {
     if catch_up.is_none() {
         *catch_up = connect_for_catch_up(inner);
@@ -516,17 +518,29 @@ fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &s
                 // A new epoch began while the node was away (the channel
                 // was lost in Redis): subscribers start over, with what
                 // history holds of the new epoch.
-                return replay_new_epoch(inner, con, channel, &epoch);
+                return replay_new_epoch(inner, con, channel, &epoch, top);
             }
             if let Some((_, delivered)) = known
                 && top < delivered
             {
                 // Redis lost publications this node delivered (a master
                 // failed over to a replica that did not have them yet).
-                rewind(inner, con, channel, &epoch, delivered);
-                return false;
+                match rewind(inner, con, channel, &epoch, delivered) {
+                    Some(new_epoch) => restart_at(inner, channel, new_epoch, 0),
+                    None => mark_restart(inner, channel),
+                }
+                return true;
             }
-            fill_gap(inner, catch_up, channel, &epoch, top + 1)
+            if !fill_gap(inner, catch_up, channel, &epoch, top + 1) {
+                // History no longer holds what was missed: subscribers are
+                // told now, not at the next publication (there may be none
+                // for a long time).
+                match Epoch::parse(&epoch) {
+                    Some(epoch) => restart_at(inner, channel, epoch, top),
+                    None => mark_restart(inner, channel),
+                }
+            }
+            true
         }
         // The channel is gone from Redis: its next publication has a new epoch.
         Ok(_) => true,
@@ -538,8 +552,15 @@ fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &s
 }
 
 /// Delivers a new epoch of `channel` from history, the first publication
-/// with the notice that subscribers start over. False if it cannot be read.
-fn replay_new_epoch(inner: &Inner, con: &mut Commands, channel: &str, epoch: &str) -> bool {
+/// with the notice that subscribers start over (at `top` when history holds
+/// nothing). False if it cannot be read.
+fn replay_new_epoch(
+    inner: &Inner,
+    con: &mut Commands,
+    channel: &str,
+    epoch: &str,
+    top: u64,
+) -> bool {
     let history = inner.keys(channel).1;
     let entries: Vec<redis::Value> =
         match redis::cmd("XRANGE").arg(&history).arg("-").arg("+").query(con) {
@@ -553,10 +574,27 @@ fn replay_new_epoch(inner: &Inner, con: &mut Commands, channel: &str, epoch: &st
         first = false;
     }
     if first {
-        // Nothing kept: the next publication says so.
-        mark_restart(inner, channel);
+        match Epoch::parse(epoch) {
+            Some(epoch) => restart_at(inner, channel, epoch, top),
+            None => mark_restart(inner, channel),
+        }
     }
     true
+}
+
+/// Tells `channel`'s subscribers on this node that they start over at
+/// `top` of `epoch` (what they missed cannot be read back), and goes on
+/// from there.
+fn restart_at(inner: &Inner, channel: &str, epoch: Epoch, top: u64) {
+    let mut stripe = inner.table.lock(channel);
+    let Some((name, state)) = stripe.get_named(channel) else { return };
+    state.epoch = epoch;
+    state.top = top;
+    state.remote_position = true;
+    state.restart_pending = false;
+    let notice = Restart::new(name.clone(), epoch, top);
+    let delivery = Delivery { channel: name.clone(), event: Event::Restart(notice), exclude: None };
+    deliver_to(&*inner.host, state.interested_shards(), &delivery);
 }
 
 /// A command connection for reading history from the pub/sub thread.
@@ -569,23 +607,35 @@ fn connect_for_catch_up(inner: &Inner) -> Option<Commands> {
 
 /// Redis is behind what this node delivered of `channel`: the channel
 /// starts a new epoch there (unless another node did it first), so that
-/// its next offsets are not taken for repeats, and every node tells its
-/// subscribers they start over.
-fn rewind(inner: &Inner, con: &mut Commands, channel: &str, epoch: &str, delivered: u64) {
+/// its next offsets are not taken for repeats. Returns the new epoch if
+/// this node set it.
+fn rewind(
+    inner: &Inner,
+    con: &mut Commands,
+    channel: &str,
+    epoch: &str,
+    delivered: u64,
+) -> Option<Epoch> {
     log::warn!(
         "channel {channel}: Redis holds fewer publications than this node delivered \
          (a failover lost some); it starts a new epoch"
     );
     let (meta, history) = inner.keys(channel);
+    let new_epoch = inner.table.next_epoch();
     let rewound = redis::Script::new(super::scripts::REWIND_SCRIPT)
         .key(meta)
         .key(history)
         .arg(epoch)
         .arg(delivered)
-        .arg(inner.table.next_epoch().as_str())
+        .arg(new_epoch.as_str())
         .invoke::<u64>(con);
-    if let Err(error) = rewound {
-        log::warn!("channel {channel}: starting a new epoch failed: {error}");
+    match rewound {
+        Ok(1) => Some(new_epoch),
+        Ok(_) => None,
+        Err(error) => {
+            log::warn!("channel {channel}: starting a new epoch failed: {error}");
+            None
+        }
     }
 }
 

@@ -3,14 +3,26 @@
 /// A publication: next offset, history, and `PUBLISH` to the nodes.
 /// KEYS: meta hash, history stream. ARGV: data, history size, history TTL
 /// in ms, epoch for a new channel, pub/sub channel, exclude, idle TTL in ms,
-/// the publish command (`PUBLISH`, or `SPUBLISH` in a cluster).
+/// the publish command (`PUBLISH`, or `SPUBLISH` in a cluster), the node,
+/// the node's number for this publication. Run again with the same node and
+/// number (a cluster client retries a call whose answer was lost when a
+/// master failed over), it publishes nothing and answers the first run's
+/// offset: the meta hash keeps each node's last number and offset.
 pub(super) const PUBLISH_SCRIPT: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'n:' .. ARGV[9])
+local epoch = meta[1]
+if epoch and meta[2] then
+  local colon = string.find(meta[2], ':', 1, true)
+  if colon and string.sub(meta[2], 1, colon - 1) == ARGV[10] then
+    return {epoch, tonumber(string.sub(meta[2], colon + 1))}
+  end
+end
 if not epoch then
   epoch = ARGV[4]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
+redis.call('HSET', KEYS[1], 'n:' .. ARGV[9], ARGV[10] .. ':' .. offset)
 local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 if size > 0 then
@@ -88,3 +100,100 @@ redis.call('HSET', KEYS[1], 'epoch', ARGV[3], 'top', 0)
 redis.call('DEL', KEYS[2])
 return 1
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A `redis-server` of the test's own (installed by `./.ci/run`),
+    /// killed when dropped.
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> (Server, redis::Connection) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Server(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (install the Debian package redis-server)"),
+        );
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(connection) = client.get_connection() {
+                return (server, connection);
+            }
+            assert!(Instant::now() < deadline, "redis-server answers");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn publish(con: &mut redis::Connection, node: &str, number: u64, data: &str) -> (String, u64) {
+        redis::Script::new(PUBLISH_SCRIPT)
+            .key("t:{c}:m")
+            .key("t:{c}:h")
+            .arg(data)
+            .arg(100)
+            .arg(60_000)
+            .arg("0000000a")
+            .arg("t:{c}:pub")
+            .arg("")
+            .arg(60_000)
+            .arg("PUBLISH")
+            .arg(node)
+            .arg(number)
+            .invoke(con)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_publish_run_again_with_its_number_publishes_nothing() {
+        let (_server, mut con) = server();
+        let con = &mut con;
+        assert_eq!(publish(con, "n1", 7, "a"), ("0000000a".into(), 1));
+        // The same call again (a cluster client's retry): the first offset.
+        assert_eq!(publish(con, "n1", 7, "a"), ("0000000a".into(), 1));
+        // Another node's publication with the same number is its own.
+        assert_eq!(publish(con, "n2", 7, "b"), ("0000000a".into(), 2));
+        assert_eq!(publish(con, "n1", 8, "c"), ("0000000a".into(), 3));
+        let kept: usize = redis::cmd("XLEN").arg("t:{c}:h").query(con).unwrap();
+        assert_eq!(kept, 3);
+    }
+
+    #[test]
+    fn a_channel_rewinds_only_when_redis_is_behind_in_the_same_epoch() {
+        let (_server, mut con) = server();
+        let con = &mut con;
+        for number in 1..=5 {
+            publish(con, "n1", number, "x");
+        }
+        let rewind = |con: &mut redis::Connection, epoch: &str, delivered: u64| -> u64 {
+            redis::Script::new(REWIND_SCRIPT)
+                .key("t:{c}:m")
+                .key("t:{c}:h")
+                .arg(epoch)
+                .arg(delivered)
+                .arg("0000000b")
+                .invoke(con)
+                .unwrap()
+        };
+        // Not behind, or another epoch: nothing changes.
+        assert_eq!(rewind(con, "0000000a", 5), 0);
+        assert_eq!(rewind(con, "00000009", 9), 0);
+        // Behind: a new epoch, from nothing.
+        assert_eq!(rewind(con, "0000000a", 9), 1);
+        assert_eq!(publish(con, "n1", 6, "y"), ("0000000b".into(), 1));
+        let kept: usize = redis::cmd("XLEN").arg("t:{c}:h").query(con).unwrap();
+        assert_eq!(kept, 1);
+    }
+}
