@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::pusher::*;
 use common::redis::*;
 use common::*;
 use herald::config::Engine;
@@ -221,4 +222,42 @@ fn moving_a_busy_channels_slot_while_publishing_loses_nothing() {
     let last = acknowledged.last().unwrap().1;
     let seen = received_until(&mut client, last);
     assert_delivered_once_in_order(&seen, &acknowledged);
+}
+
+#[test]
+fn a_dead_nodes_members_leave_within_the_presence_ttl() {
+    // The sweep reads the deployment's index of entries (one slot) and
+    // runs each channel's sweep on the channel's master.
+    let cluster = RedisCluster::start(3, 0);
+    let url = cluster.url();
+    let a = start_server(2, {
+        let url = url.clone();
+        move |config| {
+            config.engine = Engine::Redis;
+            config.redis_url = url;
+            config.redis_prefix = "c4".into();
+            config.apps = apps(APPS);
+            config.presence_ttl = Duration::from_secs(2);
+        }
+    });
+    wait_engine_up(&a);
+    let extra = format!("presence_ttl_secs = 2\n{APPS}");
+    let mut b = NodeProcess::start_at(&url, "c4", "process-node-api-key-0123", &extra);
+    wait_until("node B reaches the cluster", || {
+        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+    let mut watcher = PusherClient::connect(a.addr, APP_KEY);
+    watcher.join("presence-room", "u1", json!({}));
+    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
+    doomed.join("presence-room", "u2", json!({}));
+    watcher.expect("pusher_internal:member_added");
+    b.child.kill().unwrap(); // SIGKILL: the node never says goodbye
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    let removed = watcher.expect("pusher_internal:member_removed");
+    assert_eq!(removed["data"], r#"{"user_id":"u2"}"#);
+    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
+    let users =
+        pusher_api(a.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
+    assert_eq!(users.json(), json!({"users":[{"id":"u1"}]}));
 }

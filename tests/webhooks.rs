@@ -5,7 +5,7 @@ mod common;
 
 use common::pusher::*;
 use common::receiver::{Mode, Receiver};
-use common::redis::{NodeProcess, Redis};
+use common::redis::{NodeProcess, Redis, RedisCluster};
 use common::*;
 use herald::config::Secret;
 use herald::{Config, Server, ServerHandle};
@@ -246,8 +246,9 @@ fn a_backend_that_never_answers_holds_a_bounded_queue() {
     assert_eq!(metric(addr), 20);
 }
 
-/// The config file of a Redis node whose app `1` sends webhooks to `url`.
-fn redis_config(redis: &Redis, prefix: &str, url: &str) -> String {
+/// The config file of a node on the Redis (or cluster) at `redis_url` whose
+/// app `1` sends webhooks to `url`.
+fn redis_config(redis_url: &str, prefix: &str, url: &str) -> String {
     format!(
         r#"
 engine = "redis"
@@ -261,13 +262,13 @@ key = "app-key"
 secret = "app-secret-0123456789"
 webhooks = [{{ url = "{url}" }}]
 "#,
-        redis.url()
+        redis_url
     )
 }
 
-/// A node in this process on `redis`.
-fn redis_node(redis: &Redis, prefix: &str, url: &str) -> (ServerHandle, SocketAddr) {
-    let text = redis_config(redis, prefix, url);
+/// A node in this process on the Redis (or cluster) at `redis_url`.
+fn redis_node(redis_url: &str, prefix: &str, url: &str) -> (ServerHandle, SocketAddr) {
+    let text = redis_config(redis_url, prefix, url);
     let mut config =
         Config::load(Some((std::path::Path::new("node.toml"), &text)), Vec::new(), true).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -283,9 +284,24 @@ fn redis_node(redis: &Redis, prefix: &str, url: &str) -> (ServerHandle, SocketAd
 #[test]
 fn across_nodes_each_transition_is_sent_once_in_order() {
     let redis = Redis::start();
+    transitions_are_sent_once_in_order(&redis.url(), "w1");
+}
+
+#[test]
+fn on_a_redis_cluster_each_transition_is_sent_once_in_order() {
+    // Each channel's scripts run on its master; the notices go to the
+    // scope's queue (another slot) in a second step.
+    let cluster = RedisCluster::start(3, 0);
+    transitions_are_sent_once_in_order(&cluster.url(), "w3");
+}
+
+/// Two nodes on `redis_url`: joins and leaves of one user's two
+/// connections on both nodes and of another user, and the channel's
+/// occupancy, each sent once, in order.
+fn transitions_are_sent_once_in_order(redis_url: &str, prefix: &str) {
     let receiver = Receiver::start();
-    let (_a, a) = redis_node(&redis, "w1", &receiver.url);
-    let (_b, b) = redis_node(&redis, "w1", &receiver.url);
+    let (_a, a) = redis_node(redis_url, prefix, &receiver.url);
+    let (_b, b) = redis_node(redis_url, prefix, &receiver.url);
     let mut on_a = PusherClient::connect(a, APP_KEY);
     on_a.join("presence-room", "u1", json!({}));
     let mut tab_on_b = PusherClient::connect(b, APP_KEY);
@@ -328,7 +344,7 @@ fn a_killed_node_s_members_and_channel_leave_once_and_its_queue_lives_on() {
         &redis,
         "w2",
         "process-node-api-key-0123",
-        &redis_config(&redis, "w2", &receiver.url)
+        &redis_config(&redis.url(), "w2", &receiver.url)
             .replace("engine = \"redis\"", "")
             .replace(&format!("redis_url = \"{}\"", redis.url()), "")
             .replace("redis_prefix = \"w2\"", ""),
@@ -342,7 +358,7 @@ fn a_killed_node_s_members_and_channel_leave_once_and_its_queue_lives_on() {
     // The backend goes down; B (likely the webhook's lease holder) dies
     // with nobody else in the channel.
     receiver.set_mode(Mode::Down);
-    let (_a, a) = redis_node(&redis, "w2", &receiver.url);
+    let (_a, a) = redis_node(&redis.url(), "w2", &receiver.url);
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = Instant::now();

@@ -92,13 +92,19 @@ impl NodeProcess {
 
     /// A node whose config file also has `extra`.
     pub fn start_with(redis: &Redis, prefix: &str, api_key: &str, extra: &str) -> NodeProcess {
+        NodeProcess::start_at(&redis.url(), prefix, api_key, extra)
+    }
+
+    /// A node on the Redis (or cluster) at `url`, whose config file also
+    /// has `extra`.
+    pub fn start_at(url: &str, prefix: &str, api_key: &str, extra: &str) -> NodeProcess {
         let config =
             std::env::temp_dir().join(format!("herald-test-{}-{prefix}.toml", std::process::id()));
         let text = format!("{extra}\n[channels]\nhistory_size = 1000\nhistory_ttl_secs = 300\n");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--threads", "2"])
-            .args(["--engine", "redis", "--redis-url", &redis.url(), "--redis-prefix", prefix])
+            .args(["--engine", "redis", "--redis-url", url, "--redis-prefix", prefix])
             .args(["--api-key", api_key, "--config", config.to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
