@@ -389,7 +389,9 @@ impl Inner {
             return Ok(Commands::Cluster { connection: Box::new(connection), topology });
         }
         let mut failure = None;
-        for seed in &self.seeds {
+        // One instance: the first URL only, so that commands and pub/sub
+        // never go to two different servers.
+        for seed in self.seeds.iter().take(1) {
             match seed.get_connection_with_timeout(CALL_TIMEOUT) {
                 Ok(connection) => {
                     connection.set_read_timeout(Some(CALL_TIMEOUT))?;

@@ -141,11 +141,11 @@ pub(super) fn run(inner: &Inner) {
     }
 }
 
-/// One instance: the first seed that answers, one connection, read until
-/// it fails.
+/// One instance (the first URL, as for commands): one connection, read
+/// until it fails.
 fn single(inner: &Inner) -> Result<(), String> {
     let mut failure = String::from("no redis_url");
-    for seed in &inner.seeds {
+    for seed in inner.seeds.iter().take(1) {
         let info = seed.get_connection_info();
         let address = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
