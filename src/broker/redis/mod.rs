@@ -56,8 +56,8 @@ enum Commands {
     Cluster {
         connection: Box<redis::cluster::ClusterConnection>,
         /// Which master owns each slot and how many replicas it has, as
-        /// the cluster said when connected (read again when a replica does
-        /// not answer in time).
+        /// the cluster said when connected; read again every refresh
+        /// interval and when a replica does not answer in time.
         topology: cluster::Topology,
     },
 }
