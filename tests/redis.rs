@@ -17,27 +17,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A node on `redis`, with the channel-test namespaces.
-fn node(redis: &Redis, prefix: &str) -> TestServer {
-    let url = redis.url();
-    let prefix = prefix.to_string();
-    start_server(2, move |config| {
-        config.engine = Engine::Redis;
-        config.redis_url = url;
-        config.redis_prefix = prefix;
-    })
-}
-
-fn wait_engine_up(server: &TestServer) {
-    wait_until("the node reaches Redis", || {
-        request(server.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
-    });
-}
-
 #[test]
 fn publications_on_one_node_reach_subscribers_on_the_other_in_order() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t1"), node(&redis, "t1"));
+    let (a, b) = (engine_node(&redis.url(), "t1"), engine_node(&redis.url(), "t1"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(a.addr);
@@ -64,7 +47,7 @@ fn publications_on_one_node_reach_subscribers_on_the_other_in_order() {
 #[test]
 fn concurrent_publishers_on_both_nodes_get_consecutive_offsets() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t2"), node(&redis, "t2"));
+    let (a, b) = (engine_node(&redis.url(), "t2"), engine_node(&redis.url(), "t2"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(b.addr);
@@ -102,7 +85,7 @@ fn pipelined_publishes_on_one_connection_are_answered_in_order_with_consecutive_
     // Each publish waits for Redis; those pipelined behind it are carried
     // out meanwhile, and every answer still finds its place.
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t9"), node(&redis, "t9"));
+    let (a, b) = (engine_node(&redis.url(), "t9"), engine_node(&redis.url(), "t9"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(b.addr);
@@ -138,7 +121,7 @@ fn pipelined_publishes_on_one_connection_are_answered_in_order_with_consecutive_
 #[test]
 fn a_client_recovers_on_the_other_node() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t3"), node(&redis, "t3"));
+    let (a, b) = (engine_node(&redis.url(), "t3"), engine_node(&redis.url(), "t3"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(a.addr);
@@ -178,7 +161,7 @@ fn a_client_recovers_on_the_other_node() {
 #[test]
 fn redis_down_means_503_while_connections_stay_and_delivery_resumes_after() {
     let mut redis = Redis::start();
-    let a = node(&redis, "t4");
+    let a = engine_node(&redis.url(), "t4");
     wait_engine_up(&a);
     let (mut subscriber, _) = WsClient::open_client(a.addr);
     subscriber.subscribe("news");
@@ -248,7 +231,7 @@ fn redis_command(redis: &Redis, args: &[&str]) -> String {
 #[test]
 fn publications_missed_by_a_dropped_subscriber_connection_come_from_history() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t5"), node(&redis, "t5"));
+    let (a, b) = (engine_node(&redis.url(), "t5"), engine_node(&redis.url(), "t5"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(a.addr);
@@ -273,7 +256,7 @@ fn publications_missed_by_a_dropped_subscriber_connection_come_from_history() {
 #[test]
 fn subscribers_hear_at_once_that_history_cannot_fill_what_their_node_missed() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t10"), node(&redis, "t10"));
+    let (a, b) = (engine_node(&redis.url(), "t10"), engine_node(&redis.url(), "t10"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     // `live` keeps no history: what node A misses cannot be read back.
@@ -304,7 +287,7 @@ fn subscribers_hear_at_once_that_history_cannot_fill_what_their_node_missed() {
 #[test]
 fn after_kill_9_of_a_node_its_clients_recover_everything_acknowledged_on_the_other() {
     let redis = Redis::start();
-    let a = node(&redis, "t6");
+    let a = engine_node(&redis.url(), "t6");
     wait_engine_up(&a);
     let key = "process-node-api-key-0123";
     let mut b = NodeProcess::start(&redis, "t6", key);
@@ -352,7 +335,7 @@ fn after_kill_9_of_a_node_its_clients_recover_everything_acknowledged_on_the_oth
 #[test]
 fn presence_and_join_leave_span_the_nodes() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t7"), node(&redis, "t7"));
+    let (a, b) = (engine_node(&redis.url(), "t7"), engine_node(&redis.url(), "t7"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let token = |server: &TestServer, user: &str| server.token(user, &[]);
@@ -387,7 +370,7 @@ fn presence_and_join_leave_span_the_nodes() {
 #[test]
 fn disconnect_and_unsubscribe_reach_every_node() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t8"), node(&redis, "t8"));
+    let (a, b) = (engine_node(&redis.url(), "t8"), engine_node(&redis.url(), "t8"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let open = |server: &TestServer, user: &str| {
@@ -418,7 +401,7 @@ fn disconnect_and_unsubscribe_reach_every_node() {
 #[test]
 fn sse_and_long_poll_work_across_nodes_with_cursors() {
     let redis = Redis::start();
-    let (a, b) = (node(&redis, "t9"), node(&redis, "t9"));
+    let (a, b) = (engine_node(&redis.url(), "t9"), engine_node(&redis.url(), "t9"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     // An SSE stream on node A gets what node B publishes.
@@ -620,7 +603,7 @@ fn a_stalled_redis_never_stalls_a_shard() {
 #[test]
 fn after_redis_restarts_a_new_subscribe_on_an_idle_node_is_served() {
     let mut redis = Redis::start();
-    let (a, b) = (node(&redis, "t11"), node(&redis, "t11"));
+    let (a, b) = (engine_node(&redis.url(), "t11"), engine_node(&redis.url(), "t11"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut subscriber, _) = WsClient::open_client(a.addr);
@@ -647,23 +630,10 @@ fn after_redis_restarts_a_new_subscribe_on_an_idle_node_is_served() {
     assert_eq!(reply["op"], "subscribed", "{reply}");
 }
 
-/// A node on `redis` with the Pusher test apps.
-fn pusher_node(redis: &Redis, prefix: &str) -> TestServer {
-    let url = redis.url();
-    let prefix = prefix.to_string();
-    start_server(2, move |config| {
-        config.engine = Engine::Redis;
-        config.redis_url = url;
-        config.redis_prefix = prefix;
-        config.apps = apps(APPS);
-        config.presence_ttl = Duration::from_secs(2);
-    })
-}
-
 #[test]
 fn pusher_events_presence_client_events_users_and_terminate_span_the_nodes() {
     let redis = Redis::start();
-    let (a, b) = (pusher_node(&redis, "p1"), pusher_node(&redis, "p1"));
+    let (a, b) = (pusher_engine_node(&redis.url(), "p1"), pusher_engine_node(&redis.url(), "p1"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     // Presence: one member_added per user, whichever node they are on.
@@ -717,27 +687,5 @@ fn pusher_events_presence_client_events_users_and_terminate_span_the_nodes() {
 #[test]
 fn a_dead_nodes_pusher_members_leave_within_the_presence_ttl() {
     let redis = Redis::start();
-    let a = pusher_node(&redis, "p2");
-    wait_engine_up(&a);
-    let apps = format!("presence_ttl_secs = 2\n{APPS}");
-    let mut b = NodeProcess::start_with(&redis, "p2", "process-node-api-key-0123", &apps);
-    wait_until("node B reaches Redis", || {
-        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
-    });
-    let mut watcher = PusherClient::connect(a.addr, APP_KEY);
-    watcher.join("presence-room", "u1", json!({}));
-    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
-    doomed.join("presence-room", "u2", json!({}));
-    watcher.expect("pusher_internal:member_added");
-    b.child.kill().unwrap(); // SIGKILL: the node never says goodbye
-    b.child.wait().unwrap();
-    let killed = Instant::now();
-    let removed = watcher.expect("pusher_internal:member_removed");
-    assert_eq!(removed["data"], r#"{"user_id":"u2"}"#);
-    // The entry lives 2 s after its last renewal (every 1/3 s), and A
-    // sweeps every 1/3 s.
-    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
-    let users =
-        pusher_api(a.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
-    assert_eq!(users.json(), json!({"users":[{"id":"u1"}]}));
+    dead_nodes_members_leave_within_the_presence_ttl(&redis.url(), "p2");
 }

@@ -8,37 +8,18 @@
 
 mod common;
 
-use common::pusher::*;
 use common::redis::*;
 use common::*;
-use herald::config::Engine;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A node on `cluster` (every cluster node a seed).
-fn node(cluster: &RedisCluster, prefix: &str) -> TestServer {
-    let url = cluster.url();
-    let prefix = prefix.to_string();
-    start_server(2, move |config| {
-        config.engine = Engine::Redis;
-        config.redis_url = url;
-        config.redis_prefix = prefix;
-    })
-}
-
-fn wait_engine_up(server: &TestServer) {
-    wait_until("the node reaches the cluster", || {
-        request(server.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
-    });
-}
-
 #[test]
 fn publications_cross_nodes_in_order_recover_and_presence_spans_the_nodes() {
     let cluster = RedisCluster::start(3, 1);
-    let (a, b) = (node(&cluster, "c1"), node(&cluster, "c1"));
+    let (a, b) = (engine_node(&cluster.url(), "c1"), engine_node(&cluster.url(), "c1"));
     wait_engine_up(&a);
     wait_engine_up(&b);
     // Channels spread over the masters: each is subscribed on its own.
@@ -168,10 +149,18 @@ fn assert_delivered_once_in_order(seen: &[u64], acknowledged: &[(u64, u64)]) {
     }
 }
 
-#[test]
-fn a_master_killed_during_publishing_loses_no_acknowledged_publication() {
-    let mut cluster = RedisCluster::start(3, 1);
-    let (a, b) = (node(&cluster, "c2"), node(&cluster, "c2"));
+/// Two nodes on `cluster`: a client of node B subscribed to a busy
+/// channel while node A publishes to it; `disturb` acts on the cluster
+/// (given the channel's slot) once 50 publications were acknowledged, and
+/// publishing goes on for 50 more. Every acknowledged publication reaches
+/// the client once, in order, with no restart. Returns node A, the
+/// client's `subscribed` reply and the acknowledged `(offset, attempt)`s.
+fn publishing_survives(
+    cluster: &mut RedisCluster,
+    prefix: &str,
+    disturb: impl FnOnce(&mut RedisCluster, u16),
+) -> (TestServer, serde_json::Value, Vec<(u64, u64)>) {
+    let (a, b) = (engine_node(&cluster.url(), prefix), engine_node(&cluster.url(), prefix));
     wait_engine_up(&a);
     wait_engine_up(&b);
     let (mut client, _) = WsClient::open_client(b.addr);
@@ -179,16 +168,24 @@ fn a_master_killed_during_publishing_loses_no_acknowledged_publication() {
     assert_eq!(subscribed["op"], "subscribed");
     let (stop, count) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let publishing = publisher(&a, "pub:busy", stop.clone(), count.clone());
-    wait_until("publications before the kill", || count.load(Ordering::Acquire) >= 50);
+    wait_until("publications before", || count.load(Ordering::Acquire) >= 50);
     let slot = cluster.slot_of("pub:busy");
-    cluster.master_of(slot).kill();
+    disturb(cluster, slot);
     let before = count.load(Ordering::Acquire);
-    wait_until("publications after the failover", || count.load(Ordering::Acquire) >= before + 50);
+    wait_until("publications after", || count.load(Ordering::Acquire) >= before + 50);
     stop.store(true, Ordering::Release);
     let acknowledged = publishing.join().unwrap();
     let last = acknowledged.last().unwrap().1;
     let seen = received_until(&mut client, last);
     assert_delivered_once_in_order(&seen, &acknowledged);
+    (a, subscribed, acknowledged)
+}
+
+#[test]
+fn a_master_killed_during_publishing_loses_no_acknowledged_publication() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let (a, subscribed, acknowledged) =
+        publishing_survives(&mut cluster, "c2", |cluster, slot| cluster.master_of(slot).kill());
     // A client that reconnects a little behind recovers the rest from
     // the promoted replica's history.
     let (mut late, _) = WsClient::open_client(a.addr);
@@ -202,26 +199,11 @@ fn a_master_killed_during_publishing_loses_no_acknowledged_publication() {
 #[test]
 fn moving_a_busy_channels_slot_while_publishing_loses_nothing() {
     let mut cluster = RedisCluster::start(3, 0);
-    let (a, b) = (node(&cluster, "c3"), node(&cluster, "c3"));
-    wait_engine_up(&a);
-    wait_engine_up(&b);
-    let (mut client, _) = WsClient::open_client(b.addr);
-    let subscribed = client.subscribe("pub:busy");
-    assert_eq!(subscribed["op"], "subscribed");
-    let (stop, count) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let publishing = publisher(&a, "pub:busy", stop.clone(), count.clone());
-    wait_until("publications before the move", || count.load(Ordering::Acquire) >= 50);
-    let slot = cluster.slot_of("pub:busy");
-    let from = cluster.master_of(slot).port;
-    cluster.move_slot(slot);
-    assert_ne!(cluster.master_of(slot).port, from, "the slot moved");
-    let before = count.load(Ordering::Acquire);
-    wait_until("publications after the move", || count.load(Ordering::Acquire) >= before + 50);
-    stop.store(true, Ordering::Release);
-    let acknowledged = publishing.join().unwrap();
-    let last = acknowledged.last().unwrap().1;
-    let seen = received_until(&mut client, last);
-    assert_delivered_once_in_order(&seen, &acknowledged);
+    publishing_survives(&mut cluster, "c3", |cluster, slot| {
+        let from = cluster.master_of(slot).port;
+        cluster.move_slot(slot);
+        assert_ne!(cluster.master_of(slot).port, from, "the slot moved");
+    });
 }
 
 #[test]
@@ -229,35 +211,5 @@ fn a_dead_nodes_members_leave_within_the_presence_ttl() {
     // The sweep reads the deployment's index of entries (one slot) and
     // runs each channel's sweep on the channel's master.
     let cluster = RedisCluster::start(3, 0);
-    let url = cluster.url();
-    let a = start_server(2, {
-        let url = url.clone();
-        move |config| {
-            config.engine = Engine::Redis;
-            config.redis_url = url;
-            config.redis_prefix = "c4".into();
-            config.apps = apps(APPS);
-            config.presence_ttl = Duration::from_secs(2);
-        }
-    });
-    wait_engine_up(&a);
-    let extra = format!("presence_ttl_secs = 2\n{APPS}");
-    let mut b = NodeProcess::start_at(&url, "c4", "process-node-api-key-0123", &extra);
-    wait_until("node B reaches the cluster", || {
-        request(b.addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
-    });
-    let mut watcher = PusherClient::connect(a.addr, APP_KEY);
-    watcher.join("presence-room", "u1", json!({}));
-    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
-    doomed.join("presence-room", "u2", json!({}));
-    watcher.expect("pusher_internal:member_added");
-    b.child.kill().unwrap(); // SIGKILL: the node never says goodbye
-    b.child.wait().unwrap();
-    let killed = Instant::now();
-    let removed = watcher.expect("pusher_internal:member_removed");
-    assert_eq!(removed["data"], r#"{"user_id":"u2"}"#);
-    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
-    let users =
-        pusher_api(a.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
-    assert_eq!(users.json(), json!({"users":[{"id":"u1"}]}));
+    dead_nodes_members_leave_within_the_presence_ttl(&cluster.url(), "c4");
 }

@@ -1,6 +1,9 @@
 //! Real `redis-server`s and herald nodes as separate processes, for the tests of the Redis engine.
 
-use super::DEADLINE;
+use super::pusher::{APP_ID, APP_KEY, APPS, PusherClient, apps, pusher_api};
+use super::{DEADLINE, TestServer, request, start_server, wait_until};
+use herald::config::Engine;
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -77,6 +80,68 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A node in this process on the Redis (or cluster) at `url`, with the
+/// channel-test namespaces.
+pub fn engine_node(url: &str, prefix: &str) -> TestServer {
+    let (url, prefix) = (url.to_string(), prefix.to_string());
+    start_server(2, move |config| {
+        config.engine = Engine::Redis;
+        config.redis_url = url;
+        config.redis_prefix = prefix;
+    })
+}
+
+/// A node in this process on the Redis (or cluster) at `url`, with the
+/// Pusher test apps and a presence TTL of 2 s.
+pub fn pusher_engine_node(url: &str, prefix: &str) -> TestServer {
+    let (url, prefix) = (url.to_string(), prefix.to_string());
+    start_server(2, move |config| {
+        config.engine = Engine::Redis;
+        config.redis_url = url;
+        config.redis_prefix = prefix;
+        config.apps = apps(APPS);
+        config.presence_ttl = Duration::from_secs(2);
+    })
+}
+
+/// Waits until the node at `addr` reaches its Redis.
+pub fn wait_up(addr: std::net::SocketAddr) {
+    wait_until("the node reaches Redis", || {
+        request(addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"
+    });
+}
+
+/// Waits until `server` reaches its Redis.
+pub fn wait_engine_up(server: &TestServer) {
+    wait_up(server.addr);
+}
+
+/// Two nodes on the Redis (or cluster) at `url`, the second a process
+/// killed with SIGKILL: its Pusher presence member leaves, announced on
+/// the first node, within the presence TTL (2 s, renewed and swept every
+/// 1/3 s) and a sweep.
+pub fn dead_nodes_members_leave_within_the_presence_ttl(url: &str, prefix: &str) {
+    let a = pusher_engine_node(url, prefix);
+    wait_engine_up(&a);
+    let extra = format!("presence_ttl_secs = 2\n{APPS}");
+    let mut b = NodeProcess::start_at(url, prefix, "process-node-api-key-0123", &extra);
+    wait_up(b.addr);
+    let mut watcher = PusherClient::connect(a.addr, APP_KEY);
+    watcher.join("presence-room", "u1", json!({}));
+    let mut doomed = PusherClient::connect(b.addr, APP_KEY);
+    doomed.join("presence-room", "u2", json!({}));
+    watcher.expect("pusher_internal:member_added");
+    b.child.kill().unwrap(); // SIGKILL: the node never says goodbye
+    b.child.wait().unwrap();
+    let killed = Instant::now();
+    let removed = watcher.expect("pusher_internal:member_removed");
+    assert_eq!(removed["data"], r#"{"user_id":"u2"}"#);
+    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
+    let users =
+        pusher_api(a.addr, "GET", &format!("/apps/{APP_ID}/channels/presence-room/users"), &[], "");
+    assert_eq!(users.json(), json!({"users":[{"id":"u1"}]}));
 }
 
 /// A `herald serve` process on the Redis engine, killed with SIGKILL when dropped.
@@ -171,7 +236,7 @@ impl RedisCluster {
             .expect("redis-cli runs (install the Debian package redis-tools; ./.ci/run does)");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
         cluster.wait_settled(masters * (1 + replicas));
-        super::wait_until("every replica is in sync with its master", || {
+        wait_until("every replica is in sync with its master", || {
             cluster.live().all(|node| {
                 let role = node.cli(&["INFO", "replication"]);
                 role.contains("role:slave") || {
@@ -223,7 +288,7 @@ impl RedisCluster {
     /// Waits until every live node says the cluster is ok and knows
     /// `nodes` nodes with every slot served.
     pub fn wait_settled(&self, nodes: usize) {
-        super::wait_until("the Redis cluster is ok on every node", || {
+        wait_until("the Redis cluster is ok on every node", || {
             self.live().all(|node| {
                 let info = node.cli(&["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok")
