@@ -109,7 +109,7 @@ impl Commands {
         let confirmed: usize = redis::from_redis_value(value)?;
         if confirmed == 0 {
             // The replica is gone, or the slot moved: ask again who is where.
-            *topology = cluster::Topology::read(connection)?;
+            self.read_topology()?;
             return Ok(false);
         }
         Ok(true)
@@ -388,20 +388,13 @@ impl Inner {
             let topology = cluster::Topology::read(&mut connection)?;
             return Ok(Commands::Cluster { connection: Box::new(connection), topology });
         }
-        let mut failure = None;
         // One instance: the first URL only, so that commands and pub/sub
         // never go to two different servers.
-        for seed in self.seeds.iter().take(1) {
-            match seed.get_connection_with_timeout(CALL_TIMEOUT) {
-                Ok(connection) => {
-                    connection.set_read_timeout(Some(CALL_TIMEOUT))?;
-                    connection.set_write_timeout(Some(CALL_TIMEOUT))?;
-                    return Ok(Commands::Single(connection));
-                }
-                Err(error) => failure = Some(error),
-            }
-        }
-        Err(failure.unwrap_or_else(|| (redis::ErrorKind::Io, "no redis_url").into()))
+        let seed = self.seeds.first().ok_or((redis::ErrorKind::Io, "no redis_url"))?;
+        let connection = seed.get_connection_with_timeout(CALL_TIMEOUT)?;
+        connection.set_read_timeout(Some(CALL_TIMEOUT))?;
+        connection.set_write_timeout(Some(CALL_TIMEOUT))?;
+        Ok(Commands::Single(connection))
     }
 
     /// Hands a publication or presence change from Redis to this node's

@@ -94,13 +94,7 @@ impl Subscriptions {
         if self.is_wanted(name) != subscribe {
             return;
         }
-        let (index, verb) = match &writers.topology {
-            Some(topology) => (
-                topology.owner(key_slot(name.as_bytes())),
-                if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" },
-            ),
-            None => (Some(0), if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" }),
-        };
+        let (index, verb) = route(writers.topology.as_ref(), name, subscribe);
         let Some(slot) = index.and_then(|index| writers.streams.get_mut(index)) else { return };
         let Some(stream) = slot.as_mut() else { return };
         if let Err(error) = stream.write_all(&redis::cmd(verb).arg(name).get_packed_command()) {
@@ -144,24 +138,16 @@ pub(super) fn run(inner: &Inner) {
 /// One instance (the first URL, as for commands): one connection, read
 /// until it fails.
 fn single(inner: &Inner) -> Result<(), String> {
-    let mut failure = String::from("no redis_url");
-    for seed in inner.seeds.iter().take(1) {
-        let info = seed.get_connection_info();
-        let address = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-            other => return Err(format!("unsupported Redis address {other}")),
-        };
-        match open(inner, &address) {
-            Ok(stream) => {
-                subscribe_all(inner, vec![stream.try_clone().map_err(|e| e.to_string())?], None)?;
-                log::debug!("redis engine: pub/sub connected");
-                read(inner, stream);
-                return Ok(());
-            }
-            Err(error) => failure = format!("{address}: {error}"),
-        }
-    }
-    Err(failure)
+    let seed = inner.seeds.first().ok_or("no redis_url")?;
+    let address = match seed.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => return Err(format!("unsupported Redis address {other}")),
+    };
+    let stream = open(inner, &address).map_err(|error| format!("{address}: {error}"))?;
+    subscribe_all(inner, vec![stream.try_clone().map_err(|e| e.to_string())?], None)?;
+    log::debug!("redis engine: pub/sub connected");
+    read(inner, stream);
+    Ok(())
 }
 
 /// A cluster: one connection per master, each read by its own thread;
@@ -238,10 +224,7 @@ fn subscribe_all(
     let mut writers = lock(&inner.subscriptions.writer);
     let wanted: Vec<String> = lock(&inner.subscriptions.state).wanted.iter().cloned().collect();
     for name in &wanted {
-        let (index, verb) = match &topology {
-            Some(topology) => (topology.owner(key_slot(name.as_bytes())), "SSUBSCRIBE"),
-            None => (Some(0), "SUBSCRIBE"),
-        };
+        let (index, verb) = route(topology.as_ref(), name, true);
         let Some(stream) = index.and_then(|index| streams.get_mut(index)) else { continue };
         stream.write_all(&redis::cmd(verb).arg(name).get_packed_command()).map_err(|error| {
             for stream in &streams {
@@ -252,6 +235,22 @@ fn subscribe_all(
     }
     *writers = Writers { streams: streams.into_iter().map(Some).collect(), topology };
     Ok(())
+}
+
+/// Which connection `name` is subscribed on (the only one, or in a cluster
+/// the one to the master that owns its slot), and with which command.
+fn route(
+    topology: Option<&Topology>,
+    name: &str,
+    subscribe: bool,
+) -> (Option<usize>, &'static str) {
+    match topology {
+        Some(topology) => (
+            topology.owner(key_slot(name.as_bytes())),
+            if subscribe { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" },
+        ),
+        None => (Some(0), if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" }),
+    }
 }
 
 /// Reads until the connection fails: subscription confirmations, calls
@@ -526,7 +525,7 @@ fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &s
                 // Redis lost publications this node delivered (a master
                 // failed over to a replica that did not have them yet).
                 match rewind(inner, con, channel, &epoch, delivered) {
-                    Some(new_epoch) => restart_at(inner, channel, new_epoch, 0),
+                    Some(new_epoch) => restart_at(inner, channel, new_epoch.as_str(), 0),
                     None => mark_restart(inner, channel),
                 }
                 return true;
@@ -535,10 +534,7 @@ fn catch_up_to_redis(inner: &Inner, catch_up: &mut Option<Commands>, channel: &s
                 // History no longer holds what was missed: subscribers are
                 // told now, not at the next publication (there may be none
                 // for a long time).
-                match Epoch::parse(&epoch) {
-                    Some(epoch) => restart_at(inner, channel, epoch, top),
-                    None => mark_restart(inner, channel),
-                }
+                restart_at(inner, channel, &epoch, top);
             }
             true
         }
@@ -574,18 +570,20 @@ fn replay_new_epoch(
         first = false;
     }
     if first {
-        match Epoch::parse(epoch) {
-            Some(epoch) => restart_at(inner, channel, epoch, top),
-            None => mark_restart(inner, channel),
-        }
+        restart_at(inner, channel, epoch, top);
     }
     true
 }
 
 /// Tells `channel`'s subscribers on this node that they start over at
 /// `top` of `epoch` (what they missed cannot be read back), and goes on
-/// from there.
-fn restart_at(inner: &Inner, channel: &str, epoch: Epoch, top: u64) {
+/// from there; an epoch that is not herald's leaves the notice to the next
+/// publication.
+fn restart_at(inner: &Inner, channel: &str, epoch: &str, top: u64) {
+    let Some(epoch) = Epoch::parse(epoch) else {
+        mark_restart(inner, channel);
+        return;
+    };
     let mut stripe = inner.table.lock(channel);
     let Some((name, state)) = stripe.get_named(channel) else { return };
     state.epoch = epoch;
