@@ -203,6 +203,28 @@ impl Durability {
     }
 }
 
+/// How a shard waits for and does its socket I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Io {
+    /// Readiness from epoll, then one `recv`/`sendmsg` per socket.
+    #[default]
+    Epoll,
+    /// Completions from an io_uring: multishot accept and receive into a
+    /// provided-buffer ring, a turn's sends in one submission. Falls back to
+    /// epoll, with a warning, where the kernel refuses it.
+    IoUring,
+}
+
+impl Io {
+    /// The setting's value for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::IoUring => "io_uring",
+        }
+    }
+}
+
 /// Which browser origins may open a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginPolicy {
@@ -403,6 +425,8 @@ pub struct Config {
     pub tls: Option<Arc<Tls>>,
     /// Number of shards (event-loop threads).
     pub threads: usize,
+    /// The shards' reactor: epoll or io_uring.
+    pub io: Io,
     /// Development mode: anonymous connections, any origin, generated secrets.
     pub dev: bool,
     /// Key that backends present to the server API.
@@ -563,6 +587,7 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "threads",
+    "io",
     "dev",
     "api_key",
     "token_secret",
@@ -1235,6 +1260,21 @@ impl Layers {
                 }
             },
         };
+        let io = match self.check(self.string("io")) {
+            None => Io::Epoll,
+            Some((name, source)) => match name.trim() {
+                "epoll" => Io::Epoll,
+                "io_uring" => Io::IoUring,
+                other => {
+                    self.refuse(Err(ConfigError::setting(
+                        "io",
+                        &source,
+                        format_args!("expected epoll or io_uring, got {other:?}"),
+                    )));
+                    Io::Epoll
+                }
+            },
+        };
         let pusher_path_prefix = match self.check(self.string("pusher_path_prefix")) {
             None => String::new(),
             Some((prefix, source)) => {
@@ -1345,6 +1385,7 @@ impl Layers {
             listen_tls,
             tls,
             threads,
+            io,
             dev,
             api_key,
             token_secret,
@@ -1871,6 +1912,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.data_dir.as_deref(), Some(Path::new("/var/lib/herald")));
         assert_eq!(config.durability, Durability::PageCache);
+        assert_eq!(Config::dev().io, Io::Epoll);
+        let config = Config::load(None, vec![env("io", "io_uring")], true).unwrap();
+        assert_eq!(config.io, Io::IoUring);
+        let error = Config::load(None, vec![flag("io", "kqueue")], true).unwrap_err();
+        assert!(error.to_string().contains("expected epoll or io_uring"), "{error}");
         let error = Config::load(
             None,
             vec![flag("data_dir", "/tmp/h"), flag("engine", "redis"), flag("durability", "maybe")],

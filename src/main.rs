@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Shards (event-loop threads); default: one per core.
     #[arg(long, env = "HERALD_THREADS", value_name = "N")]
     threads: Option<String>,
+    /// The shards' reactor: epoll (default) or io_uring (falls back to epoll where the kernel refuses it).
+    #[arg(long, env = "HERALD_IO", value_name = "REACTOR")]
+    io: Option<String>,
     /// Development mode: anonymous connections, any origin, generated secrets.
     #[arg(long, env = "HERALD_DEV", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     dev: Option<String>,

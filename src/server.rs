@@ -1,9 +1,10 @@
 //! Starting the shards on one address, and stopping them gracefully.
 
-use crate::config::Config;
+use crate::config::{Config, Io};
 use crate::node::Shared;
-use crate::node::inbox::{Inbox, Work};
-use crate::shard::{Shard, WAKER};
+use crate::node::inbox::{self, Inbox, Work};
+use crate::shard::uring::Ring;
+use crate::shard::{Reactor, Shard, WAKER};
 use crate::sys;
 use crate::tls;
 use crate::webhook::Webhooks;
@@ -88,27 +89,29 @@ impl Server {
             .transpose()
             .map_err(StartError::Listen)?;
         let node: Arc<str> = Arc::from(node_id());
-        let config = Arc::new(config);
-        // Every shard's poll and inbox exist before the broker, which
+        // Every shard's reactor and inbox exist before the broker, which
         // delivers into the inboxes, and before any shard runs.
-        let mut polls = Vec::with_capacity(threads);
+        let mut reactors = Vec::with_capacity(threads);
         let mut inboxes = Vec::with_capacity(threads);
+        let mut io = config.io;
         for _ in 0..threads {
-            let poll = Poll::new().map_err(StartError::System)?;
-            let waker = Waker::new(poll.registry(), WAKER).map_err(StartError::System)?;
+            let (reactor, waker) = reactor(&mut io).map_err(StartError::System)?;
             inboxes.push(Arc::new(Inbox::new(waker)));
-            polls.push(poll);
+            reactors.push(reactor);
         }
+        let mut config = config;
+        config.io = io;
+        let config = Arc::new(config);
         let shared =
             Arc::new(Shared::new(config, node, inboxes.clone()).map_err(StartError::Engine)?);
         let webhooks = Some(Webhooks::start(&shared));
         let mut shards = Vec::with_capacity(threads);
-        for (index, ((poll, listener), inbox)) in
-            polls.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
+        for (index, ((reactor, listener), inbox)) in
+            reactors.into_iter().zip(listeners).zip(inboxes.iter().cloned()).enumerate()
         {
             let tls_listener = tls_listeners.get_mut(index).and_then(Option::take);
             shards.push(
-                Shard::new(index, poll, listener, tls_listener, inbox, shared.clone())
+                Shard::new(index, reactor, listener, tls_listener, inbox, shared.clone())
                     .map_err(StartError::System)?,
             );
         }
@@ -121,14 +124,33 @@ impl Server {
             threads.push(thread);
         }
         log::info!(
-            "herald {} node {} listening on {local_addr}{} with {} shards",
+            "herald {} node {} listening on {local_addr}{} with {} shards on {}",
             env!("CARGO_PKG_VERSION"),
             shared.node,
             tls_addr.map(|addr| format!(" and {addr} (TLS)")).unwrap_or_default(),
-            threads.len()
+            threads.len(),
+            shared.config.io.name()
         );
         Ok(ServerHandle { local_addr, tls_addr, inboxes, threads, shared, webhooks })
     }
+}
+
+/// A shard's reactor and the waker its inbox uses. Where `io_uring` was
+/// asked for and the kernel refuses a ring, says why and makes `io` epoll
+/// (for this shard and the ones after it).
+fn reactor(io: &mut Io) -> io::Result<(Reactor, inbox::Waker)> {
+    if *io == Io::IoUring {
+        match Ring::new() {
+            Ok(ring) => return Ok((Reactor::Ring(Box::new(ring)), inbox::Waker::event_fd()?)),
+            Err(error) => {
+                log::warn!("io = \"io_uring\" is not available here ({error}); running on epoll");
+                *io = Io::Epoll;
+            }
+        }
+    }
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    Ok((Reactor::Epoll(poll), inbox::Waker::Poll(waker)))
 }
 
 /// A running server.
@@ -144,6 +166,12 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The reactor the shards run on (epoll where io_uring was asked for
+    /// and the kernel refused it).
+    pub fn io(&self) -> Io {
+        self.shared.config.io
+    }
+
     /// The address the server accepts on (the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

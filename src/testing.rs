@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::conn::Ctx;
 use crate::conn::io::{SendVectored, Transport};
 use crate::node::Shared;
-use crate::node::inbox::Inbox;
+use crate::node::inbox::{Inbox, Waker};
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ pub fn context(config: Config) -> Ctx {
     let config = Arc::new(config);
     let inbox = mio::Poll::new()
         .and_then(|poll| mio::Waker::new(poll.registry(), mio::Token(0)))
-        .map(|waker| Arc::new(Inbox::new(waker)));
+        .map(|waker| Arc::new(Inbox::new(Waker::Poll(waker))));
     let inboxes = match inbox {
         Ok(inbox) => vec![inbox],
         Err(error) => panic!("an epoll instance for a test context: {error}"),

@@ -150,3 +150,35 @@ fn the_check_sees_imports_in_every_form() {
     assert!(imports("use herald::server;", true).contains("server"));
     assert!(imports("use herald::server;", false).is_empty());
 }
+
+/// `unsafe` is denied crate-wide (Cargo.toml) and allowed in one file, the
+/// io_uring's buffers and descriptors: no other file under `src/` may allow
+/// it, and no other file may contain an `unsafe` block or impl.
+#[test]
+fn unsafe_code_lives_in_the_io_uring_module_alone() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("unsafe_code = \"deny\""), "Cargo.toml must deny unsafe_code");
+    let allowed = root.join("src/shard/uring.rs");
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    assert!(files.contains(&allowed), "src/shard/uring.rs is missing");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code: String = text
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| !line.starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uses_unsafe = code.contains("allow(unsafe_code)")
+            || code.contains("unsafe {")
+            || code.contains("unsafe impl")
+            || code.contains("unsafe fn");
+        assert!(
+            !uses_unsafe || file == allowed,
+            "{} uses unsafe: only src/shard/uring.rs may",
+            file.display()
+        );
+    }
+}

@@ -9,8 +9,8 @@
 mod common;
 
 use common::*;
+use herald::ServerHandle;
 use herald::config::{Config, Override, Source};
-use herald::{Server, ServerHandle};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -61,7 +61,7 @@ fn start_herald(extra: &[(&'static str, &str)]) -> ServerHandle {
         .collect();
     let config = Config::load(Some((&path, &text)), overrides, false)
         .unwrap_or_else(|error| panic!("deploy/herald.toml: {error}"));
-    Server::start(config).expect("herald starts")
+    start_config(config)
 }
 
 fn token(user: &str) -> String {

@@ -367,3 +367,45 @@ fn sighup_serves_the_new_certificate_to_new_connections_while_old_ones_keep_rece
     );
     assert!(log.contains(&files.key.display().to_string()), "{log}");
 }
+
+/// Echoes one message through `herald`, stops it with SIGTERM (it must exit
+/// 0), and returns what it logged.
+fn echo_then_stop(mut herald: Herald) -> String {
+    let mut client = WsClient::open(herald.addr, "/echo");
+    client.send_text("served");
+    let frame = client.read_frame();
+    assert_eq!((frame.opcode, frame.payload.as_slice()), (1, &b"served"[..]));
+    herald.signal(Signal::TERM);
+    assert_eq!(herald.wait().code(), Some(0));
+    herald.stderr()
+}
+
+/// Where the kernel refuses io_uring (here a seccomp filter that fails
+/// io_uring_setup with EPERM, as Docker's default profile does),
+/// `--io io_uring` says so at start-up and serves on epoll.
+#[test]
+fn where_the_kernel_refuses_io_uring_the_server_says_so_and_runs_on_epoll() {
+    let args = ["--dev", "--listen", "127.0.0.1:0", "--threads", "2", "--io", "io_uring"];
+    let herald = Herald::spawn("exec python3 tests/python/without_io_uring.py", &args);
+    let stderr = echo_then_stop(herald);
+    assert!(
+        stderr.contains("io = \"io_uring\" is not available here")
+            && stderr.contains("running on epoll"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("with 2 shards on epoll"), "{stderr}");
+}
+
+/// Where it is available, `--io io_uring` runs every shard on it.
+#[test]
+fn io_uring_is_used_where_the_kernel_allows_it() {
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0")
+    {
+        eprintln!("io_uring is disabled on this machine: nothing to check");
+        return;
+    }
+    let args = ["--dev", "--listen", "127.0.0.1:0", "--threads", "2", "--io", "io_uring"];
+    let stderr = echo_then_stop(Herald::spawn("", &args));
+    assert!(stderr.contains("with 2 shards on io_uring"), "{stderr}");
+    assert!(!stderr.contains("not available"), "{stderr}");
+}

@@ -8,7 +8,7 @@ use common::receiver::{Mode, Receiver};
 use common::redis::{NodeProcess, Redis, RedisCluster};
 use common::*;
 use herald::config::Secret;
-use herald::{Config, Server, ServerHandle};
+use herald::{Config, ServerHandle};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ webhooks = [{{ url = "{url}" }}]
             .unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.threads = 2;
-    let handle = Server::start(config).unwrap();
+    let handle = start_config(config);
     let addr = handle.local_addr();
     (handle, addr)
 }
@@ -273,7 +273,7 @@ fn redis_node(redis_url: &str, prefix: &str, url: &str) -> (ServerHandle, Socket
         Config::load(Some((std::path::Path::new("node.toml"), &text)), Vec::new(), true).unwrap();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.threads = 2;
-    let handle = Server::start(config).unwrap();
+    let handle = start_config(config);
     let addr = handle.local_addr();
     wait_until("the node reaches Redis", || {
         request(addr, "GET /health HTTP/1.1\r\n\r\n").json()["engine"]["state"] == "up"

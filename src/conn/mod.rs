@@ -463,6 +463,11 @@ impl<S: Transport> Conn<S> {
         &mut self.socket
     }
 
+    /// The socket, once the connection is done with (at teardown).
+    pub fn into_socket(self) -> S {
+        self.socket
+    }
+
     /// A connection refused at accept (e.g. over `max_connections`): it gets
     /// the error answer and is closed after it.
     pub fn refused(socket: S, error: &HttpError, ctx: &Ctx) -> Self {
@@ -485,6 +490,12 @@ impl<S: Transport> Conn<S> {
     /// encrypted and ciphertext waiting to be written).
     pub fn queued_bytes(&self) -> usize {
         self.out.len() + self.tls.as_ref().map_or(0, |tls| tls.pending_bytes())
+    }
+
+    /// Records that the socket takes output again, when nothing waits to
+    /// be written (a completed send on the ring): no drive is needed.
+    pub fn mark_writable(&mut self) {
+        self.writable = true;
     }
 
     /// Whether the last drive stopped at the read budget with input left.

@@ -2,6 +2,8 @@
 
 use super::UserTask;
 use crate::broker::{Delivery, EngineAnswer, ReplyTo};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -25,11 +27,40 @@ pub enum Work {
     },
 }
 
-/// Items for one shard, and the waker that interrupts its `poll`.
+/// How a shard is woken up: through its epoll instance, or through an
+/// eventfd that its io_uring reads.
+#[derive(Debug)]
+pub enum Waker {
+    /// Registered with the shard's `mio::Poll`.
+    Poll(mio::Waker),
+    /// An eventfd (non-blocking) the shard's ring keeps a read posted on.
+    EventFd(OwnedFd),
+}
+
+impl Waker {
+    /// A fresh eventfd waker.
+    pub fn event_fd() -> io::Result<Waker> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        Ok(Waker::EventFd(rustix::event::eventfd(0, flags)?))
+    }
+
+    fn wake(&self) -> io::Result<()> {
+        match self {
+            Waker::Poll(waker) => waker.wake(),
+            Waker::EventFd(fd) => match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+                // The counter is saturated: the shard has a wake-up pending.
+                Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+                Err(error) => Err(error.into()),
+            },
+        }
+    }
+}
+
+/// Items for one shard, and the waker that interrupts its wait.
 #[derive(Debug)]
 pub struct Inbox {
     items: Mutex<Vec<Work>>,
-    waker: mio::Waker,
+    waker: Waker,
     /// A wake-up is on its way: later senders need not send another.
     woken: AtomicBool,
     /// The shard's thread. It drains its inbox at the end of every turn of
@@ -40,14 +71,22 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// An inbox whose waker is registered with the shard's poll.
-    pub fn new(waker: mio::Waker) -> Self {
+    /// An inbox whose waker the shard's reactor listens to.
+    pub fn new(waker: Waker) -> Self {
         Inbox {
             items: Mutex::new(Vec::new()),
             waker,
             woken: AtomicBool::new(false),
             owner: OnceLock::new(),
             local_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// The eventfd to read, for a shard on io_uring.
+    pub fn event_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.waker {
+            Waker::EventFd(fd) => Some(fd.as_fd()),
+            Waker::Poll(_) => None,
         }
     }
 

@@ -1,6 +1,8 @@
-//! One shard: a thread with its own `mio::Poll`, `SO_REUSEPORT` listener, slab of connections, timers and inbox.
+//! One shard: a thread with its own reactor (epoll or io_uring), `SO_REUSEPORT` listener, slab of connections, timers and inbox.
 
+pub mod socket;
 pub mod timers;
+pub mod uring;
 
 use crate::broker::{Delivery, Event};
 use crate::clock::{Millis, millis};
@@ -15,14 +17,17 @@ use crate::types::{ConnRef, UserAction};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use socket::{MAX_HELD_INPUT, Socket};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::num::NonZeroU64;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use timers::Timers;
+use uring::{Completion, Op, Ring, Sent};
 
 /// The plain listener's token (and the accept pause's timer).
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -68,15 +73,26 @@ const NO_DESCRIPTORS_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRet
 Content-Type: application/json\r\nContent-Length: 83\r\nConnection: close\r\n\r\n\
 {\"error\":{\"code\":\"unavailable\",\"message\":\"server out of file descriptors, retry\"}}";
 
+/// How a shard learns what its sockets can do, and does their I/O.
+#[derive(Debug)]
+pub enum Reactor {
+    /// Readiness from epoll; the connections read and write with system
+    /// calls.
+    Epoll(Poll),
+    /// Completions from an io_uring; the connections read and write
+    /// through it.
+    Ring(Box<Ring>),
+}
+
 /// A shard before its thread starts: everything that can fail at start-up
 /// is done here, on the caller's thread.
 #[derive(Debug)]
 pub struct Shard {
-    poll: Poll,
+    reactor: Reactor,
     /// The plain listener, then the TLS one if there is one; emptied at
     /// shutdown.
     listeners: Vec<Listener>,
-    conns: Slab<Conn<TcpStream>>,
+    conns: Slab<Conn<Socket>>,
     ctx: Ctx,
     timers: Timers,
     inbox: Arc<Inbox>,
@@ -106,6 +122,8 @@ pub struct Shard {
     max_handshakes: usize,
     /// Connections that got deliveries this turn, to flush at its end.
     dirty: Vec<usize>,
+    /// On the ring: connections with output for the end-of-turn submission.
+    to_send: Vec<Token>,
 }
 
 /// One listening socket of a shard.
@@ -115,32 +133,61 @@ struct Listener {
     /// For the TLS listener: the configuration its connections start with.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections may be waiting (an event came, the budget ran out, or a
-    /// pause ended).
+    /// pause ended); on the ring: its accept is to be posted.
     ready: bool,
+    /// On the ring: a multishot accept (or a wait for a client) is posted.
+    posted: bool,
+    /// On the ring: the accept failed for lack of descriptors; the next
+    /// attempt waits for a client to arrive.
+    await_client: bool,
 }
 
 impl Shard {
-    /// Builds shard `index` around its poll, listeners (the plain one, and
-    /// the TLS one when `listen_tls` is set) and inbox.
+    /// Builds shard `index` around its reactor, listeners (the plain one,
+    /// and the TLS one when `listen_tls` is set) and inbox (whose waker the
+    /// reactor listens to).
     pub fn new(
         index: usize,
-        poll: Poll,
+        mut reactor: Reactor,
         mut listener: TcpListener,
         tls_listener: Option<TcpListener>,
         inbox: Arc<Inbox>,
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let on_ring = matches!(reactor, Reactor::Ring(_));
+        if let Reactor::Epoll(poll) = &reactor {
+            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        }
         let config = shared.config.clone();
-        let mut listeners = vec![Listener { socket: listener, tls: None, ready: false }];
+        let mut listeners = vec![Listener {
+            socket: listener,
+            tls: None,
+            ready: on_ring,
+            posted: false,
+            await_client: false,
+        }];
         if let Some(mut socket) = tls_listener {
             let tls = config
                 .tls
                 .as_ref()
                 .map(|tls| tls.server_config().clone())
                 .ok_or_else(|| io::Error::other("a TLS listener without a certificate"))?;
-            poll.registry().register(&mut socket, TLS_LISTENER, Interest::READABLE)?;
-            listeners.push(Listener { socket, tls: Some(tls), ready: false });
+            if let Reactor::Epoll(poll) = &reactor {
+                poll.registry().register(&mut socket, TLS_LISTENER, Interest::READABLE)?;
+            }
+            listeners.push(Listener {
+                socket,
+                tls: Some(tls),
+                ready: on_ring,
+                posted: false,
+                await_client: false,
+            });
+        }
+        if let Reactor::Ring(ring) = &mut reactor {
+            let event_fd = inbox
+                .event_fd()
+                .ok_or_else(|| io::Error::other("a shard on io_uring needs an eventfd waker"))?;
+            ring.wait_for_wake(event_fd);
         }
         // Slots for this shard's share of max_connections, reserved up front:
         // untouched pages cost no memory, and the slab never moves under load.
@@ -148,7 +195,7 @@ impl Shard {
         let mut timers = Timers::default();
         timers.schedule(millis(SWEEP_INTERVAL), SWEEP);
         Ok(Shard {
-            poll,
+            reactor,
             listeners,
             conns: Slab::with_capacity(share.min(1 << 20)),
             ctx: Ctx::new(shared.clone(), index),
@@ -168,6 +215,7 @@ impl Shard {
             handshakes: VecDeque::new(),
             max_handshakes: config.max_pending_handshakes.div_ceil(config.threads.max(1)).max(1),
             dirty: Vec::new(),
+            to_send: Vec::new(),
         })
     }
 
@@ -178,25 +226,44 @@ impl Shard {
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
         self.inbox.claim();
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut events = Events::with_capacity(match self.reactor {
+            Reactor::Epoll(_) => EVENTS_CAPACITY,
+            Reactor::Ring(_) => 0,
+        });
+        let mut completions = Vec::new();
         loop {
+            self.submit_sends();
             let timeout = self.poll_timeout();
-            if let Err(error) = self.poll.poll(&mut events, timeout) {
+            let waited = match &mut self.reactor {
+                Reactor::Epoll(poll) => poll.poll(&mut events, timeout),
+                Reactor::Ring(ring) => ring.wait(timeout),
+            };
+            if let Err(error) = waited {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                log::error!("shard {}: poll failed: {error}", self.ctx.shard);
+                log::error!("shard {}: waiting for I/O failed: {error}", self.ctx.shard);
                 break;
             }
             let turn_started = Instant::now();
             self.ctx.now = self.clock();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.set_accept_ready(Some(0)),
-                    TLS_LISTENER => self.set_accept_ready(Some(1)),
-                    // The inbox is drained below, every turn.
-                    WAKER => {}
-                    token => self.on_conn_event(token, event),
+            match &mut self.reactor {
+                Reactor::Epoll(_) => {
+                    for event in events.iter() {
+                        match event.token() {
+                            LISTENER => self.set_accept_ready(Some(0)),
+                            TLS_LISTENER => self.set_accept_ready(Some(1)),
+                            // The inbox is drained below, every turn.
+                            WAKER => {}
+                            token => self.on_conn_event(token, event),
+                        }
+                    }
+                }
+                Reactor::Ring(ring) => {
+                    ring.completions(&mut completions);
+                    for completion in completions.drain(..) {
+                        self.on_completion(completion);
+                    }
                 }
             }
             if self.accept_pending() {
@@ -226,6 +293,200 @@ impl Shard {
         let remaining: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in remaining {
             self.teardown(key);
+        }
+        if let Reactor::Ring(ring) = &mut self.reactor {
+            ring.flush();
+        }
+    }
+
+    /// On the ring: submits the output every connection wrote this turn,
+    /// one send per connection (they go to the kernel with the next wait).
+    fn submit_sends(&mut self) {
+        let Reactor::Ring(ring) = &mut self.reactor else { return };
+        for token in self.to_send.drain(..) {
+            let (key, generation) = split_token(token);
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            let socket = conn.socket_mut();
+            if let Some(bytes) = socket.take_output() {
+                ring.send(socket.fd(), token.0 as u64, bytes);
+            }
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion) {
+        match completion.op {
+            Op::Recv(token) => self.on_received(token, completion),
+            Op::Send(slot) => self.on_sent(slot, completion.result),
+            Op::Accept(index) => self.on_accepted(index as usize, completion),
+            Op::Listen(index) => {
+                let index = index as usize;
+                if let Some(listener) = self.listeners.get_mut(index) {
+                    listener.posted = false;
+                }
+                if self.accept_paused_until.is_none() && self.stopping.is_none() {
+                    self.set_accept_ready(Some(index));
+                }
+            }
+            // The inbox is drained at the end of the turn; the next wake-up
+            // needs the read posted again.
+            Op::Wake => {
+                if let (Reactor::Ring(ring), Some(event_fd)) =
+                    (&mut self.reactor, self.inbox.event_fd())
+                {
+                    ring.wait_for_wake(event_fd);
+                }
+            }
+            Op::Ignored => {}
+        }
+    }
+
+    /// A receive completed: bytes (copied out of the ring's buffer, which
+    /// goes straight back), the peer's end-of-file, or an error.
+    fn on_received(&mut self, token: u64, completion: Completion) {
+        let Reactor::Ring(ring) = &mut self.reactor else { return };
+        let (key, generation) = split_token(Token(usize::try_from(token).unwrap_or(usize::MAX)));
+        let conn = self.conns.get_mut(key).filter(|conn| conn.generation == generation);
+        let Some(conn) = conn else {
+            if let Some(id) = completion.buffer() {
+                ring.recycle(id);
+            }
+            return;
+        };
+        let socket = conn.socket_mut();
+        if !completion.more() {
+            socket.set_receiving(false);
+        }
+        let before = socket.held_input();
+        match completion.result {
+            count if count > 0 => {
+                if let Some(id) = completion.buffer() {
+                    let count = usize::try_from(count).unwrap_or(0);
+                    socket.received(ring.received(id, count));
+                    ring.recycle(id);
+                }
+            }
+            0 => {
+                socket.received_end();
+                conn.peer_hung_up();
+            }
+            // Out of buffers, or stopped for holding too much: posted
+            // again once it may (see `after`).
+            ENOBUFS | ECANCELED => {}
+            error => {
+                conn.socket_mut().failed(-error);
+                conn.peer_hung_up();
+            }
+        }
+        let socket = conn.socket_mut();
+        // A connection that does not read what it is sent stops receiving
+        // (as on epoll, where it would stop calling recv).
+        if before < MAX_HELD_INPUT && socket.held_input() >= MAX_HELD_INPUT && socket.is_receiving()
+        {
+            ring.cancel_recv(token);
+        }
+        let next = conn.ready(true, false, &mut self.ctx);
+        self.after(key, next);
+    }
+
+    /// A send completed, all of it, part of it, or not at all.
+    fn on_sent(&mut self, slot: u32, result: i32) {
+        let Reactor::Ring(ring) = &mut self.reactor else { return };
+        let token = ring.send_token(slot).unwrap_or(u64::MAX);
+        let (key, generation) = split_token(Token(usize::try_from(token).unwrap_or(usize::MAX)));
+        let conn = self.conns.get_mut(key).filter(|conn| conn.generation == generation);
+        match (ring.sent(slot, result), conn) {
+            (Sent::Partial, Some(_)) => ring.resume_send(slot),
+            (Sent::Partial, None) => ring.drop_send(slot),
+            (Sent::Done(bytes), conn) => {
+                socket::reuse_bytes(bytes);
+                if let Some(conn) = conn {
+                    conn.socket_mut().send_done();
+                    // Most sends find nothing queued behind them (a turn's
+                    // output went in one): then there is nothing to drive.
+                    if conn.queued_bytes() == 0 {
+                        conn.mark_writable();
+                        return;
+                    }
+                    let next = conn.ready(false, true, &mut self.ctx);
+                    self.after(key, next);
+                }
+            }
+            (Sent::Failed(errno, bytes), conn) => {
+                socket::reuse_bytes(bytes);
+                if let Some(conn) = conn {
+                    conn.socket_mut().send_failed(errno);
+                    let next = conn.ready(false, true, &mut self.ctx);
+                    self.after(key, next);
+                }
+            }
+        }
+    }
+
+    /// An accept completed on listener `index`: a connection, or an error.
+    fn on_accepted(&mut self, index: usize, completion: Completion) {
+        let more = completion.more();
+        let wire_index = u32::try_from(index).unwrap_or(u32::MAX);
+        match uring::accepted(completion.result) {
+            Some(fd) => {
+                let tls = self.listeners.get(index).map(|listener| listener.tls.clone());
+                // Shutting down (the accept's cancel was not through yet):
+                // the socket is closed as it came.
+                let Some(tls) = tls.filter(|_| self.stopping.is_none()) else { return };
+                self.accept_pause = MIN_ACCEPT_PAUSE;
+                self.out_of_descriptors = false;
+                let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
+                self.admit(stream, tls.as_ref());
+            }
+            None if completion.result == ECANCELED => {}
+            None => {
+                let error = io::Error::from_raw_os_error(-completion.result);
+                let stop = if is_out_of_descriptors(&error) {
+                    self.out_of_descriptors(&error, index);
+                    // A ring's accept fails at once while descriptors are
+                    // short, whether a client waits or not: the next one
+                    // waits for a client first.
+                    if let Some(listener) = self.listeners.get_mut(index) {
+                        listener.await_client = true;
+                    }
+                    true
+                } else if matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) {
+                    false
+                } else {
+                    log::warn!("shard {}: accept failed: {error}; pausing accept", self.ctx.shard);
+                    self.pause_accept();
+                    true
+                };
+                if stop
+                    && more
+                    && let Reactor::Ring(ring) = &mut self.reactor
+                {
+                    ring.cancel_accept(wire_index);
+                }
+            }
+        }
+        if more {
+            return;
+        }
+        let Some(listener) = self.listeners.get_mut(index) else { return };
+        listener.posted = false;
+        if self.accept_paused_until.is_some() || self.stopping.is_some() {
+            return;
+        }
+        match &mut self.reactor {
+            Reactor::Ring(ring) if listener.await_client => {
+                listener.await_client = false;
+                listener.posted = true;
+                ring.wait_for_client(listener.socket.as_fd(), wire_index);
+            }
+            _ => self.set_accept_ready(Some(index)),
         }
     }
 
@@ -373,6 +634,16 @@ impl Shard {
         if conn.has_more_input() {
             self.more_input.push(token);
         }
+        if let Reactor::Ring(ring) = &mut self.reactor {
+            let socket = conn.socket_mut();
+            if socket.list_for_send() {
+                self.to_send.push(token);
+            }
+            if socket.wants_receive() {
+                ring.recv(socket.fd(), token.0 as u64);
+                socket.set_receiving(true);
+            }
+        }
     }
 
     fn continue_input(&mut self) {
@@ -449,6 +720,13 @@ impl Shard {
     fn accept_from(&mut self, index: usize) {
         let Some(listener) = self.listeners.get_mut(index) else { return };
         listener.ready = false;
+        if let Reactor::Ring(ring) = &mut self.reactor {
+            if !listener.posted {
+                ring.accept(listener.socket.as_fd(), u32::try_from(index).unwrap_or(u32::MAX));
+                listener.posted = true;
+            }
+            return;
+        }
         let tls = listener.tls.clone();
         for _ in 0..ACCEPT_BUDGET {
             if self.accept_paused_until.is_some() {
@@ -463,21 +741,7 @@ impl Shard {
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if is_out_of_descriptors(&error) => {
-                    if !self.out_of_descriptors {
-                        self.out_of_descriptors = true;
-                        log::warn!(
-                            "shard {}: accept failed: {error}; refusing new clients with 503 \
-                             until descriptors free up (raise the open-file limit or lower \
-                             max_connections)",
-                            self.ctx.shard
-                        );
-                    }
-                    // Waiting clients are told 503 at once. If that emptied
-                    // the backlog, the next arrival wakes the listener again;
-                    // if not, retry after a pause rather than spin.
-                    if !self.refuse_through_spare(index) {
-                        self.pause_accept();
-                    }
+                    self.out_of_descriptors(&error, index);
                     return;
                 }
                 // The client gave up between SYN and accept, or a signal
@@ -498,6 +762,24 @@ impl Shard {
         }
         // Budget used up: more may be waiting; continue next turn.
         self.set_accept_ready(Some(index));
+    }
+
+    /// Accepting on listener `index` failed for lack of descriptors.
+    fn out_of_descriptors(&mut self, error: &io::Error, index: usize) {
+        if !self.out_of_descriptors {
+            self.out_of_descriptors = true;
+            log::warn!(
+                "shard {}: accept failed: {error}; refusing new clients with 503 until \
+                 descriptors free up (raise the open-file limit or lower max_connections)",
+                self.ctx.shard
+            );
+        }
+        // Waiting clients are told 503 at once. If that emptied the backlog,
+        // the next arrival wakes the listener again; if not, retry after a
+        // pause rather than spin.
+        if !self.refuse_through_spare(index) {
+            self.pause_accept();
+        }
     }
 
     fn pause_accept(&mut self) {
@@ -548,6 +830,10 @@ impl Shard {
     fn admit(&mut self, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) {
         // TCP_NODELAY comes from the listener (see `bind_listeners`).
         self.ctx.metrics.accepted.inc();
+        let socket = match self.reactor {
+            Reactor::Epoll(_) => Socket::epoll(stream),
+            Reactor::Ring(_) => Socket::ring(stream),
+        };
         let live = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         let mut conn = if live > self.ctx.config.max_connections {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -556,11 +842,11 @@ impl Shard {
                 return;
             }
             self.refusing += 1;
-            let mut conn = Conn::refused(stream, &HttpError::AtCapacity, &self.ctx);
+            let mut conn = Conn::refused(socket, &HttpError::AtCapacity, &self.ctx);
             conn.counted = false;
             conn
         } else {
-            Conn::new(stream, &self.ctx)
+            Conn::new(socket, &self.ctx)
         };
         // A TLS connection's answers (a 503 too) wait for its handshake.
         if let Some(config) = tls
@@ -579,20 +865,37 @@ impl Shard {
         };
         conn.key = slot;
         let token = conn_token(key, conn.generation);
-        if let Err(error) = self.poll.registry().register(
-            conn.socket_mut(),
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("could not register a connection: {error}");
-            self.uncount(&conn);
-            return;
+        match &mut self.reactor {
+            Reactor::Epoll(poll) => {
+                if let Err(error) = poll.registry().register(
+                    conn.socket_mut().stream_mut(),
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    log::warn!("could not register a connection: {error}");
+                    self.uncount(&conn);
+                    return;
+                }
+            }
+            Reactor::Ring(ring) => {
+                let socket = conn.socket_mut();
+                ring.recv(socket.fd(), token.0 as u64);
+                socket.set_receiving(true);
+            }
         }
         let deadline = conn.deadline(&self.ctx).max(1);
         conn.armed = NonZeroU64::new(deadline);
         self.timers.schedule(deadline, token);
         let generation = conn.generation;
         entry.insert(conn);
+        // On the ring the socket may take output at once (epoll says so
+        // with its first event).
+        if let Reactor::Ring(_) = self.reactor
+            && let Some(conn) = self.conns.get_mut(key)
+        {
+            let next = conn.ready(false, true, &mut self.ctx);
+            self.after(key, next);
+        }
         self.handshakes.push_back((key, generation));
         self.limit_handshakes();
     }
@@ -625,7 +928,7 @@ impl Shard {
     }
 
     /// Gives back what a connection held in the shared counts.
-    fn uncount(&mut self, conn: &Conn<TcpStream>) {
+    fn uncount(&mut self, conn: &Conn<Socket>) {
         self.ctx.metrics.connection(conn.transport(), -1);
         if conn.counted {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -638,8 +941,21 @@ impl Shard {
         if let Some(mut conn) = self.conns.try_remove(key) {
             conn.release(&mut self.ctx);
             self.uncount(&conn);
-            // Dropping the socket closes it, which also removes it from epoll.
-            drop(conn);
+            let token = conn_token(key, conn.generation);
+            match &mut self.reactor {
+                // Dropping the socket closes it, which also removes it from
+                // epoll.
+                Reactor::Epoll(_) => drop(conn),
+                // Output written this turn goes first, then the ring cancels
+                // what is posted on the socket and closes it.
+                Reactor::Ring(ring) => {
+                    let (fd, output) = conn.into_socket().into_parts();
+                    if let Some(bytes) = output {
+                        ring.send(fd.as_raw_fd(), token.0 as u64, bytes);
+                    }
+                    ring.close(fd);
+                }
+            }
             // A descriptor came free: if accepting paused for lack of them,
             // try again now rather than at the end of the pause.
             if self.accept_paused_until.is_some() && self.stopping.is_none() {
@@ -656,8 +972,16 @@ impl Shard {
         let now = self.clock();
         self.ctx.now = now;
         self.stopping = Some(now + millis(self.ctx.config.shutdown_timeout));
-        for mut listener in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut listener.socket);
+        for (index, mut listener) in self.listeners.drain(..).enumerate() {
+            match &mut self.reactor {
+                Reactor::Epoll(poll) => {
+                    let _ = poll.registry().deregister(&mut listener.socket);
+                }
+                Reactor::Ring(ring) if listener.posted => {
+                    ring.cancel_accept(u32::try_from(index).unwrap_or(u32::MAX));
+                }
+                Reactor::Ring(_) => {}
+            }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
@@ -732,6 +1056,11 @@ pub fn fan_out<S: Transport>(
     ctx.metrics.messages_out.add(delivered);
 }
 
+/// Results of ring operations that are no error: out of receive buffers
+/// (the receive is posted again), cancelled (by herald).
+const ENOBUFS: i32 = -105;
+const ECANCELED: i32 = -125;
+
 fn is_out_of_descriptors(error: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of
     // descriptors or socket memory; retrying at once would spin.
@@ -741,6 +1070,16 @@ fn is_out_of_descriptors(error: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The socket both reactors share adds two words to a connection's
+    /// slot (its ring state, and the pointer to what it holds between the
+    /// ring and the state machine, empty while idle).
+    #[test]
+    fn a_connection_on_either_reactor_stays_small() {
+        let size = size_of::<Conn<Socket>>();
+        assert!(size <= size_of::<Conn<TcpStream>>() + 16, "{size}");
+        assert!(size_of::<Socket>() <= size_of::<TcpStream>() + 16, "{}", size_of::<Socket>());
+    }
 
     #[test]
     fn tokens_carry_key_and_generation() {

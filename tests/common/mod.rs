@@ -13,7 +13,7 @@ pub mod pusher;
 pub mod receiver;
 pub mod redis;
 
-use herald::config::{NamespaceOptions, Secret};
+use herald::config::{Io, NamespaceOptions, Secret};
 use herald::{Config, Server, ServerHandle};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -31,7 +31,27 @@ pub fn start_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.threads = 2;
     adjust(&mut config);
-    Server::start(config).expect("server starts")
+    start_config(config)
+}
+
+/// The reactor the tests run on: `HERALD_IO` (`epoll` or `io_uring`), as
+/// for the binary, which the tests that spawn it pass it on to. `.ci/run`
+/// runs the tests on each.
+pub fn test_io() -> Io {
+    match std::env::var("HERALD_IO").as_deref() {
+        Ok("io_uring") => Io::IoUring,
+        Ok("epoll") | Err(_) => Io::Epoll,
+        Ok(other) => panic!("HERALD_IO={other}: expected epoll or io_uring"),
+    }
+}
+
+/// Starts `config` on the reactor of [`test_io`], and checks that it runs
+/// on it (no silent fallback to epoll under test).
+pub fn start_config(mut config: Config) -> ServerHandle {
+    config.io = test_io();
+    let handle = Server::start(config).expect("server starts");
+    assert_eq!(handle.io(), test_io(), "the server fell back from the reactor asked for");
+    handle
 }
 
 /// A dev server with defaults.

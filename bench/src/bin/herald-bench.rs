@@ -32,7 +32,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Workloads (comma-separated): echo, fanout-10k-20, fanout-10k-40,
-    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed; with
+    /// fanout-10k-80, fanout-1k-100, connect, idle, idle-subscribed; echo-1k
+    /// (1,000 echo connections); with
     /// 1 KiB JSON notifications, fanout-10k-80-json, fanout-1k-100-json;
     /// and published by a client over `/ws` instead of the server API,
     /// fanout-10k-80-ws, fanout-1k-100-ws (herald servers only).
@@ -48,7 +49,8 @@ struct Args {
     /// clients that offer permessage-deflate: fan-out and idle workloads),
     /// herald-redis (herald on the Redis engine, with a `redis-server` of
     /// its own on the load generator's CPUs), herald-redis-cluster (the
-    /// same on a Redis Cluster of three masters), reference-tuned,
+    /// same on a Redis Cluster of three masters), herald-uring (herald with
+    /// `--io io_uring`), reference-tuned,
     /// reference-default; and over TLS: herald-wss, reference-tuned-wss,
     /// reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
@@ -153,15 +155,19 @@ fn workload(name: &str, seconds: u64) -> Option<Workload> {
         ]
     };
     Some(match name {
-        "echo" => Workload {
-            name: "echo",
-            title: "echo, 100 connections x 20 bytes, 1 in flight, one core",
+        "echo" | "echo-1k" => Workload {
+            name: if name == "echo" { "echo" } else { "echo-1k" },
+            title: if name == "echo" {
+                "echo, 100 connections x 20 bytes, 1 in flight, one core"
+            } else {
+                "echo, 1,000 connections x 20 bytes, 1 in flight, one core"
+            },
             load: args(&[
                 "echo",
                 "--url",
                 "{ws}/echo",
                 "--connections",
-                "100",
+                if name == "echo" { "100" } else { "1000" },
                 "--size",
                 "20",
                 "--inflight",
@@ -298,6 +304,11 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
             let mut all = herald_args;
             all.extend(["--config".to_string(), config("herald", "")?]);
             all.extend(options.herald_args.iter().cloned());
+            (bin.join("herald"), all)
+        }
+        "herald-uring" => {
+            let mut all = server_command("herald", options)?.1;
+            all.extend(["--io".to_string(), "io_uring".to_string()]);
             (bin.join("herald"), all)
         }
         "herald-redis" | "herald-redis-cluster" => {
@@ -922,7 +933,7 @@ fn report(
     if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == "herald-wss") {
         references.push(("herald-wss", "herald"));
     }
-    for variant in ["herald-deflate", "herald-redis", "herald-redis-cluster"] {
+    for variant in ["herald-deflate", "herald-redis", "herald-redis-cluster", "herald-uring"] {
         if servers.iter().any(|s| s == "herald") && servers.iter().any(|s| s == variant) {
             references.push((variant, "herald"));
         }
