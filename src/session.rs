@@ -338,6 +338,11 @@ impl ClientSession {
             self.me.key,
             Subscriber { generation: self.me.generation, last_offset },
         );
+        // Most connections hold one or two channels: the list grows from
+        // one slot, doubling (a plain push would start at four).
+        if self.subscriptions.len() == self.subscriptions.capacity() {
+            self.subscriptions.reserve_exact(self.subscriptions.len().max(1));
+        }
         self.subscriptions.push(channel.clone());
         if let Answer::Now(Ok(position)) = answer {
             let missed = position.recovery.as_ref().map(|r| r.missed.clone()).unwrap_or_default();
