@@ -66,7 +66,16 @@ pub struct Identity {
     /// The token's `channels` claim: private channels this connection may
     /// use, each exact or a prefix ending in `*`.
     pub grants: Box<[Box<str>]>,
-    /// The token's `exp`, in Unix seconds.
+}
+
+/// What a connection presented: its identity, and until when its token is
+/// valid. (Kept apart from [`Identity`], which a `/ws` session holds for
+/// its whole life: the expiry becomes a deadline on the shard clock.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Who the connection is.
+    pub identity: Identity,
+    /// The token's `exp`, in Unix seconds; `None`: no token, or no `exp`.
     pub expires_at: Option<u64>,
 }
 
@@ -98,7 +107,7 @@ impl Identity {
     pub fn anonymous() -> Identity {
         static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
             std::sync::LazyLock::new(|| Arc::from(""));
-        Identity { user: ANONYMOUS.clone(), grants: Box::new([]), expires_at: None }
+        Identity { user: ANONYMOUS.clone(), grants: Box::new([]) }
     }
 
     /// Whether this connection may subscribe to, publish on, or read the
@@ -136,9 +145,9 @@ struct Header {
     alg: Option<String>,
 }
 
-/// Verifies an HS256 token and returns the identity it carries. The
-/// signature is checked (in constant time) before any claim is read.
-pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Identity, TokenError> {
+/// Verifies an HS256 token and returns the identity and expiry it carries.
+/// The signature is checked (in constant time) before any claim is read.
+pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Credentials, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed("token too long"));
     }
@@ -198,7 +207,8 @@ pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Identity, TokenE
             ));
         }
     };
-    Ok(Identity { user: Arc::from(user), grants: grants.into_boxed_slice(), expires_at })
+    let identity = Identity { user: Arc::from(user), grants: grants.into_boxed_slice() };
+    Ok(Credentials { identity, expires_at })
 }
 
 /// A JWT NumericDate (seconds, possibly fractional) as whole seconds.
@@ -379,9 +389,9 @@ mod tests {
     #[test]
     fn minted_tokens_verify() {
         let token = mint(&secret(), "42", Some(60), &["private-a".into(), "$team:*".into()], 1000);
-        let identity = verify(&token, &secret(), 1000).unwrap();
+        let Credentials { identity, expires_at } = verify(&token, &secret(), 1000).unwrap();
         assert_eq!(&*identity.user, "42");
-        assert_eq!(identity.expires_at, Some(1060));
+        assert_eq!(expires_at, Some(1060));
         assert_eq!(identity.grants.len(), 2);
     }
 
@@ -448,7 +458,6 @@ mod tests {
         let user = Identity {
             user: Arc::from("42"),
             grants: Box::new(["private-a".into(), "$team:*".into()]),
-            expires_at: None,
         };
         assert_eq!(user.may_access(&channel("news")), Ok(()));
         assert_eq!(user.may_access(&channel("notifications#42")), Ok(()));

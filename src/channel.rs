@@ -118,6 +118,13 @@ impl ChannelName {
         Ok(ChannelName(Arc::from(name)))
     }
 
+    /// The same name, held in `name`'s allocation (another copy of it, such
+    /// as the one a shard's subscriber table keeps), so that this one can go.
+    pub fn sharing(&self, name: Arc<str>) -> ChannelName {
+        debug_assert_eq!(*name, *self.0);
+        ChannelName(name)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -12,6 +12,7 @@ use crate::protocol::{self, Command, CommandError, ErrorCode};
 use crate::types::{BrokerError, ConnRef, Member, Since, client_id};
 use crate::wire::frame::{Opcode, encode_frame};
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -50,7 +51,8 @@ fn command_error(id: Option<u64>, error: &BrokerError) -> CommandError {
 pub struct ClientSession {
     identity: Identity,
     me: ConnRef,
-    subscriptions: Vec<ChannelName>,
+    /// Its channels: the first inline, more in an allocation of their own.
+    subscriptions: SmallVec<[ChannelName; 1]>,
     /// When the token expires (shard clock), if it does.
     token_deadline: Option<NonZeroU64>,
     commands: CommandBucket,
@@ -135,7 +137,7 @@ impl ClientSession {
         ClientSession {
             identity,
             me,
-            subscriptions: Vec::new(),
+            subscriptions: SmallVec::new(),
             token_deadline,
             commands: CommandBucket::full(now, config.command_burst),
         }
@@ -333,17 +335,14 @@ impl ClientSession {
             Answer::Now(Ok(position)) => position.offset,
             Answer::Later => PENDING,
         };
-        local.locals.add(
+        let name = local.locals.add(
             channel.shared().clone(),
             self.me.key,
             Subscriber { generation: self.me.generation, last_offset },
         );
-        // Most connections hold one or two channels: the list grows from
-        // one slot, doubling (a plain push would start at four).
-        if self.subscriptions.len() == self.subscriptions.capacity() {
-            self.subscriptions.reserve_exact(self.subscriptions.len().max(1));
-        }
-        self.subscriptions.push(channel.clone());
+        // The list holds the shard's copy of the name, not this command's:
+        // one allocation per channel, not one per subscribed connection.
+        self.subscriptions.push(channel.sharing(name));
         if let Answer::Now(Ok(position)) = answer {
             let missed = position.recovery.as_ref().map(|r| r.missed.clone()).unwrap_or_default();
             let sent = subscribed(id, &channel, &position, missed, out);
@@ -480,6 +479,15 @@ fn parse_channel(id: Option<u64>, channel: &str) -> Result<ChannelName, CommandE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `/ws` connection holds a session: at most 88 bytes keeps it in
+    /// glibc's 96-byte chunk (request + 8, rounded up to 16), with its first
+    /// channel inline.
+    #[test]
+    fn a_session_fits_the_allocators_96_byte_class() {
+        assert!(size_of::<ClientSession>() <= 88, "{}", size_of::<ClientSession>());
+        assert_eq!(size_of::<SmallVec<[ChannelName; 1]>>(), size_of::<Vec<ChannelName>>());
+    }
 
     #[test]
     fn the_command_bucket_refills_refuses_and_gives_up_on_a_client_that_keeps_going() {

@@ -75,12 +75,12 @@ impl StreamSub {
                 Answer::Now(Ok(position)) => (position.offset, Some(position)),
                 Answer::Later => (PENDING, None),
             };
-            local.locals.add(
+            let name = local.locals.add(
                 channel.shared().clone(),
                 me.key,
                 Subscriber { generation: me.generation, last_offset },
             );
-            sub.channels.push(channel);
+            sub.channels.push(channel.sharing(name));
             // Until the engine answers, the client is where its cursor says.
             sub.positions.push(since.map(|s| (s.epoch.clone(), s.offset)).unwrap_or_default());
             if let Some(position) = position {

@@ -4,7 +4,7 @@ use super::io::Transport as SocketTransport;
 use super::websocket::WsSession;
 use super::{Conn, Ctx, Endpoint, Next, Phase, PollPhase, SsePhase, WsPhase};
 use crate::api::{self, Reply};
-use crate::auth::{self, Denied, Identity};
+use crate::auth::{self, Credentials, Denied, Identity};
 use crate::channel::ChannelName;
 use crate::clock::{Millis, millis};
 use crate::config::Config;
@@ -235,7 +235,7 @@ struct BodyWait {
 /// Which WebSocket endpoint an upgrade is for.
 enum Upgrade {
     Echo,
-    Client(Identity),
+    Client(Credentials),
     /// A Pusher client of an app (by index), or why it is refused once
     /// the socket is open (Pusher clients read refusals as close codes).
     Pusher(Result<usize, pusher::Refusal>),
@@ -665,9 +665,9 @@ impl<S: SocketTransport> Conn<S> {
         self.set_transport(transport, ctx);
         let (endpoint, max_message) = match upgrade {
             Upgrade::Echo => (Endpoint::Echo, ctx.config.max_echo_message_bytes),
-            Upgrade::Client(identity) => {
+            Upgrade::Client(Credentials { identity, expires_at }) => {
                 ctx.users.add(&identity.user, me.key, me.generation);
-                let token_deadline = identity.expires_at.map(|exp| {
+                let token_deadline = expires_at.map(|exp| {
                     let left = exp
                         .saturating_add(auth::TOKEN_LEEWAY_SECS)
                         .saturating_sub(auth::unix_now());
@@ -995,9 +995,9 @@ fn route<S: SocketTransport>(
         }
         Route::Client => {
             let accept = upgrade::validate(request, &config.allowed_origins)?;
-            let identity = identify(request, config)?;
+            let credentials = identify(request, config)?;
             let deflate = upgrade::compression(request, config.compression);
-            Ok(Action::Upgrade { upgrade: Upgrade::Client(identity), accept, deflate })
+            Ok(Action::Upgrade { upgrade: Upgrade::Client(credentials), accept, deflate })
         }
     }
 }
@@ -1024,7 +1024,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Action
     let config = &ctx.config;
     no_body(request)?;
     let allow_origin = upgrade::check_origin(request, &config.allowed_origins)?.map(Box::from);
-    let identity = identify(request, config)?;
+    let identity = identify(request, config)?.identity;
     let query = request.query();
     let mut channels: Vec<ChannelName> = Vec::new();
     for name in http::query_values(query, "channel") {
@@ -1089,7 +1089,7 @@ fn stream_request(request: &Request<'_>, ctx: &Ctx, poll: bool) -> Result<Action
 
 /// The identity of a `/ws` connection: from its token (query `token` or
 /// `Authorization: Bearer`), or anonymous where that is allowed.
-fn identify(request: &Request<'_>, config: &Config) -> Result<Identity, HttpError> {
+fn identify(request: &Request<'_>, config: &Config) -> Result<Credentials, HttpError> {
     let from_header = match request.unique_header("authorization") {
         Ok(None) => None,
         Ok(Some(value)) => {
@@ -1116,7 +1116,9 @@ fn identify(request: &Request<'_>, config: &Config) -> Result<Identity, HttpErro
     match from_header.or(from_query) {
         Some(token) => auth::verify(token, &config.token_secret, auth::unix_now())
             .map_err(|error| HttpError::Unauthorized(error.message())),
-        None if config.allow_anonymous => Ok(Identity::anonymous()),
+        None if config.allow_anonymous => {
+            Ok(Credentials { identity: Identity::anonymous(), expires_at: None })
+        }
         None => Err(HttpError::Unauthorized(
             "a token is required: pass ?token=JWT or Authorization: Bearer JWT",
         )),

@@ -21,9 +21,14 @@ pub struct LocalSubscribers {
 }
 
 impl LocalSubscribers {
-    /// Adds a connection (slab `key`) to `channel`, having seen up to `last_offset`.
-    pub fn add(&mut self, channel: Arc<str>, key: u32, subscriber: Subscriber) {
-        self.channels.entry(channel).or_default().insert(key, subscriber);
+    /// Adds a connection (slab `key`) to `channel`, having seen up to
+    /// `last_offset`. Returns the table's copy of the name, which the
+    /// channel's subscribers can share.
+    pub fn add(&mut self, channel: Arc<str>, key: u32, subscriber: Subscriber) -> Arc<str> {
+        let entry = self.channels.entry(channel);
+        let name = entry.key().clone();
+        entry.or_default().insert(key, subscriber);
+        name
     }
 
     /// Removes a connection from `channel`; forgets the channel when it was
@@ -51,6 +56,18 @@ impl LocalSubscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscribers_of_a_channel_share_the_tables_copy_of_its_name() {
+        let mut table = LocalSubscribers::default();
+        let subscriber = Subscriber { generation: 1, last_offset: 0 };
+        let first = table.add(Arc::from("news"), 1, subscriber);
+        let second = table.add(Arc::from("news"), 2, subscriber);
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = table.add(Arc::from("sport"), 1, subscriber);
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&*other, "sport");
+    }
 
     #[test]
     fn the_last_subscriber_takes_the_channel_with_it() {

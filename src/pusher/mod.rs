@@ -364,7 +364,7 @@ impl PusherSession {
     /// now or when the engine answers.
     fn start_subscription(
         &mut self,
-        sub: Sub,
+        mut sub: Sub,
         since: Option<&Since>,
         newest: bool,
         member_limit: usize,
@@ -392,11 +392,13 @@ impl PusherSession {
         }
         // Registered before this shard reads its inbox again: publications
         // after the position are held back until it is known.
-        local.locals.add(
+        let name = local.locals.add(
             sub.channel.shared().clone(),
             self.me.key,
             Subscriber { generation: self.me.generation, last_offset: PENDING },
         );
+        // The shard's copy of the name: one allocation per channel.
+        sub.channel = sub.channel.sharing(name);
         let channel = sub.channel.clone();
         self.subscriptions.push(sub);
         if let Answer::Now(result) = answer {

@@ -116,7 +116,9 @@ pub struct Shard {
     work: Vec<Work>,
     /// Connections in the order they were accepted, for the slowloris cap:
     /// those still in their first request are the pending handshakes.
-    handshakes: VecDeque<(usize, u32)>,
+    /// (Key and generation, eight bytes each: the queue holds up to the
+    /// shard's share of `max_pending_handshakes`.)
+    handshakes: VecDeque<(u32, u32)>,
     /// Pending handshakes this shard may hold (its share of
     /// `max_pending_handshakes`).
     max_handshakes: usize,
@@ -896,7 +898,7 @@ impl Shard {
             let next = conn.ready(false, true, &mut self.ctx);
             self.after(key, next);
         }
-        self.handshakes.push_back((key, generation));
+        self.handshakes.push_back((key as u32, generation));
         self.limit_handshakes();
     }
 
@@ -909,8 +911,8 @@ impl Shard {
             return;
         }
         let conns = &self.conns;
-        let pending = |(key, generation): &(usize, u32)| {
-            conns.get(*key).is_some_and(|c| c.generation == *generation && c.in_first_request())
+        let pending = |(key, generation): &(u32, u32)| {
+            conns.get(*key as usize).is_some_and(|c| c.generation == *generation && c.in_first_request())
         };
         // Forget the connections that are past their first request (the
         // list then holds only pending ones, so this runs again only after
@@ -918,6 +920,7 @@ impl Shard {
         self.handshakes.retain(pending);
         while self.handshakes.len() > self.max_handshakes {
             let Some((key, _)) = self.handshakes.pop_front() else { break };
+            let key = key as usize;
             log::debug!(
                 "shard {}: too many pending handshakes; closing the oldest",
                 self.ctx.shard
