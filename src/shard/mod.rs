@@ -898,7 +898,7 @@ impl Shard {
             let next = conn.ready(false, true, &mut self.ctx);
             self.after(key, next);
         }
-        self.handshakes.push_back((key as u32, generation));
+        self.handshakes.push_back((slot, generation));
         self.limit_handshakes();
     }
 
@@ -912,7 +912,9 @@ impl Shard {
         }
         let conns = &self.conns;
         let pending = |(key, generation): &(u32, u32)| {
-            conns.get(*key as usize).is_some_and(|c| c.generation == *generation && c.in_first_request())
+            conns
+                .get(*key as usize)
+                .is_some_and(|c| c.generation == *generation && c.in_first_request())
         };
         // Forget the connections that are past their first request (the
         // list then holds only pending ones, so this runs again only after

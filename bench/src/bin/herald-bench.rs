@@ -12,6 +12,10 @@
 //! generator); the server API the fan-out publisher uses stays plain HTTP
 //! on the server's other listener, as a backend on the same network would
 //! reach it.
+//!
+//! The server `uws` is uWebSockets (bench/uws/server.cpp, one event loop),
+//! speaking the same benchmark subset as the tokio reference; build it
+//! first with bench/uws/build.sh (`--uws-bin` says where it is).
 
 use clap::Parser;
 use serde_json::{Value, json};
@@ -51,8 +55,8 @@ struct Args {
     /// its own on the load generator's CPUs), herald-redis-cluster (the
     /// same on a Redis Cluster of three masters), herald-uring (herald with
     /// `--io io_uring`), reference-tuned,
-    /// reference-default; and over TLS: herald-wss, reference-tuned-wss,
-    /// reference-default-wss.
+    /// reference-default, uws (uWebSockets, with --uws-bin); and over TLS:
+    /// herald-wss, reference-tuned-wss, reference-default-wss.
     #[arg(long, value_delimiter = ',', default_value = "herald,reference-tuned,reference-default")]
     servers: Vec<String>,
     /// The directory holding an earlier herald's release binary, run as the
@@ -72,6 +76,10 @@ struct Args {
     /// The directory holding the release binaries.
     #[arg(long, default_value = "target/release")]
     bin: PathBuf,
+    /// The uWebSockets reference server, built by bench/uws/build.sh, run
+    /// as the server `uws`.
+    #[arg(long, default_value = "target/uws/uws-server")]
+    uws_bin: PathBuf,
     /// Measure nothing: rebuild the table and charts from this results.jsonl.
     #[arg(long)]
     from: Option<PathBuf>,
@@ -363,6 +371,7 @@ fn server_command(name: &str, options: &Args) -> Option<(PathBuf, Vec<String>)> 
                 API_KEY,
             ]),
         ),
+        "uws" => (options.uws_bin.clone(), args(&["--api-key", API_KEY])),
         _ => return None,
     })
 }
@@ -546,11 +555,12 @@ fn start_server(name: &str, options: &Args) -> Result<Server, String> {
         redis = children;
         args.extend(["--redis-url".to_string(), url]);
     }
+    let hint = if name == "uws" { " (build it with bench/uws/build.sh)" } else { "" };
     let mut child = pinned("0", &program, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", program.display()))?;
+        .map_err(|e| format!("starting {}: {e}{hint}", program.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -909,8 +919,9 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
 }
 
 /// Medians and ratios of one workload: a table for people and a summary
-/// line for machines. Ratios are herald / each reference (herald-wss /
-/// each `-wss` reference), and herald-wss / herald: what TLS costs.
+/// line for machines. Ratios are herald / each reference (the tokio
+/// references and uws; herald-wss / each `-wss` reference), and
+/// herald-wss / herald: what TLS costs.
 fn report(
     workload: &Workload,
     servers: &[String],
@@ -920,11 +931,14 @@ fn report(
     for server in servers {
         table.push_str(&format!(" {server} |"));
     }
-    // herald against each reference, and against its own earlier build;
-    // over TLS, herald-wss against the TLS references and against herald.
+    // herald against each reference (uws, uWebSockets, is one), and
+    // against its own earlier build; over TLS, herald-wss against the TLS
+    // references and against herald.
     let mut references: Vec<(&str, &str)> = servers
         .iter()
-        .filter(|s| s.starts_with("reference") || s.as_str() == "herald-baseline")
+        .filter(|s| {
+            s.starts_with("reference") || s.as_str() == "uws" || s.as_str() == "herald-baseline"
+        })
         .map(|reference| {
             let ours = if reference.ends_with("-wss") { "herald-wss" } else { "herald" };
             (ours, reference.as_str())
