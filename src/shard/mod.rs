@@ -116,8 +116,8 @@ pub struct Shard {
     work: Vec<Work>,
     /// Connections in the order they were accepted, for the slowloris cap:
     /// those still in their first request are the pending handshakes.
-    /// (Key and generation, eight bytes each: the queue holds up to the
-    /// shard's share of `max_pending_handshakes`.)
+    /// (Key and generation: eight bytes an entry, and up to the shard's
+    /// share of `max_pending_handshakes` entries.)
     handshakes: VecDeque<(u32, u32)>,
     /// Pending handshakes this shard may hold (its share of
     /// `max_pending_handshakes`).
