@@ -19,7 +19,11 @@ fuzz_target!(|input: &[u8]| {
     let inflated = inflater.inflate(bytes, limit);
     let peak = peak_above(base);
     if let Ok(message) = &inflated {
-        assert!(message.len() <= limit, "{} bytes inflated under a limit of {limit}", message.len());
+        assert!(
+            message.len() <= limit,
+            "{} bytes inflated under a limit of {limit}",
+            message.len()
+        );
     }
     assert!(peak <= INFLATER_BOUND + limit, "peak {peak} bytes under a limit of {limit}");
 

@@ -2,8 +2,8 @@
 #![no_main]
 
 use herald_fuzz::{
-    ALLOCATION_BOUND, OUTPUT_BOUND, context, drive_tls_plaintext, drive_tls_raw,
-    measure_from_here, peak_above, tls_configs,
+    ALLOCATION_BOUND, OUTPUT_BOUND, context, drive_tls_plaintext, drive_tls_raw, measure_from_here,
+    peak_above, tls_configs,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -12,8 +12,11 @@ fuzz_target!(|input: &[u8]| {
     let _ = tls_configs();
     let mut ctx = context();
     let base = measure_from_here();
-    let mut conn =
-        if mode & 1 == 0 { drive_tls_raw(&mut ctx, rest) } else { drive_tls_plaintext(&mut ctx, rest) };
+    let mut conn = if mode & 1 == 0 {
+        drive_tls_raw(&mut ctx, rest)
+    } else {
+        drive_tls_plaintext(&mut ctx, rest)
+    };
     assert!(conn.queued_bytes() <= OUTPUT_BOUND + 70_000, "{} bytes queued", conn.queued_bytes());
     // Ciphertext held between reads: at most one record, or a handshake's
     // worth while it lasts.

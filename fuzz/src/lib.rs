@@ -62,8 +62,9 @@ pub fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::ClientC
         let tls = herald::tls::Tls::load(&cert, &key).expect("the server's TLS");
         let _ = std::fs::remove_dir_all(&dir);
         let mut roots = rustls::RootCertStore::empty();
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(certified.cert.pem().as_bytes())
-            .expect("the certificate back");
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(certified.cert.pem().as_bytes())
+                .expect("the certificate back");
         roots.add(der).expect("a trust anchor");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut client = rustls::ClientConfig::builder_with_provider(provider)
@@ -101,7 +102,11 @@ pub fn drive_tls_raw(ctx: &mut Ctx, input: &[u8]) -> Conn<MemorySocket> {
 
 /// Moves what each side wrote to the other until neither writes more.
 /// Returns false once the client gave up (the server closed or failed it).
-fn pump(conn: &mut Conn<MemorySocket>, client: &mut rustls::ClientConnection, ctx: &mut Ctx) -> bool {
+fn pump(
+    conn: &mut Conn<MemorySocket>,
+    client: &mut rustls::ClientConnection,
+    ctx: &mut Ctx,
+) -> bool {
     for _ in 0..64 {
         let mut to_server = Vec::new();
         while client.wants_write() {
