@@ -49,6 +49,21 @@ fn tagged(kind: u64, payload: u32) -> u64 {
     TAGGED | kind << 32 | u64::from(payload)
 }
 
+/// What an operation with this `user_data` is for.
+fn op_of(user_data: u64) -> Op {
+    if user_data & TAGGED == 0 {
+        return Op::Recv(user_data);
+    }
+    let payload = u32::try_from(user_data & 0xFFFF_FFFF).unwrap_or(u32::MAX);
+    match (user_data & !TAGGED) >> 32 {
+        SEND => Op::Send(payload),
+        ACCEPT => Op::Accept(payload),
+        WAKE => Op::Wake,
+        LISTEN => Op::Listen(payload),
+        _ => Op::Ignored,
+    }
+}
+
 /// What a completion finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -266,12 +281,14 @@ impl Ring {
         result.map_err(|error| io::Error::new(error.kind(), format!("multishot receive: {error}")))
     }
 
-    fn push(&mut self, entry: &squeue::Entry) {
+    /// Queues `entry` for the next submission; `false` if it was lost (see
+    /// [`Ring::lose`]).
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
         loop {
             // SAFETY: every entry built in this module points only at memory
             // that outlives its operation (the comments at each say why).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return;
+                return true;
             }
             // Full: hand what is queued to the kernel and retry. If the
             // kernel will not take submissions until completions are
@@ -285,14 +302,23 @@ impl Ring {
                 }
                 Err(error) if error.raw_os_error() == Some(libc_flags::EINTR) => {}
                 Err(error) => {
-                    // Nothing else is expected from a valid ring. The entry
-                    // is dropped: its connection stalls until its heartbeat
-                    // closes it.
-                    log::error!("io_uring submit failed, an operation is lost: {error}");
-                    return;
+                    self.lose(entry, &error);
+                    return false;
                 }
             }
         }
+    }
+
+    /// An operation the kernel would not take (the queue was full and the
+    /// submission failed with something other than `EBUSY`, which a valid
+    /// ring is not expected to do): it completes at once with the error, so
+    /// its owner sees it fail (a connection closes, an accept pauses)
+    /// rather than wait for it forever.
+    fn lose(&mut self, entry: &squeue::Entry, error: &io::Error) {
+        log::error!("io_uring submit failed, an operation fails with it: {error}");
+        let errno = error.raw_os_error().unwrap_or(libc_flags::EIO);
+        let op = op_of(entry.get_user_data());
+        self.backlog.push(Completion { op, result: -errno, flags: 0 });
     }
 
     /// Posts a multishot receive on `fd` for the connection `token`.
@@ -405,12 +431,19 @@ impl Ring {
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(tagged(IGNORED, 0));
         self.push(&cancel);
-        self.push(&opcode::Close::new(Fd(fd)).build().user_data(tagged(IGNORED, 1)));
+        if !self.push(&opcode::Close::new(Fd(fd)).build().user_data(tagged(IGNORED, 1))) {
+            // SAFETY: the close was not queued, so the descriptor is still
+            // this shard's alone; it is closed here instead.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     /// Submits what is queued and waits for at least one completion, at
     /// most `timeout` (`None`: no limit; zero: no waiting).
+    /// Completions already moved aside (see [`Ring::push`]) make it not
+    /// wait at all.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = if self.backlog.is_empty() { timeout } else { Some(Duration::ZERO) };
         let result = match timeout {
             Some(Duration::ZERO) if self.ring.submission().is_empty() => return Ok(()),
             Some(Duration::ZERO) => self.ring.submit(),
@@ -443,19 +476,7 @@ impl Ring {
 
     fn reap(&mut self, into: &mut Vec<Completion>) {
         for entry in self.ring.completion() {
-            let user_data = entry.user_data();
-            let op = if user_data & TAGGED == 0 {
-                Op::Recv(user_data)
-            } else {
-                let payload = u32::try_from(user_data & 0xFFFF_FFFF).unwrap_or(u32::MAX);
-                match (user_data & !TAGGED) >> 32 {
-                    SEND => Op::Send(payload),
-                    ACCEPT => Op::Accept(payload),
-                    WAKE => Op::Wake,
-                    LISTEN => Op::Listen(payload),
-                    _ => Op::Ignored,
-                }
-            };
+            let op = op_of(entry.user_data());
             into.push(Completion { op, result: entry.result(), flags: entry.flags() });
         }
     }
@@ -530,6 +551,63 @@ mod libc_flags {
     pub const EPIPE: i32 = 32;
     pub const POLLIN: u32 = 0x1;
     pub const EINTR: i32 = 4;
+    pub const EIO: i32 = 5;
     pub const EBUSY: i32 = 16;
     pub const ETIME: i32 = 62;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn an_operation_the_kernel_would_not_take_fails_at_once_with_its_error() {
+        let mut ring = match Ring::new() {
+            Ok(ring) => ring,
+            Err(error) => {
+                eprintln!("skipped: no io_uring here ({error})");
+                return;
+            }
+        };
+        // What the start-up check left behind (its receive's end) is
+        // collected first, so that the queue is empty.
+        let mut completions = Vec::new();
+        for _ in 0..10 {
+            ring.wait(Some(Duration::from_millis(200))).unwrap();
+            ring.completions(&mut completions);
+            if completions.drain(..).count() == 0 {
+                break;
+            }
+        }
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let bytes = b"hello".to_vec();
+        let slot = ring.sends.insert(Sending { fd: ours.as_raw_fd(), token: 7, bytes, sent: 0 });
+        let slot = u32::try_from(slot).unwrap();
+        let entry = opcode::Send::new(Fd(ours.as_raw_fd()), std::ptr::null(), 0)
+            .build()
+            .user_data(tagged(SEND, slot));
+        const ENOMEM: i32 = 12;
+        ring.lose(&entry, &io::Error::from_raw_os_error(ENOMEM));
+
+        // Nothing else is posted: a wait that waited for the kernel would
+        // sit out its whole timeout.
+        let started = Instant::now();
+        ring.wait(Some(Duration::from_secs(30))).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "waited with a completion in hand");
+
+        ring.completions(&mut completions);
+        let completion = completions.iter().find(|completion| completion.op == Op::Send(slot));
+        let completion = completion.expect("the lost send completes");
+        assert_eq!(completion.result, -ENOMEM);
+        assert!(!completion.more());
+        assert_eq!(ring.send_token(slot), Some(7));
+        match ring.sent(slot, completion.result) {
+            Sent::Failed(errno, bytes) => {
+                assert_eq!((errno, bytes.as_slice()), (ENOMEM, &b"hello"[..]))
+            }
+            other => panic!("the send should have failed, not {other:?}"),
+        }
+        assert!(ring.sends.is_empty(), "the failed send's slot is freed");
+    }
 }
