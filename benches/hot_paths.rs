@@ -11,6 +11,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use herald::Config;
 use herald::broker::{Delivery, Event, Publication};
+use herald::channel::ChannelName;
 use herald::config::OriginPolicy;
 use herald::conn::Conn;
 use herald::conn::out_queue::OutQueue;
@@ -129,7 +130,8 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
     config.max_outbound_bytes = 64 << 20;
     let mut ctx = context(config);
     let mut conns: Slab<Conn<MemorySocket>> = Slab::with_capacity(SUBSCRIBERS);
-    let channel: Arc<str> = Arc::from("news");
+    let news = ChannelName::parse("news").expect("a valid channel name");
+    let channel: Arc<str> = news.shared().clone();
     let request = String::from_utf8(UPGRADE.to_vec())
         .unwrap()
         .replace("?token=x", "")
@@ -144,7 +146,7 @@ fn fan_out_to_local_subscribers(c: &mut Criterion) {
         conn.ready(true, true, &mut ctx);
         assert!(conn.is_open_websocket());
         entry.insert(conn);
-        ctx.locals.add(channel.clone(), key as u32, Subscriber { generation: 1, last_offset: 0 });
+        ctx.locals.add(&news, key as u32, Subscriber { generation: 1, last_offset: 0 });
     }
     let mut group = c.benchmark_group("fan-out");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));

@@ -118,13 +118,6 @@ impl ChannelName {
         Ok(ChannelName(Arc::from(name)))
     }
 
-    /// The same name, held in `name`'s allocation (another copy of it, such
-    /// as the one a shard's subscriber table keeps), so that this one can go.
-    pub fn sharing(&self, name: Arc<str>) -> ChannelName {
-        debug_assert_eq!(*name, *self.0);
-        ChannelName(name)
-    }
-
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -176,6 +169,14 @@ impl ChannelName {
     /// which needs a grant in the connection token.
     pub fn is_private(&self) -> bool {
         self.0.starts_with("private-") || self.0.starts_with('$')
+    }
+}
+
+/// Tables keyed by channel name are looked up by `&str` (the derived
+/// `Hash` and `Eq` are the string's).
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

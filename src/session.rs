@@ -335,14 +335,13 @@ impl ClientSession {
             Answer::Now(Ok(position)) => position.offset,
             Answer::Later => PENDING,
         };
+        // The list holds the shard's copy of the name, not this command's.
         let name = local.locals.add(
-            channel.shared().clone(),
+            &channel,
             self.me.key,
             Subscriber { generation: self.me.generation, last_offset },
         );
-        // The list holds the shard's copy of the name, not this command's:
-        // one allocation per channel, not one per subscribed connection.
-        self.subscriptions.push(channel.sharing(name));
+        self.subscriptions.push(name);
         if let Answer::Now(Ok(position)) = answer {
             let missed = position.recovery.as_ref().map(|r| r.missed.clone()).unwrap_or_default();
             let sent = subscribed(id, &channel, &position, missed, out);

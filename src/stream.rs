@@ -76,11 +76,11 @@ impl StreamSub {
                 Answer::Later => (PENDING, None),
             };
             let name = local.locals.add(
-                channel.shared().clone(),
+                &channel,
                 me.key,
                 Subscriber { generation: me.generation, last_offset },
             );
-            sub.channels.push(channel.sharing(name));
+            sub.channels.push(name);
             // Until the engine answers, the client is where its cursor says.
             sub.positions.push(since.map(|s| (s.epoch.clone(), s.offset)).unwrap_or_default());
             if let Some(position) = position {

@@ -1,8 +1,8 @@
 //! A shard's own subscriber table: for each channel, the local connections subscribed and the last offset each has.
 
+use crate::channel::ChannelName;
 use indexmap::IndexMap;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// One local subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,15 +17,16 @@ pub struct Subscriber {
 /// Channel name to local subscribers. Only the shard's thread touches it.
 #[derive(Debug, Default)]
 pub struct LocalSubscribers {
-    channels: HashMap<Arc<str>, IndexMap<u32, Subscriber>>,
+    channels: HashMap<ChannelName, IndexMap<u32, Subscriber>>,
 }
 
 impl LocalSubscribers {
     /// Adds a connection (slab `key`) to `channel`, having seen up to
-    /// `last_offset`. Returns the table's copy of the name, which the
-    /// channel's subscribers can share.
-    pub fn add(&mut self, channel: Arc<str>, key: u32, subscriber: Subscriber) -> Arc<str> {
-        let entry = self.channels.entry(channel);
+    /// `last_offset`. Returns the table's copy of the name, for the
+    /// subscriber to hold instead of its own: one allocation per channel on
+    /// a shard, not one per subscribed connection.
+    pub fn add(&mut self, channel: &ChannelName, key: u32, subscriber: Subscriber) -> ChannelName {
+        let entry = self.channels.entry(channel.clone());
         let name = entry.key().clone();
         entry.or_default().insert(key, subscriber);
         name
@@ -56,25 +57,30 @@ impl LocalSubscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
 
     #[test]
     fn subscribers_of_a_channel_share_the_tables_copy_of_its_name() {
         let mut table = LocalSubscribers::default();
         let subscriber = Subscriber { generation: 1, last_offset: 0 };
-        let first = table.add(Arc::from("news"), 1, subscriber);
-        let second = table.add(Arc::from("news"), 2, subscriber);
-        assert!(Arc::ptr_eq(&first, &second));
-        let other = table.add(Arc::from("sport"), 1, subscriber);
-        assert!(!Arc::ptr_eq(&first, &other));
-        assert_eq!(&*other, "sport");
+        let first = table.add(&channel("news"), 1, subscriber);
+        let second = table.add(&channel("news"), 2, subscriber);
+        assert!(Arc::ptr_eq(first.shared(), second.shared()));
+        let other = table.add(&channel("sport"), 1, subscriber);
+        assert!(!Arc::ptr_eq(first.shared(), other.shared()));
+        assert_eq!(other.as_str(), "sport");
     }
 
     #[test]
     fn the_last_subscriber_takes_the_channel_with_it() {
         let mut table = LocalSubscribers::default();
-        let news: Arc<str> = Arc::from("news");
-        table.add(news.clone(), 1, Subscriber { generation: 7, last_offset: 3 });
-        table.add(news.clone(), 2, Subscriber { generation: 8, last_offset: 3 });
+        let news = channel("news");
+        table.add(&news, 1, Subscriber { generation: 7, last_offset: 3 });
+        table.add(&news, 2, Subscriber { generation: 8, last_offset: 3 });
         table.remove("news", 1);
         assert_eq!(table.get_mut("news").unwrap().len(), 1);
         table.remove("news", 2);

@@ -392,13 +392,11 @@ impl PusherSession {
         }
         // Registered before this shard reads its inbox again: publications
         // after the position are held back until it is known.
-        let name = local.locals.add(
-            sub.channel.shared().clone(),
+        sub.channel = local.locals.add(
+            &sub.channel,
             self.me.key,
             Subscriber { generation: self.me.generation, last_offset: PENDING },
         );
-        // The shard's copy of the name: one allocation per channel.
-        sub.channel = sub.channel.sharing(name);
         let channel = sub.channel.clone();
         self.subscriptions.push(sub);
         if let Answer::Now(result) = answer {
